@@ -1,0 +1,152 @@
+//! The event bus: durable, at-least-once delivery of contract events to consumer groups.
+//!
+//! Two real implementations stand behind [`EventBus`]:
+//! - [`nats::NatsBus`], NATS JetStream, for production: one stream, one durable pull
+//!   consumer per consuming service, so instances of a service share the work;
+//! - [`embedded::EmbeddedBus`], a SQLite file in the data dir, for the one-process default:
+//!   the same semantics (per-group delivery, redelivery after a failed or timed-out
+//!   handler, de-duplication by event id, survives restarts) with no server to run.
+//!
+//! Services never publish directly: they write events to their outbox in the same
+//! transaction as the change ([`crate::outbox`]), and the relay publishes them here.
+
+pub mod embedded;
+pub mod nats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// One event on the wire: the envelope every event carries, around its contract payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique per event; the bus de-duplicates on it and consumers record it.
+    pub id: Uuid,
+    /// The contract name, e.g. `ticket:created`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(rename = "occurredAt", with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    /// A new event with a time-ordered id (UUIDv7), so ordering by id is ordering by creation.
+    pub fn new(kind: &str, data: serde_json::Value) -> Self {
+        Self { id: Uuid::now_v7(), kind: kind.to_owned(), occurred_at: OffsetDateTime::now_utc(), data }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event always serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// The subject an event kind travels on: `ticket:created` → `<prefix>.ticket.created`.
+pub fn subject_for(prefix: &str, kind: &str) -> String {
+    format!("{prefix}.{}", kind.replace(':', "."))
+}
+
+/// How a handler's failure is retried. Shared by both buses so they behave alike.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Deliveries of one event to one group before the consumer must park it.
+    pub max_attempts: u32,
+    /// Delay before redelivery after the n-th failed attempt (the last entry repeats).
+    pub backoff: Vec<Duration>,
+    /// How long a handler may run before its event is redelivered.
+    pub ack_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 12,
+            backoff: [50, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000]
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before the next delivery after `attempt` (1-based) failed.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let index = (attempt.max(1) as usize - 1).min(self.backoff.len().saturating_sub(1));
+        self.backoff.get(index).copied().unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// One delivery of an event to a handler.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event: Event,
+    /// 1 for the first delivery to this group.
+    pub attempt: u32,
+    /// After a failure on this attempt the bus will not deliver the event again.
+    pub is_last_attempt: bool,
+}
+
+/// What a handler made of a delivery.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done (or already done before): never deliver it again to this group.
+    Ack,
+    /// Not now: deliver it again after the policy's backoff.
+    Retry(anyhow::Error),
+}
+
+/// A consumer group's handler. Called concurrently for different events.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, delivery: Delivery) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Object-safe twin of [`Handler`], used by the bus implementations.
+pub type DynHandler = Arc<dyn Fn(Delivery) -> futures::future::BoxFuture<'static, Outcome> + Send + Sync>;
+
+pub fn dyn_handler<H: Handler>(handler: Arc<H>) -> DynHandler {
+    Arc::new(move |delivery| {
+        let handler = handler.clone();
+        Box::pin(async move { handler.handle(delivery).await })
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("event bus unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+/// A durable, at-least-once event bus.
+#[async_trait::async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Stores the event durably and returns once the bus has acknowledged it.
+    /// Publishing the same event id twice stores it once.
+    async fn publish(&self, event: &Event) -> Result<(), BusError>;
+
+    /// Starts delivering events of `kinds` to `group`, until `shutdown` is cancelled.
+    /// Events published before the group first subscribed are delivered too. Calling it
+    /// again with the same group (here or in another process) shares the group's work:
+    /// each event goes to one of the subscribers.
+    async fn subscribe(
+        &self,
+        group: &str,
+        kinds: &[&str],
+        handler: DynHandler,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError>;
+
+    /// Whether the bus is reachable right now (for `/readyz`).
+    async fn check(&self) -> Result<(), BusError>;
+
+    /// The retry policy this bus applies.
+    fn retry_policy(&self) -> &RetryPolicy;
+}

@@ -1,0 +1,1 @@
+//! NATS JetStream bus. (Being written.)

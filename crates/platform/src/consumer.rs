@@ -1,0 +1,138 @@
+//! Idempotent consumption of events by a service.
+//!
+//! A service's handler applies an event inside a transaction that also records the event's
+//! id in `processed_events`; a redelivered event finds its id there and changes nothing.
+//! Events that can never be applied (an unknown shape, or retries exhausted) are parked in
+//! `parked_events` with the reason, and logged: never retried forever, never silently dropped.
+
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::bus::{Delivery, Event, Handler, Outcome};
+use crate::db::{Db, Tx, now_millis};
+use crate::outbox::OutboxWaker;
+
+/// Why an event was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Not yet (a version gap, a database hiccup): retry later.
+    #[error("retry later: {0:#}")]
+    Retry(anyhow::Error),
+    /// Never: the event cannot be understood. Park it.
+    #[error("malformed event: {0:#}")]
+    Malformed(anyhow::Error),
+}
+
+impl From<sqlx::Error> for HandleError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Retry(err.into())
+    }
+}
+
+/// The typed payload of an event, or `Malformed`.
+pub fn payload<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, HandleError> {
+    serde_json::from_value(event.data.clone())
+        .map_err(|err| HandleError::Malformed(anyhow::anyhow!("{} payload: {err}", event.kind)))
+}
+
+/// What a service does with one event, inside the transaction that records it as processed.
+pub trait EventHandler: Send + Sync + 'static {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: &'a Event,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + 'a;
+}
+
+/// Starts a transaction that records `event_id` as processed by `consumer`, or returns `None`
+/// if it already was. Dropping the transaction without commit forgets the record too.
+pub async fn begin_once(db: &Db, consumer: &str, event_id: uuid::Uuid) -> Result<Option<Tx>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (consumer, event_id) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id.to_string())
+    .bind(now_millis())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok((inserted == 1).then_some(tx))
+}
+
+/// Records an event that will not be applied, with why.
+pub async fn park(db: &Db, consumer: &str, event: &Event, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO parked_events (consumer, event_id, kind, payload, reason, parked_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, event_id) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event.id.to_string())
+    .bind(&event.kind)
+    .bind(String::from_utf8(event.encode()).expect("JSON is UTF-8"))
+    .bind(reason)
+    .bind(now_millis())
+    .execute(&db.pool)
+    .await
+    .map(drop)
+}
+
+/// Adapts an [`EventHandler`] to the bus: exactly-once effect, parking, outbox wake-up.
+pub struct Consumer<H> {
+    pub name: String,
+    pub db: Db,
+    pub handler: H,
+    /// Woken after a commit, since handlers may write events of their own.
+    pub outbox: Option<OutboxWaker>,
+}
+
+impl<H: EventHandler> Consumer<H> {
+    pub fn new(name: impl Into<String>, db: Db, handler: H, outbox: Option<OutboxWaker>) -> Arc<Self> {
+        Arc::new(Self { name: name.into(), db, handler, outbox })
+    }
+
+    async fn process(&self, event: &Event) -> Result<(), HandleError> {
+        let Some(mut tx) = begin_once(&self.db, &self.name, event.id).await? else {
+            tracing::debug!(event_id = %event.id, kind = %event.kind, "duplicate event ignored");
+            return Ok(());
+        };
+        self.handler.apply(&mut tx, event).await?;
+        tx.commit().await?;
+        if let Some(outbox) = &self.outbox {
+            outbox.wake();
+        }
+        Ok(())
+    }
+
+    async fn park_or_retry(&self, event: &Event, reason: String) -> Outcome {
+        match park(&self.db, &self.name, event, &reason).await {
+            Ok(()) => Outcome::Ack,
+            Err(err) => Outcome::Retry(anyhow::Error::from(err).context("cannot park event")),
+        }
+    }
+}
+
+impl<H: EventHandler> Handler for Consumer<H> {
+    async fn handle(&self, delivery: Delivery) -> Outcome {
+        let event = &delivery.event;
+        let span = tracing::info_span!("event", consumer = %self.name, kind = %event.kind, event_id = %event.id, attempt = delivery.attempt);
+        match self.process(event).instrument(span).await {
+            Ok(()) => Outcome::Ack,
+            Err(HandleError::Malformed(err)) => {
+                tracing::error!(consumer = %self.name, event_id = %event.id, kind = %event.kind, error = %format!("{err:#}"), payload = %event.data, "parking malformed event");
+                self.park_or_retry(event, format!("{err:#}")).await
+            }
+            Err(HandleError::Retry(err)) if delivery.is_last_attempt => {
+                tracing::error!(consumer = %self.name, event_id = %event.id, kind = %event.kind, attempt = delivery.attempt, error = %format!("{err:#}"), "retries exhausted; parking event");
+                self.park_or_retry(event, format!("retries exhausted: {err:#}")).await
+            }
+            Err(HandleError::Retry(err)) => {
+                tracing::debug!(consumer = %self.name, event_id = %event.id, kind = %event.kind, attempt = delivery.attempt, error = %format!("{err:#}"), "event not applied yet; will retry");
+                Outcome::Retry(err)
+            }
+        }
+    }
+}
+

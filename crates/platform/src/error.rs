@@ -1,0 +1,208 @@
+//! The contract's error envelope, and the one place where errors become HTTP responses.
+//!
+//! `{"errors":[{"message":"...","field":"..."}]}` is what every client sees. What a client
+//! sees is never the internal cause: 5xx bodies are fixed strings and the cause goes to the
+//! log, with the request's id attached by the trace span.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// One problem in a request: a message for people and, for input errors, the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ErrorItem {
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorItem {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Self { message: message.into(), field: Some(field.to_owned()) }
+    }
+}
+
+/// The envelope itself.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub errors: Vec<ErrorItem>,
+}
+
+/// Every way a request can fail, as the client will see it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Invalid input: one entry per bad field.
+    #[error("invalid input")]
+    Invalid(Vec<ErrorItem>),
+    /// A business rule was broken, or the request was malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not authorized")]
+    Unauthorized,
+    #[error("{0}")]
+    PaymentRequired(String),
+    #[error("not found")]
+    NotFound,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("rate limited")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// A dependency (database, bus, gateway) is unreachable; the client may retry.
+    #[error("service unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// Anything unexpected. Logged with its cause; the client sees `Something went wrong`.
+    #[error("unexpected: {0:#}")]
+    Unexpected(anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![ErrorItem::field(field, message)])
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest(message.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn items(&self) -> Vec<ErrorItem> {
+        let message = |m: &str| vec![ErrorItem { message: m.to_owned(), field: None }];
+        match self {
+            Self::Invalid(items) => items.clone(),
+            Self::BadRequest(m) | Self::PaymentRequired(m) => message(m),
+            Self::Unauthorized => message("Not authorized"),
+            Self::NotFound => message("Not Found"),
+            Self::PayloadTooLarge => message("Request body is too large"),
+            Self::TooManyRequests { .. } => message("Too many requests, try again later"),
+            Self::Unavailable(_) => message("Service unavailable, try again later"),
+            Self::Unexpected(_) => message("Something went wrong"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Unexpected(cause) => tracing::error!(error = ?cause, "request failed unexpectedly"),
+            Self::Unavailable(cause) => tracing::error!(error = ?cause, "request failed: dependency unavailable"),
+            _ => {}
+        }
+        let mut response = (status, axum::Json(ErrorBody { errors: self.items() })).into_response();
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after_secs } => Some(*retry_after_secs),
+            Self::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&err) {
+            Self::Unavailable(err.into())
+        } else {
+            Self::Unexpected(err.into())
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        match err.downcast::<sqlx::Error>() {
+            Ok(sql) => sql.into(),
+            Err(other) => Self::Unexpected(other),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// `axum::Json`, but its rejections speak the envelope.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge;
+    }
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::bad_request("Expected a JSON body with Content-Type: application/json")
+        }
+        JsonRejection::JsonDataError(err) => ApiError::bad_request(data_error_message(&err.body_text())),
+        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("Malformed JSON"),
+        other => ApiError::bad_request(other.body_text()),
+    }
+}
+
+/// serde's message names the field and the expected type; keep that, drop axum's prefix.
+fn data_error_message(text: &str) -> String {
+    let detail = text.rsplit_once(": ").map_or(text, |(_, detail)| detail);
+    let detail = detail.split(" at line ").next().unwrap_or(detail);
+    format!("Invalid request body: {detail}")
+}
+
+/// A path parameter that must be a UUID; anything else is an unknown resource (404).
+#[derive(Debug, Clone, Copy)]
+pub struct IdPath(pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|err: PathRejection| {
+                tracing::debug!(%err, "path rejected");
+                ApiError::NotFound
+            })?;
+        uuid::Uuid::parse_str(&raw).map(Self).map_err(|_| ApiError::NotFound)
+    }
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}

@@ -1,0 +1,115 @@
+//! What every service's HTTP surface shares: session keys in the request, the error
+//! envelope for unknown routes and methods, body limits, request ids, request logs,
+//! `/healthz` and `/readyz`, and serving until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::future::BoxFuture;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::session::SessionKeys;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Something `/readyz` must find healthy: a database, a bus.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// Wraps a service's API routes with what every service needs. Unknown paths under the
+/// service get the 404 envelope.
+pub fn service_router(api: Router, keys: Arc<SessionKeys>, max_body_bytes: usize) -> Router {
+    api.fallback(crate::error::not_found)
+        .layer(middleware::from_fn(envelope_for_bare_errors))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::Extension(keys))
+}
+
+/// The outermost layers: request ids, request logs, health endpoints.
+pub fn with_observability(app: Router, checks: Vec<ReadinessCheck>) -> Router {
+    let checks = Arc::new(checks);
+    app.route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let checks = checks.clone();
+                async move { readiness(&checks).await }
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
+                let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %request_id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}
+
+async fn readiness(checks: &[ReadinessCheck]) -> Response {
+    for check in checks {
+        match tokio::time::timeout(Duration::from_secs(2), check()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %format!("{err:#}"), "not ready");
+                return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
+            }
+            Err(_) => {
+                tracing::warn!("not ready: readiness check timed out");
+                return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
+            }
+        }
+    }
+    "ready".into_response()
+}
+
+/// axum answers a wrong method (405) with an empty body; give it the envelope too.
+async fn envelope_for_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = response.headers().get(axum::http::header::ALLOW).cloned();
+        let mut enveloped = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            axum::Json(crate::error::ErrorBody {
+                errors: vec![crate::error::ErrorItem { message: "Method not allowed".into(), field: None }],
+            }),
+        )
+            .into_response();
+        if let Some(allow) = allow {
+            enveloped.headers_mut().insert(axum::http::header::ALLOW, allow);
+        }
+        return enveloped;
+    }
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(&response) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    response
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,22 @@
+//! The platform every ticketing service stands on.
+//!
+//! - [`error`]: the contract's error envelope and the extractors that speak it;
+//! - [`session`]: JWT sessions in a cookie or bearer header;
+//! - [`settings`]: shared settings from flags and environment;
+//! - [`db`]: one portable-SQL storage path for PostgreSQL and SQLite;
+//! - [`bus`]: the durable event bus (NATS JetStream or embedded);
+//! - [`outbox`] and [`consumer`]: exactly-once effects over an at-least-once bus;
+//! - [`events`]: the contract's event payloads;
+//! - [`http`], [`telemetry`]: the HTTP surface and logs every service shares.
+
+pub mod bus;
+pub mod consumer;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod money;
+pub mod outbox;
+pub mod session;
+pub mod settings;
+pub mod telemetry;

@@ -1,0 +1,134 @@
+//! Transactional outbox: events are written in the same transaction as the change they
+//! describe, and a relay publishes them afterwards.
+//!
+//! If the process dies between commit and publish, the rows are still there and the next
+//! relay (after restart, or another instance) sends them. The relay deletes a row only
+//! after the bus acknowledged it; a crash between ack and delete re-sends an event whose id
+//! the bus and the consumers already know, which changes nothing. Rows are claimed with a
+//! short lease so several instances of a service do not send the same rows at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Row;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Event, EventBus};
+use crate::db::{Db, Tx, now_millis};
+
+const BATCH: i64 = 100;
+const LEASE: Duration = Duration::from_secs(30);
+/// How often the relay looks for rows nobody woke it for (another instance crashed).
+const POLL: Duration = Duration::from_millis(500);
+
+/// Writes `event` to the outbox inside the caller's transaction.
+pub async fn enqueue(tx: &mut Tx, event: &Event) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO outbox (id, kind, payload, created_at, locked_until) VALUES ($1, $2, $3, $4, 0)")
+        .bind(event.id.to_string())
+        .bind(&event.kind)
+        .bind(String::from_utf8(event.encode()).expect("JSON is UTF-8"))
+        .bind(now_millis())
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+}
+
+/// Wakes the relay after a commit, so events leave at once instead of at the next poll.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxWaker(Arc<Notify>);
+
+impl OutboxWaker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Publishes a service's outbox until shutdown.
+pub struct OutboxRelay {
+    db: Db,
+    bus: Arc<dyn EventBus>,
+    waker: OutboxWaker,
+}
+
+impl OutboxRelay {
+    pub fn new(db: Db, bus: Arc<dyn EventBus>, waker: OutboxWaker) -> Self {
+        Self { db, bus, waker }
+    }
+
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run(shutdown).await })
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let pause = match self.relay_batch().await {
+                Ok(sent) if sent as i64 == BATCH => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(_) => {
+                    failures = 0;
+                    POLL
+                }
+                Err(err) => {
+                    failures += 1;
+                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                    tracing::warn!(error = %format!("{err:#}"), retry_in = ?pause, "outbox relay failed; will retry");
+                    pause
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.waker.0.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::debug!("outbox relay stopped");
+    }
+
+    /// Sends one batch; returns how many events went out.
+    pub async fn relay_batch(&self) -> anyhow::Result<usize> {
+        let now = now_millis();
+        let lease_until = now + LEASE.as_millis() as i64;
+        let rows = sqlx::query(
+            "UPDATE outbox SET locked_until = $1 \
+             WHERE id IN (SELECT id FROM outbox WHERE locked_until < $2 ORDER BY id LIMIT $3) \
+               AND locked_until < $2 \
+             RETURNING id, payload",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(BATCH)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut claimed: Vec<(String, String)> =
+            rows.iter().map(|row| Ok((row.try_get("id")?, row.try_get("payload")?))).collect::<Result<_, sqlx::Error>>()?;
+        claimed.sort();
+        let mut sent = 0;
+        for (index, (id, payload)) in claimed.iter().enumerate() {
+            let event = Event::decode(payload.as_bytes());
+            let published = match event {
+                Ok(event) => self.bus.publish(&event).await.map_err(anyhow::Error::from),
+                Err(err) => {
+                    // Written by our own code, so this cannot happen short of corruption;
+                    // keep the row (never drop an event) and say so loudly.
+                    tracing::error!(outbox_id = %id, error = %err, "undecodable outbox row left in place");
+                    continue;
+                }
+            };
+            if let Err(err) = published {
+                // Let the unsent rest be claimed again right away rather than after the lease.
+                let unsent: Vec<&str> = claimed[index..].iter().map(|(id, _)| id.as_str()).collect();
+                for id in unsent {
+                    sqlx::query("UPDATE outbox SET locked_until = 0 WHERE id = $1").bind(id).execute(&self.db.pool).await?;
+                }
+                return Err(err.context("cannot publish outbox event"));
+            }
+            sqlx::query("DELETE FROM outbox WHERE id = $1").bind(id).execute(&self.db.pool).await?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}

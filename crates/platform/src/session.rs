@@ -1,0 +1,221 @@
+//! Sessions: an HS256 JWT carried in the `session` cookie or an `Authorization: Bearer` header.
+//!
+//! A token that is missing, malformed, expired, signed with another key or with another
+//! algorithm (including `alg=none`) makes the request anonymous; it is never an error by itself.
+//! Handlers ask for [`MaybeUser`] or [`RequireUser`]; the keys travel in a request extension
+//! put there by [`crate::http::service_router`], so services need no extra state for this.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+pub const COOKIE_NAME: &str = "session";
+
+/// What a session token says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub id: Uuid,
+    pub email: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// The signed-in user of a request.
+pub type CurrentUser = Claims;
+
+/// Signs and verifies session tokens with one shared secret.
+pub struct SessionKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    lifetime: time::Duration,
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionKeys").field("lifetime", &self.lifetime).finish_non_exhaustive()
+    }
+}
+
+impl SessionKeys {
+    pub fn new(secret: &[u8], lifetime: time::Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            lifetime,
+        }
+    }
+
+    pub fn lifetime(&self) -> time::Duration {
+        self.lifetime
+    }
+
+    /// A fresh token for this user, valid for the configured lifetime.
+    pub fn issue(&self, id: Uuid, email: &str) -> anyhow::Result<String> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = Claims { id, email: email.to_owned(), iat: now, exp: now + self.lifetime.whole_seconds() };
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
+    }
+
+    /// The claims of a valid token; `None` for anything else.
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok().map(|data| data.claims)
+    }
+
+    /// The user a request's headers prove, if any. The bearer header wins over the cookie.
+    pub fn user_from_headers(&self, headers: &HeaderMap) -> Option<Claims> {
+        token_from_headers(headers).and_then(|token| self.verify(token))
+    }
+}
+
+fn token_from_headers(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+        .map(str::trim);
+    bearer.or_else(|| session_cookie(headers))
+}
+
+/// The raw `session` cookie of a request, if it has one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value.trim())
+}
+
+/// Whether the client reached us over TLS, directly or through a proxy that says so.
+/// Only requests that crossed TLS get `Secure` cookies, so the embedded default on
+/// plain-http loopback keeps working for every client.
+pub fn is_https(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+    let forwarded_proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.split(',').next().unwrap_or("").trim().eq_ignore_ascii_case("https"));
+    let forwarded = headers
+        .get(header::FORWARDED)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.to_ascii_lowercase().contains("proto=https"));
+    uri.scheme_str() == Some("https") || forwarded_proto == Some(true) || forwarded == Some(true)
+}
+
+/// `Set-Cookie` for a new session.
+pub fn session_cookie_header(token: &str, max_age: time::Duration, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let value = format!(
+        "{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        max_age.whole_seconds()
+    );
+    HeaderValue::from_str(&value).expect("a JWT is a valid header value")
+}
+
+/// `Set-Cookie` that removes the session.
+pub fn clear_session_cookie_header(secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"))
+        .expect("static header value")
+}
+
+fn keys(parts: &Parts) -> Result<&Arc<SessionKeys>, ApiError> {
+    parts
+        .extensions
+        .get::<Arc<SessionKeys>>()
+        .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("session keys are not installed on this router")))
+}
+
+/// The signed-in user, if there is one.
+#[derive(Debug, Clone)]
+pub struct MaybeUser(pub Option<CurrentUser>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(keys(parts)?.user_from_headers(&parts.headers)))
+    }
+}
+
+/// The signed-in user; anonymous requests get 401 `Not authorized`.
+#[derive(Debug, Clone)]
+pub struct RequireUser(pub CurrentUser);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequireUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        keys(parts)?.user_from_headers(&parts.headers).map(Self).ok_or(ApiError::Unauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> SessionKeys {
+        SessionKeys::new(b"test-secret-test-secret-test-secret", time::Duration::hours(1))
+    }
+
+    #[test]
+    fn issued_tokens_verify() {
+        let keys = keys();
+        let id = Uuid::new_v4();
+        let claims = keys.verify(&keys.issue(id, "a@b.co").unwrap()).unwrap();
+        assert_eq!((claims.id, claims.email.as_str()), (id, "a@b.co"));
+    }
+
+    #[test]
+    fn other_keys_expired_and_unsigned_tokens_are_rejected() {
+        let keys = keys();
+        let other = SessionKeys::new(b"another-secret-another-secret-xx", time::Duration::hours(1));
+        assert!(keys.verify(&other.issue(Uuid::new_v4(), "a@b.co").unwrap()).is_none());
+
+        let expired = SessionKeys::new(b"test-secret-test-secret-test-secret", time::Duration::seconds(-10));
+        assert!(keys.verify(&expired.issue(Uuid::new_v4(), "a@b.co").unwrap()).is_none());
+
+        // alg=none: header {"alg":"none","typ":"JWT"}, valid claims, empty signature.
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let payload = serde_json::json!({"id": Uuid::new_v4(), "email": "a@b.co", "iat": now, "exp": now + 60});
+        use base64_url as b64;
+        let unsigned = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(payload.to_string().as_bytes()));
+        assert!(keys.verify(&unsigned).is_none());
+        assert!(keys.verify("garbage").is_none());
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bearer_wins_over_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; session=cookie-token"));
+        assert_eq!(token_from_headers(&headers), Some("cookie-token"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer bearer-token"));
+        assert_eq!(token_from_headers(&headers), Some("bearer-token"));
+    }
+}
