@@ -150,10 +150,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        // Every request body of the API is an object; serde would also build a struct from
+        // an array, which no client means.
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await.map_err(json_rejection)?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request("Request body must be a JSON object"));
         }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|err| ApiError::bad_request(format!("Invalid request body: {}", err)))
     }
 }
 
@@ -171,17 +176,9 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::MissingJsonContentType(_) => {
             ApiError::bad_request("Expected a JSON body with Content-Type: application/json")
         }
-        JsonRejection::JsonDataError(err) => ApiError::bad_request(data_error_message(&err.body_text())),
         JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("Malformed JSON"),
         other => ApiError::bad_request(other.body_text()),
     }
-}
-
-/// serde's message names the field and the expected type; keep that, drop axum's prefix.
-fn data_error_message(text: &str) -> String {
-    let detail = text.rsplit_once(": ").map_or(text, |(_, detail)| detail);
-    let detail = detail.split(" at line ").next().unwrap_or(detail);
-    format!("Invalid request body: {detail}")
 }
 
 /// A path parameter that must be a UUID; anything else is an unknown resource (404).

@@ -17,6 +17,8 @@ pub mod events;
 pub mod http;
 pub mod money;
 pub mod outbox;
+pub mod ratelimit;
+pub mod service;
 pub mod session;
 pub mod settings;
 pub mod telemetry;

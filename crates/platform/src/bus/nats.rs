@@ -1,1 +1,309 @@
-//! NATS JetStream bus. (Being written.)
+//! The NATS JetStream bus, for running services as separate processes.
+//!
+//! It owns one stream (`<prefix>.>`, file storage) and, per consumer group, one durable pull
+//! consumer. JetStream provides what [`super::EventBus`] promises: the stream's duplicate window
+//! drops a re-published event id (`Nats-Msg-Id`), a durable consumer remembers what its group
+//! acknowledged across restarts, every subscriber of a group pulls from the same consumer so
+//! the group's work is split between them, and an unacknowledged message comes back after
+//! `ack_wait` or after the backoff we ask for with a NAK. `max_deliver` caps the attempts.
+//!
+//! A subscriber pulls one message at a time and handles it before pulling the next: that keeps
+//! a group's events in order per subscriber, and no message waits in a local buffer while its
+//! `ack_wait` runs out. More subscribers, or more instances, give parallelism.
+//!
+//! The client reconnects on its own; a subscriber whose message stream fails (server gone,
+//! consumer or stream deleted) backs off and sets its consumer up again, until shutdown.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::connection::State;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::context::Context as JetStream;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{BusError, Delivery, DynHandler, Event, EventBus, Outcome, RetryPolicy, subject_for};
+
+/// How long `Nats-Msg-Id` de-duplication remembers an id. The outbox relay re-sends only what
+/// it could not delete after an ack, right away; consumers de-duplicate anything older anyway.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Bounds every JetStream API request, publish ack and double ack.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// `/readyz` must answer quickly even when the server hangs.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one pull request waits on the server for a message.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// The server proves a waiting pull request is alive this often; two missed ones mean the
+/// connection or the consumer is gone, and the subscriber sets itself up again.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+
+pub struct NatsBus {
+    client: async_nats::Client,
+    jetstream: JetStream,
+    stream: stream::Config,
+    prefix: String,
+    policy: RetryPolicy,
+}
+
+impl NatsBus {
+    /// Connects and creates (or updates) the stream carrying `<prefix>.>`.
+    pub async fn connect(url: &str, stream: &str, prefix: &str, policy: RetryPolicy) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("ticketing {prefix} (pid {})", std::process::id()))
+            .connection_timeout(REQUEST_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                    other => tracing::warn!(event = %other, "NATS connection event"),
+                }
+            })
+            .connect(url)
+            .await
+            .with_context(|| format!("cannot connect to NATS at {url}"))?;
+        let jetstream = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
+        let config = stream::Config {
+            name: stream.to_owned(),
+            subjects: vec![format!("{prefix}.>")],
+            storage: StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        jetstream
+            .create_or_update_stream(config.clone())
+            .await
+            .with_context(|| format!("cannot create the JetStream stream {stream}"))?;
+        Ok(Self { client, jetstream, stream: config, prefix: prefix.to_owned(), policy })
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for NatsBus {
+    async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        let subject = subject_for(&self.prefix, &event.kind);
+        let message = PublishMessage::build().payload(event.encode().into()).message_id(event.id.to_string());
+        // The context bounds the send and the ack; the outer bound also covers waiting for an
+        // in-flight-ack permit, which has none.
+        let ack = tokio::time::timeout(REQUEST_TIMEOUT * 2, async {
+            self.jetstream.send_publish(subject, message).await?.await
+        })
+        .await
+        .map_err(|_| BusError::Unavailable(anyhow::anyhow!("no publish ack from JetStream in time")))?
+        .map_err(|err| BusError::Unavailable(anyhow::Error::from(err).context("JetStream publish failed")))?;
+        if ack.duplicate {
+            tracing::debug!(event_id = %event.id, kind = %event.kind, "JetStream already had this event");
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        kinds: &[&str],
+        handler: DynHandler,
+        shutdown: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError> {
+        let subscriber = Subscriber {
+            jetstream: self.jetstream.clone(),
+            stream: self.stream.clone(),
+            consumer: consumer_name(group),
+            group: group.to_owned(),
+            subjects: kinds.iter().map(|kind| subject_for(&self.prefix, kind)).collect(),
+            policy: self.policy.clone(),
+            handler,
+        };
+        // Set up once here, so a caller learns at start-up that the group cannot consume.
+        let consumer = subscriber.set_up().await.map_err(BusError::Unavailable)?;
+        Ok(tokio::spawn(async move { subscriber.run(consumer, shutdown).await }))
+    }
+
+    async fn check(&self) -> Result<(), BusError> {
+        let state = self.client.connection_state();
+        if state != State::Connected {
+            return Err(BusError::Unavailable(anyhow::anyhow!("NATS connection is {state}")));
+        }
+        match tokio::time::timeout(CHECK_TIMEOUT, self.jetstream.get_stream(&self.stream.name)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(BusError::Unavailable(anyhow::Error::from(err).context("JetStream stream info failed"))),
+            Err(_) => Err(BusError::Unavailable(anyhow::anyhow!("JetStream did not answer within {CHECK_TIMEOUT:?}"))),
+        }
+    }
+
+    fn retry_policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+}
+
+/// A durable consumer's name: JetStream refuses whitespace, `.`, `*`, `>` and path separators.
+fn consumer_name(group: &str) -> String {
+    group.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+struct Subscriber {
+    jetstream: JetStream,
+    stream: stream::Config,
+    consumer: String,
+    group: String,
+    subjects: Vec<String>,
+    policy: RetryPolicy,
+    handler: DynHandler,
+}
+
+impl Subscriber {
+    /// Gets the group's durable consumer, creating it, or widening its filter to our subjects.
+    async fn set_up(&self) -> anyhow::Result<PullConsumer> {
+        // Creating a missing stream here lets the group recover from a server that lost its data.
+        let stream = self
+            .jetstream
+            .get_or_create_stream(self.stream.clone())
+            .await
+            .with_context(|| format!("cannot get the JetStream stream {}", self.stream.name))?;
+        // Like the embedded bus, a group consumes the union of the kinds it was ever subscribed
+        // to: two subscribe calls of one group with different kinds must not undo each other.
+        let mut subjects = match stream.consumer_info(&self.consumer).await {
+            Ok(info) => {
+                let mut subjects = info.config.filter_subjects;
+                if !info.config.filter_subject.is_empty() {
+                    subjects.push(info.config.filter_subject);
+                }
+                subjects
+            }
+            Err(err) if err.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(anyhow::Error::from(err).context("cannot look up the durable consumer")),
+        };
+        subjects.extend(self.subjects.iter().cloned());
+        subjects.sort();
+        subjects.dedup();
+        let config = pull::Config {
+            durable_name: Some(self.consumer.clone()),
+            description: Some(format!("consumer group {}", self.group)),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.policy.ack_wait,
+            max_deliver: i64::from(self.policy.max_attempts),
+            filter_subjects: subjects,
+            ..Default::default()
+        };
+        // Create-or-update: several subscribers of one group end up on the same consumer, and a
+        // changed retry policy reaches the server.
+        stream
+            .create_consumer(config)
+            .await
+            .with_context(|| format!("cannot create the durable consumer {}", self.consumer))
+    }
+
+    async fn run(self, consumer: PullConsumer, shutdown: CancellationToken) {
+        let mut consumer = Some(consumer);
+        let mut failures = 0u32;
+        loop {
+            let consumed = match consumer.take() {
+                Some(consumer) => self.consume(consumer, &mut failures, &shutdown).await,
+                None => tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    set_up = self.set_up() => match set_up {
+                        Ok(consumer) => self.consume(consumer, &mut failures, &shutdown).await,
+                        Err(err) => Err(err),
+                    },
+                },
+            };
+            let err = match consumed {
+                Ok(()) => break,
+                Err(err) => err,
+            };
+            failures += 1;
+            let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+            tracing::warn!(group = %self.group, error = %format!("{err:#}"), retry_in = ?pause, "NATS subscriber failed; will set it up again");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::debug!(group = %self.group, "NATS subscriber stopped");
+    }
+
+    /// Handles messages until shutdown (`Ok`) or until the message stream fails (`Err`).
+    async fn consume(&self, consumer: PullConsumer, failures: &mut u32, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(1)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+            .context("cannot start pulling messages")?;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    *failures = 0;
+                    self.deliver(message).await;
+                }
+                Some(Err(err)) => return Err(anyhow::Error::from(err).context("pulling messages failed")),
+                None => anyhow::bail!("the message stream ended"),
+            }
+        }
+    }
+
+    async fn deliver(&self, message: jetstream::Message) {
+        let (attempt, stream_sequence) = match message.info() {
+            Ok(info) => (u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX), info.stream_sequence),
+            Err(err) => {
+                tracing::warn!(group = %self.group, error = %err, "JetStream message without delivery info");
+                (1, 0)
+            }
+        };
+        let event = match Event::decode(&message.payload) {
+            Ok(event) => event,
+            Err(err) => {
+                // A message nobody can read is not ours to keep retrying.
+                tracing::error!(group = %self.group, seq = stream_sequence, error = %err, "undecodable message on the NATS bus; terminating it");
+                acknowledge(&self.group, &message, AckKind::Term).await;
+                return;
+            }
+        };
+        let event_id = event.id;
+        let is_last_attempt = attempt >= self.policy.max_attempts;
+        let delivery = Delivery { event, attempt, is_last_attempt };
+        let (outcome, timed_out) = match tokio::time::timeout(self.policy.ack_wait, (self.handler)(delivery)).await {
+            Ok(outcome) => (outcome, false),
+            Err(_) => (Outcome::Retry(anyhow::anyhow!("handler timed out after {:?}", self.policy.ack_wait)), true),
+        };
+        match outcome {
+            Outcome::Ack => {
+                // Confirmed, so a lost ack shows up in the log rather than as a surprise redelivery.
+                if let Err(err) = message.double_ack().await {
+                    tracing::warn!(group = %self.group, %event_id, error = %err, "ack not confirmed by JetStream; the event may be redelivered");
+                }
+            }
+            Outcome::Retry(err) if is_last_attempt => {
+                tracing::error!(group = %self.group, %event_id, attempt, error = %format!("{err:#}"), "delivery failed on its last attempt; it will not be redelivered");
+                acknowledge(&self.group, &message, AckKind::Term).await;
+            }
+            Outcome::Retry(err) if timed_out => {
+                // The server's ack_wait ran out before ours, so it is already redelivering; a NAK
+                // now would shorten the lease of that next delivery.
+                tracing::warn!(group = %self.group, %event_id, attempt, error = %format!("{err:#}"), "handler too slow; JetStream redelivers");
+            }
+            Outcome::Retry(err) => {
+                let delay = self.policy.delay_after(attempt);
+                tracing::debug!(group = %self.group, %event_id, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
+                acknowledge(&self.group, &message, AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+}
+
+async fn acknowledge(group: &str, message: &jetstream::Message, kind: AckKind) {
+    if let Err(err) = message.ack_with(kind).await {
+        tracing::warn!(%group, error = %err, "cannot send ack to JetStream; the message comes back after ack_wait");
+    }
+}

@@ -1,0 +1,72 @@
+//! The auth service: accounts and sessions.
+//!
+//! Passwords are hashed with argon2id (OWASP's parameters) on the blocking pool, never on
+//! the async executor. Sign-in answers the same error, after the same work, for an unknown
+//! email and a wrong password. Failed sign-ins are limited per email and per client, and
+//! sign-ups per client. Auth publishes no events: other services trust the session token.
+
+mod password;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use platform::ratelimit::WindowLimiter;
+use platform::service::{Context, Service};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The auth service's own settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthSettings {
+    /// Failed sign-ins allowed per email per window (0: unlimited).
+    #[arg(long, env = "SIGNIN_FAILURES_PER_EMAIL", default_value_t = 5)]
+    pub signin_failures_per_email: u32,
+
+    /// Failed sign-ins allowed per client address per window (0: unlimited).
+    #[arg(long, env = "SIGNIN_FAILURES_PER_CLIENT", default_value_t = 20)]
+    pub signin_failures_per_client: u32,
+
+    /// Sign-ups allowed per client address per window (0: unlimited).
+    #[arg(long, env = "SIGNUPS_PER_CLIENT", default_value_t = 20)]
+    pub signups_per_client: u32,
+
+    /// Length of the rate-limit window, in seconds.
+    #[arg(long, env = "RATE_LIMIT_WINDOW_SECONDS", default_value_t = 900)]
+    pub rate_limit_window_seconds: u64,
+}
+
+pub(crate) struct AppState {
+    db: platform::db::Db,
+    keys: Arc<platform::session::SessionKeys>,
+    trust_proxy: bool,
+    failures_per_email: WindowLimiter,
+    failures_per_client: WindowLimiter,
+    signups_per_client: WindowLimiter,
+}
+
+/// Starts the auth service.
+pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Service> {
+    let db = ctx.database("auth", &MIGRATOR).await?;
+    let window = Duration::from_secs(settings.rate_limit_window_seconds);
+    let state = Arc::new(AppState {
+        db: db.clone(),
+        keys: ctx.keys.clone(),
+        trust_proxy: ctx.settings.trust_proxy,
+        failures_per_email: WindowLimiter::new(settings.signin_failures_per_email, window),
+        failures_per_client: WindowLimiter::new(settings.signin_failures_per_client, window),
+        signups_per_client: WindowLimiter::new(settings.signups_per_client, window),
+    });
+    // Pay the one-off cost of the dummy hash now, not in the first sign-in.
+    tokio::task::spawn_blocking(password::warm_up);
+    let api = Router::new()
+        .route("/api/users/signup", post(routes::sign_up))
+        .route("/api/users/signin", post(routes::sign_in))
+        .route("/api/users/signout", post(routes::sign_out))
+        .route("/api/users/currentuser", get(routes::current_user))
+        .fallback(platform::error::not_found)
+        .with_state(state);
+    Ok(Service { name: "auth", router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: Vec::new() })
+}

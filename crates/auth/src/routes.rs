@@ -1,0 +1,175 @@
+//! Handlers for `/api/users/*`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use platform::error::{ApiError, ApiResult, ErrorItem, Json};
+use platform::http::PeerAddr;
+use platform::session::{self, MaybeUser};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{AppState, password};
+
+const PASSWORD_RULE: &str = "Password must be between 8 and 128 characters";
+
+/// Both fields are taken as raw JSON so that a missing or mistyped field is reported
+/// against that field, like any other invalid input.
+#[derive(Debug, Deserialize)]
+pub struct Credentials {
+    #[serde(default)]
+    email: Value,
+    #[serde(default)]
+    password: Value,
+}
+
+/// A trimmed, lower-cased email, or `None` if it is not a plausible address.
+fn normalize_email(value: &Value) -> Option<String> {
+    let email = value.as_str()?.trim();
+    let (local, domain) = email.split_once('@')?;
+    let valid_local = !local.is_empty() && local.len() <= 64;
+    let valid_domain = domain.len() <= 253
+        && domain.contains('.')
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+    let clean = !email.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>');
+    (valid_local && valid_domain && clean && !domain.contains('@')).then(|| email.to_lowercase())
+}
+
+fn client_key(state: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
+    platform::http::client_ip(headers, peer, state.trust_proxy)
+}
+
+fn too_many(retry_after: std::time::Duration) -> ApiError {
+    ApiError::TooManyRequests { retry_after_secs: retry_after.as_secs_f64().ceil() as u64 }
+}
+
+/// 200/201 with `{id,email}` and the session cookie.
+fn signed_in(state: &AppState, status: StatusCode, id: Uuid, email: &str, headers: &HeaderMap, uri: &Uri) -> ApiResult<Response> {
+    let token = state.keys.issue(id, email)?;
+    let cookie = session::session_cookie_header(&token, state.keys.lifetime(), session::is_https(headers, uri));
+    Ok((status, [(header::SET_COOKIE, cookie)], Json(json!({ "id": id, "email": email }))).into_response())
+}
+
+pub async fn sign_up(
+    State(state): State<Arc<AppState>>,
+    PeerAddr(peer): PeerAddr,
+    headers: HeaderMap,
+    uri: Uri,
+    Json(input): Json<Credentials>,
+) -> ApiResult<Response> {
+    let client = client_key(&state, &headers, peer);
+    state.signups_per_client.check(&client).map_err(too_many)?;
+
+    let email = normalize_email(&input.email);
+    let password = input.password.as_str().filter(|p| (8..=128).contains(&p.chars().count()));
+    let mut errors = Vec::new();
+    if email.is_none() {
+        errors.push(ErrorItem::field("email", "Email must be valid"));
+    }
+    if password.is_none() {
+        errors.push(ErrorItem::field("password", PASSWORD_RULE));
+    }
+    let (Some(email), Some(password)) = (email, password) else {
+        return Err(ApiError::Invalid(errors));
+    };
+    state.signups_per_client.hit(&client);
+
+    let hash = password::hash(password.to_owned()).await?;
+    let id = Uuid::new_v4();
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(id.to_string())
+    .bind(&email)
+    .bind(&hash)
+    .bind(platform::db::now_millis())
+    .execute(&state.db.pool)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(ApiError::invalid("email", "Email in use"));
+    }
+    tracing::info!(user_id = %id, "user signed up");
+    signed_in(&state, StatusCode::CREATED, id, &email, &headers, &uri)
+}
+
+pub async fn sign_in(
+    State(state): State<Arc<AppState>>,
+    PeerAddr(peer): PeerAddr,
+    headers: HeaderMap,
+    uri: Uri,
+    Json(input): Json<Credentials>,
+) -> ApiResult<Response> {
+    let email = normalize_email(&input.email);
+    let password = input.password.as_str().filter(|p| !p.is_empty() && p.chars().count() <= 1024);
+    let mut errors = Vec::new();
+    if email.is_none() {
+        errors.push(ErrorItem::field("email", "Email must be valid"));
+    }
+    if password.is_none() {
+        errors.push(ErrorItem::field("password", "You must supply a password"));
+    }
+    let (Some(email), Some(password)) = (email, password) else {
+        return Err(ApiError::Invalid(errors));
+    };
+
+    let client = client_key(&state, &headers, peer);
+    state.failures_per_client.check(&client).map_err(too_many)?;
+    state.failures_per_email.check(&email).map_err(too_many)?;
+
+    let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(&state.db.pool)
+        .await?;
+    let (id, stored) = match &row {
+        Some(row) => (Some(row.try_get::<String, _>("id")?), Some(row.try_get::<String, _>("password_hash")?)),
+        None => (None, None),
+    };
+    let verified = password::verify(password.to_owned(), stored).await?;
+    let id = match id {
+        Some(id) if verified => Uuid::parse_str(&id).map_err(|err| ApiError::Unexpected(err.into()))?,
+        _ => {
+            state.failures_per_client.hit(&client);
+            state.failures_per_email.hit(&email);
+            return Err(ApiError::bad_request("Invalid credentials"));
+        }
+    };
+    state.failures_per_email.reset(&email);
+    signed_in(&state, StatusCode::OK, id, &email, &headers, &uri)
+}
+
+pub async fn sign_out(headers: HeaderMap, uri: Uri) -> Response {
+    let cookie = session::clear_session_cookie_header(session::is_https(&headers, &uri));
+    (StatusCode::OK, [(header::SET_COOKIE, cookie)], Json(json!({}))).into_response()
+}
+
+pub async fn current_user(MaybeUser(user): MaybeUser) -> Json<Value> {
+    let current = user.map(|claims| json!({ "id": claims.id, "email": claims.email, "iat": claims.iat }));
+    Json(json!({ "currentUser": current }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalized_and_checked() {
+        assert_eq!(normalize_email(&json!("  Ann@Example.COM ")), Some("ann@example.com".into()));
+        for bad in ["", "ann", "ann@", "@example.com", "ann@example", "a b@example.com", "ann@@example.com", "ann@exa mple.com", "ann@-x.com"] {
+            assert_eq!(normalize_email(&json!(bad)), None, "{bad}");
+        }
+        assert_eq!(normalize_email(&json!(42)), None);
+        assert_eq!(normalize_email(&Value::Null), None);
+    }
+}

@@ -1,0 +1,76 @@
+//! How a service plugs into the binary: it gets a [`Context`] and returns a [`Service`].
+//!
+//! The binary is thin: it builds one context (settings, session keys, bus, shutdown
+//! signal), starts the services it was asked for, merges their routers into one HTTP
+//! server, and waits for their background tasks after shutdown. The same service code runs
+//! alone in its own process or beside all the others in one.
+
+use std::sync::Arc;
+
+use axum::Router;
+use sqlx::migrate::Migrator;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::EventBus;
+use crate::db::{Db, database_url};
+use crate::http::ReadinessCheck;
+use crate::outbox::{OutboxRelay, OutboxWaker};
+use crate::session::SessionKeys;
+use crate::settings::Settings;
+
+/// What every service is started with.
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Settings,
+    pub keys: Arc<SessionKeys>,
+    pub bus: Arc<dyn EventBus>,
+    pub shutdown: CancellationToken,
+}
+
+/// A started service: its routes, what `/readyz` must check, and its background loops.
+pub struct Service {
+    pub name: &'static str,
+    pub router: Router,
+    pub checks: Vec<ReadinessCheck>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+impl Context {
+    /// The service's own database, migrated.
+    pub async fn database(&self, service: &str, migrator: &Migrator) -> anyhow::Result<Db> {
+        let url = database_url(self.settings.database_url.as_deref(), &self.settings.data_dir, service);
+        if url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&self.settings.data_dir)?;
+        }
+        Db::connect(&url, service, migrator).await
+    }
+
+    /// Wraps a service's API routes with sessions, the error envelope and body limits.
+    pub fn api_router(&self, api: Router) -> Router {
+        crate::http::service_router(api, self.keys.clone(), self.settings.max_body_bytes)
+    }
+
+    /// Starts the service's outbox relay; wake it after committing events.
+    pub fn start_outbox_relay(&self, db: &Db) -> (OutboxWaker, JoinHandle<()>) {
+        let waker = OutboxWaker::default();
+        let task = OutboxRelay::new(db.clone(), self.bus.clone(), waker.clone()).spawn(self.shutdown.clone());
+        (waker, task)
+    }
+
+    /// Readiness checks for a database and the bus.
+    pub fn readiness(&self, db: &Db) -> Vec<ReadinessCheck> {
+        let db = db.clone();
+        let bus = self.bus.clone();
+        vec![
+            Arc::new(move || {
+                let db = db.clone();
+                Box::pin(async move { db.check().await.map_err(anyhow::Error::from) })
+            }),
+            Arc::new(move || {
+                let bus = bus.clone();
+                Box::pin(async move { bus.check().await.map_err(anyhow::Error::from) })
+            }),
+        ]
+    }
+}

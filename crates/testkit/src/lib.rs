@@ -1,0 +1,93 @@
+//! Test helpers shared by every crate's integration tests.
+//!
+//! Tests run against real servers: PostgreSQL from `TEST_DATABASE_URL` and a NATS server
+//! with JetStream from `TEST_NATS_URL` (`scripts/test` starts both and sets them). A test
+//! that needs one and finds it unset fails with a message saying how to run the suite;
+//! it never skips silently. Every test gets its own database and its own stream and
+//! subject prefix, so tests run in parallel without seeing each other.
+
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+/// Storage and bus a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite files and the embedded bus in a temporary directory.
+    Embedded,
+    /// A fresh PostgreSQL database and a NATS JetStream stream of its own.
+    Distributed,
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the test suite with scripts/test, which starts PostgreSQL and NATS and sets it")
+    })
+}
+
+/// The NATS server the tests use.
+pub fn nats_url() -> String {
+    required_env("TEST_NATS_URL")
+}
+
+/// A unique name for this test's stream, subjects, consumer groups.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates an empty database for one test and returns its URL.
+pub async fn fresh_postgres_url() -> String {
+    let admin_url = required_env("TEST_DATABASE_URL");
+    let name = unique_name("ticketing_test");
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("cannot connect to TEST_DATABASE_URL");
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("cannot create test database");
+    let _ = admin.close().await;
+    match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("TEST_DATABASE_URL must name a database"),
+    }
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(unique_name("ticketing"));
+        std::fs::create_dir_all(&path).expect("cannot create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+/// Tests wait with this, never with a fixed sleep.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

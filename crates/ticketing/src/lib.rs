@@ -1,0 +1,129 @@
+//! Composes the services into one HTTP server: all of them (the embedded default) or the
+//! ones named on the command line (one service per process in a cluster).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use platform::bus::embedded::EmbeddedBus;
+use platform::bus::nats::NatsBus;
+use platform::bus::{EventBus, RetryPolicy};
+use platform::service::{Context, Service};
+use platform::session::SessionKeys;
+use platform::settings::Settings;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The services this binary can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceName {
+    Auth,
+}
+
+impl ServiceName {
+    pub const ALL: &[ServiceName] = &[ServiceName::Auth];
+}
+
+/// `ticketing serve`: every setting, from flags or the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Services to run in this process; all of them when none is named.
+    #[arg(value_enum)]
+    pub services: Vec<ServiceName>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+
+    #[command(flatten)]
+    pub auth: auth::AuthSettings,
+}
+
+/// A running marketplace (or part of one).
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests, finishes in-flight ones, stops background loops.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Runs until the shutdown token is cancelled (by a signal or [`Running::stop`]).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let served = self.server.await.context("HTTP server task failed")?;
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        served.context("HTTP server failed")
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+async fn connect_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
+    let policy = RetryPolicy::default();
+    Ok(match &settings.nats_url {
+        Some(url) => Arc::new(NatsBus::connect(url, &settings.nats_stream, &settings.subject_prefix, policy).await?),
+        None => {
+            std::fs::create_dir_all(&settings.data_dir)
+                .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+            Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db"), &settings.subject_prefix, policy).await?)
+        }
+    })
+}
+
+/// Starts the requested services and serves them on `args.settings.addr`.
+pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    let settings = args.settings.clone();
+    let keys = Arc::new(SessionKeys::new(
+        &settings.session_secret()?,
+        time::Duration::seconds(settings.session_ttl_seconds),
+    ));
+    let shutdown = CancellationToken::new();
+    let bus = connect_bus(&settings).await?;
+    let ctx = Context { settings: settings.clone(), keys, bus, shutdown: shutdown.clone() };
+
+    let names: Vec<ServiceName> =
+        if args.services.is_empty() { ServiceName::ALL.to_vec() } else { args.services.clone() };
+    let mut services: Vec<Service> = Vec::new();
+    for name in &names {
+        let service = match name {
+            ServiceName::Auth => auth::start(&ctx, &args.auth).await,
+        };
+        services.push(service.with_context(|| format!("cannot start the {name:?} service"))?);
+    }
+
+    let mut app = Router::new();
+    let mut checks = Vec::new();
+    let mut tasks = Vec::new();
+    for service in services {
+        app = app.merge(service.router);
+        checks.extend(service.checks);
+        tasks.extend(service.tasks);
+    }
+    let app = platform::http::with_observability(app.fallback(platform::error::not_found), checks);
+
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.addr))?;
+    let addr = listener.local_addr()?;
+    let stop = shutdown.clone();
+    let server = tokio::spawn(platform::http::serve(listener, app, async move { stop.cancelled().await }));
+    tracing::info!(
+        %addr,
+        services = ?names,
+        storage = if settings.database_url.is_some() { "postgres" } else { "sqlite" },
+        bus = if settings.nats_url.is_some() { "nats" } else { "embedded" },
+        "ticketing is serving http://{addr}"
+    );
+    Ok(Running { addr, shutdown, server, tasks })
+}

@@ -1,0 +1,208 @@
+//! `spawn_app`: the whole marketplace on port 0 with its own storage and bus namespace.
+
+use std::time::Duration;
+
+use clap::Parser;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use testkit::{Backend, TempDir};
+use ticketing::{Running, ServeArgs};
+
+/// Runs an async test body once per backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name(testkit::Backend::Embedded).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn distributed() {
+                    super::$name(testkit::Backend::Distributed).await
+                }
+            }
+        )*
+    };
+}
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+pub struct TestApp {
+    pub backend: Backend,
+    pub base: String,
+    pub args: ServeArgs,
+    running: Option<Running>,
+    _data_dir: TempDir,
+}
+
+/// Settings for a test marketplace: port 0, its own data dir, database, stream, prefix.
+pub async fn test_args(backend: Backend, data_dir: &TempDir) -> ServeArgs {
+    let mut args = TestCli::parse_from(["ticketing-test"]).args;
+    let settings = &mut args.settings;
+    settings.addr = "127.0.0.1:0".parse().expect("valid address");
+    settings.data_dir = data_dir.path().to_owned();
+    settings.jwt_key = Some("test-session-key-that-is-at-least-32-bytes".into());
+    settings.jwt_key_file = None;
+    match backend {
+        Backend::Embedded => {
+            settings.database_url = None;
+            settings.nats_url = None;
+        }
+        Backend::Distributed => {
+            settings.database_url = Some(testkit::fresh_postgres_url().await);
+            settings.nats_url = Some(testkit::nats_url());
+            settings.nats_stream = testkit::unique_name("TICKETING");
+            settings.subject_prefix = testkit::unique_name("ticketing");
+        }
+    }
+    // Tests sign up many users from one address; the limits have tests of their own.
+    args.auth.signups_per_client = 0;
+    args.auth.signin_failures_per_client = 0;
+    args.auth.signin_failures_per_email = 0;
+    args
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    testkit_logs();
+    let data_dir = TempDir::new();
+    let mut args = test_args(backend, &data_dir).await;
+    configure(&mut args);
+    let running = ticketing::start(args.clone()).await.expect("the marketplace starts");
+    TestApp { backend, base: format!("http://{}", running.addr), args, running: Some(running), _data_dir: data_dir }
+}
+
+fn testkit_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        platform::telemetry::init(platform::settings::LogFormat::Human);
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A browser-like client: keeps cookies.
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client builds")
+    }
+
+    /// Stops the marketplace and starts it again on the same storage and bus.
+    pub async fn restart(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean stop");
+        }
+        let mut args = self.args.clone();
+        // Same port, so clients keep talking to "the same" marketplace.
+        args.settings.addr = self.base.trim_start_matches("http://").parse().expect("valid address");
+        let running = ticketing::start(args).await.expect("the marketplace restarts");
+        self.running = Some(running);
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean stop");
+        }
+    }
+
+    /// Signs up a fresh user and returns a client holding their session.
+    pub async fn user(&self) -> User {
+        let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+        self.sign_up(&email, "correct horse battery").await
+    }
+
+    pub async fn sign_up(&self, email: &str, password: &str) -> User {
+        let client = self.client();
+        let response = client
+            .post(self.url("/api/users/signup"))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), StatusCode::CREATED, "sign-up of {email}");
+        let body: Value = response.json().await.expect("JSON body");
+        User {
+            client,
+            id: body["id"].as_str().expect("id").to_owned(),
+            email: body["email"].as_str().expect("email").to_owned(),
+            base: self.base.clone(),
+        }
+    }
+}
+
+/// A signed-in user.
+pub struct User {
+    pub client: reqwest::Client,
+    pub id: String,
+    pub email: String,
+    base: String,
+}
+
+impl User {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        into_parts(self.client.get(self.url(path)).send().await.expect("request sent")).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        into_parts(self.client.post(self.url(path)).json(&body).send().await.expect("request sent")).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        into_parts(self.client.put(self.url(path)).json(&body).send().await.expect("request sent")).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        into_parts(self.client.delete(self.url(path)).send().await.expect("request sent")).await
+    }
+}
+
+/// Status and JSON body (Null for an empty body).
+pub async fn into_parts(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let bytes = response.bytes().await.expect("body read");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("non-JSON body: {}", String::from_utf8_lossy(&bytes)))
+    };
+    (status, body)
+}
+
+/// The messages of an error envelope.
+pub fn messages(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an error envelope: {body}"))
+        .iter()
+        .map(|e| e["message"].as_str().expect("message").to_owned())
+        .collect()
+}
+
+/// `field: message` pairs of an error envelope.
+pub fn field_errors(body: &Value) -> Vec<(String, String)> {
+    body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an error envelope: {body}"))
+        .iter()
+        .map(|e| (e["field"].as_str().unwrap_or("").to_owned(), e["message"].as_str().expect("message").to_owned()))
+        .collect()
+}
