@@ -61,6 +61,10 @@ pub struct Settings {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Currency of every price (ISO code; Stripe's decimals apply: 2 for usd, 0 for jpy).
+    #[arg(long, env = "CURRENCY", default_value = "usd")]
+    pub currency: String,
+
     /// Trust X-Forwarded-For from the proxy in front (for per-client rate limits).
     #[arg(long, env = "TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
@@ -80,6 +84,7 @@ impl std::fmt::Debug for Settings {
             .field("session_ttl_seconds", &self.session_ttl_seconds)
             .field("log_format", &self.log_format)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("currency", &self.currency)
             .field("trust_proxy", &self.trust_proxy)
             .finish()
     }

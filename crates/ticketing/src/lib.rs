@@ -19,10 +19,20 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceName {
     Auth,
+    Tickets,
+    Orders,
+    Expiration,
+    Payments,
 }
 
 impl ServiceName {
-    pub const ALL: &[ServiceName] = &[ServiceName::Auth];
+    pub const ALL: &[ServiceName] = &[
+        ServiceName::Auth,
+        ServiceName::Tickets,
+        ServiceName::Orders,
+        ServiceName::Expiration,
+        ServiceName::Payments,
+    ];
 }
 
 /// `ticketing serve`: every setting, from flags or the environment.
@@ -37,6 +47,18 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub auth: auth::AuthSettings,
+
+    #[command(flatten)]
+    pub tickets: tickets::TicketsSettings,
+
+    #[command(flatten)]
+    pub orders: orders::OrdersSettings,
+
+    #[command(flatten)]
+    pub expiration: expiration::ExpirationSettings,
+
+    #[command(flatten)]
+    pub payments: payments::PaymentsSettings,
 }
 
 /// A running marketplace (or part of one).
@@ -98,6 +120,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     for name in &names {
         let service = match name {
             ServiceName::Auth => auth::start(&ctx, &args.auth).await,
+            ServiceName::Tickets => tickets::start(&ctx, &args.tickets).await,
+            ServiceName::Orders => orders::start(&ctx, &args.orders).await,
+            ServiceName::Expiration => expiration::start(&ctx, &args.expiration).await,
+            ServiceName::Payments => payments::start(&ctx, &args.payments).await,
         };
         services.push(service.with_context(|| format!("cannot start the {name:?} service"))?);
     }

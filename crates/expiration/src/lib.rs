@@ -1,0 +1,21 @@
+//! The expiration service. (Being written.)
+
+use axum::Router;
+use platform::service::{Context, Service};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The expiration service's own settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExpirationSettings {}
+
+/// Starts the expiration service.
+pub async fn start(ctx: &Context, _settings: &ExpirationSettings) -> anyhow::Result<Service> {
+    let db = ctx.database("expiration", &MIGRATOR).await?;
+    Ok(Service { name: "expiration", router: ctx.api_router(Router::new()), checks: ctx.readiness(&db), tasks: Vec::new() })
+}
+
+/// The OpenAPI description of this service's routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    utoipa::openapi::OpenApiBuilder::new().build()
+}

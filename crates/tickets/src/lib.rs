@@ -1,0 +1,21 @@
+//! The tickets service. (Being written.)
+
+use axum::Router;
+use platform::service::{Context, Service};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The tickets service's own settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TicketsSettings {}
+
+/// Starts the tickets service.
+pub async fn start(ctx: &Context, _settings: &TicketsSettings) -> anyhow::Result<Service> {
+    let db = ctx.database("tickets", &MIGRATOR).await?;
+    Ok(Service { name: "tickets", router: ctx.api_router(Router::new()), checks: ctx.readiness(&db), tasks: Vec::new() })
+}
+
+/// The OpenAPI description of this service's routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    utoipa::openapi::OpenApiBuilder::new().build()
+}
