@@ -716,7 +716,9 @@ impl OwnNats {
 
     async fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
-            process.kill().await.expect("cannot kill nats-server");
+            let pid = process.id().unwrap();
+            std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+            process.wait().await.unwrap();
         }
     }
 }

@@ -23,6 +23,7 @@ pub enum ServiceName {
     Orders,
     Expiration,
     Payments,
+    Web,
 }
 
 impl ServiceName {
@@ -32,6 +33,7 @@ impl ServiceName {
         ServiceName::Orders,
         ServiceName::Expiration,
         ServiceName::Payments,
+        ServiceName::Web,
     ];
 }
 
@@ -59,6 +61,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub payments: payments::PaymentsSettings,
+
+    #[command(flatten)]
+    pub web: web::WebSettings,
 }
 
 /// A running marketplace (or part of one).
@@ -124,6 +129,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             ServiceName::Orders => orders::start(&ctx, &args.orders).await,
             ServiceName::Expiration => expiration::start(&ctx, &args.expiration).await,
             ServiceName::Payments => payments::start(&ctx, &args.payments).await,
+            ServiceName::Web => web::start(&ctx, &args.web).await,
         };
         services.push(service.with_context(|| format!("cannot start the {name:?} service"))?);
     }

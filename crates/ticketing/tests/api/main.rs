@@ -4,4 +4,9 @@
 mod helpers;
 
 mod auth;
+mod expiration;
+mod flow;
+mod orders;
+mod payments;
 mod platform;
+mod tickets;
