@@ -70,3 +70,15 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
         .with_state(state);
     Ok(Service { name: "auth", router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: Vec::new() })
 }
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(routes::sign_up, routes::sign_in, routes::sign_out, routes::current_user),
+    components(schemas(routes::Credentials, routes::UserBody, routes::CurrentUserBody, routes::SessionUser, platform::error::ErrorBody, platform::error::ErrorItem))
+)]
+struct AuthApi;
+
+/// The OpenAPI description of this service's routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <AuthApi as utoipa::OpenApi>::openapi()
+}

@@ -18,13 +18,37 @@ use crate::{AppState, password};
 
 const PASSWORD_RULE: &str = "Password must be between 8 and 128 characters";
 
+/// The public shape of a user.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct UserBody {
+    pub id: Uuid,
+    pub email: String,
+}
+
+/// `{"currentUser": {...}}` or `{"currentUser": null}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CurrentUserBody {
+    pub current_user: Option<SessionUser>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SessionUser {
+    pub id: Uuid,
+    pub email: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: i64,
+}
+
 /// Both fields are taken as raw JSON so that a missing or mistyped field is reported
 /// against that field, like any other invalid input.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     #[serde(default)]
+    #[schema(value_type = String, example = "ann@example.com")]
     email: Value,
     #[serde(default)]
+    #[schema(value_type = String, example = "correct horse battery")]
     password: Value,
 }
 
@@ -57,9 +81,16 @@ fn too_many(retry_after: std::time::Duration) -> ApiError {
 fn signed_in(state: &AppState, status: StatusCode, id: Uuid, email: &str, headers: &HeaderMap, uri: &Uri) -> ApiResult<Response> {
     let token = state.keys.issue(id, email)?;
     let cookie = session::session_cookie_header(&token, state.keys.lifetime(), session::is_https(headers, uri));
-    Ok((status, [(header::SET_COOKIE, cookie)], Json(json!({ "id": id, "email": email }))).into_response())
+    Ok((status, [(header::SET_COOKIE, cookie)], Json(UserBody { id, email: email.to_owned() })).into_response())
 }
 
+/// Creates an account and signs it in.
+#[utoipa::path(post, path = "/api/users/signup", tag = "auth", request_body = Credentials,
+    responses(
+        (status = 201, description = "Signed up; sets the `session` cookie", body = UserBody),
+        (status = 400, description = "Invalid email or password, or email in use", body = platform::error::ErrorBody),
+        (status = 429, description = "Too many sign-ups from this client", body = platform::error::ErrorBody),
+    ))]
 pub async fn sign_up(
     State(state): State<Arc<AppState>>,
     PeerAddr(peer): PeerAddr,
@@ -104,6 +135,13 @@ pub async fn sign_up(
     signed_in(&state, StatusCode::CREATED, id, &email, &headers, &uri)
 }
 
+/// Signs in with email and password.
+#[utoipa::path(post, path = "/api/users/signin", tag = "auth", request_body = Credentials,
+    responses(
+        (status = 200, description = "Signed in; sets the `session` cookie", body = UserBody),
+        (status = 400, description = "`Invalid credentials`, or invalid input", body = platform::error::ErrorBody),
+        (status = 429, description = "Too many failed sign-ins", body = platform::error::ErrorBody),
+    ))]
 pub async fn sign_in(
     State(state): State<Arc<AppState>>,
     PeerAddr(peer): PeerAddr,
@@ -149,14 +187,19 @@ pub async fn sign_in(
     signed_in(&state, StatusCode::OK, id, &email, &headers, &uri)
 }
 
+/// Signs out: clears the `session` cookie.
+#[utoipa::path(post, path = "/api/users/signout", tag = "auth", responses((status = 200, description = "Signed out")))]
 pub async fn sign_out(headers: HeaderMap, uri: Uri) -> Response {
     let cookie = session::clear_session_cookie_header(session::is_https(&headers, &uri));
     (StatusCode::OK, [(header::SET_COOKIE, cookie)], Json(json!({}))).into_response()
 }
 
-pub async fn current_user(MaybeUser(user): MaybeUser) -> Json<Value> {
-    let current = user.map(|claims| json!({ "id": claims.id, "email": claims.email, "iat": claims.iat }));
-    Json(json!({ "currentUser": current }))
+/// The signed-in user, or null.
+#[utoipa::path(get, path = "/api/users/currentuser", tag = "auth",
+    responses((status = 200, description = "The session's user, or null", body = CurrentUserBody)))]
+pub async fn current_user(MaybeUser(user): MaybeUser) -> Json<CurrentUserBody> {
+    let current_user = user.map(|claims| SessionUser { id: claims.id, email: claims.email, iat: claims.iat });
+    Json(CurrentUserBody { current_user })
 }
 
 #[cfg(test)]

@@ -216,6 +216,7 @@ on_both_buses!(
     last_attempt_is_flagged_and_not_followed_by_another,
     same_event_published_twice_is_delivered_once,
     subscribers_of_one_group_split_the_work,
+    slow_handlers_within_ack_wait_do_not_cause_redeliveries,
     every_group_gets_every_event,
     restarted_bus_delivers_what_was_not_acknowledged,
     outbox_event_survives_a_crash_on_sqlite,
@@ -396,6 +397,41 @@ async fn subscribers_of_one_group_split_the_work(which: Which) {
     assert_eq!(handled, sent);
     assert!(first.iter().chain(&second).all(|delivery| delivery.attempt == 1), "no redeliveries");
     assert!(!first.is_empty() && !second.is_empty(), "both subscribers got work");
+
+    running_first.stop().await;
+    running_second.stop().await;
+    setup.finish().await;
+}
+
+async fn slow_handlers_within_ack_wait_do_not_cause_redeliveries(which: Which) {
+    // Ten events of 300 ms work each, two subscribers: 1.5 s of work each, more than ack_wait,
+    // though every single handler finishes well within it. ack_wait is a handler's lease, so
+    // no event may start over at another subscriber.
+    let setup = Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(1), ..policy() });
+    let bus = setup.open().await;
+    let group = unique_name("g");
+    let sent = events(10);
+    publish_all(&*bus, &sent).await;
+    let work = |seen: &Seen| {
+        handler(seen, |_| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Outcome::Ack
+        })
+    };
+    let (first, second) = (Seen::default(), Seen::default());
+    let running_first = subscribe(&*bus, &group, &[KIND], work(&first)).await;
+    let running_second = subscribe(&*bus, &group, &[KIND], work(&second)).await;
+
+    eventually(WAIT, "all 10 events handled", || {
+        let handled = first.all().len() + second.all().len();
+        async move { (handled >= 10).then_some(()) }
+    })
+    .await;
+    quiet().await;
+    let handled: Vec<Delivery> = first.all().into_iter().chain(second.all()).collect();
+    println!("{which:?}: first subscriber handled {}, second {}", first.all().len(), second.all().len());
+    assert_eq!(handled.len(), 10, "each event exactly once: {:?}", attempts(&handled));
+    assert!(handled.iter().all(|delivery| delivery.attempt == 1), "no redeliveries: {:?}", attempts(&handled));
 
     running_first.stop().await;
     running_second.stop().await;
@@ -716,15 +752,24 @@ impl OwnNats {
 
     async fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
-            let pid = process.id().unwrap();
-            std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-            process.wait().await.unwrap();
+            process.kill().await.expect("cannot kill nats-server");
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_bus_recovers_when_the_server_comes_back() {
+    nats_bus_recovers_from_an_outage(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_bus_recovers_when_the_server_comes_back_without_its_data() {
+    nats_bus_recovers_from_an_outage(true).await;
+}
+
+/// Kills the server, then starts it again on the same port; with `wipe`, on an empty store,
+/// as after losing the server's disk: the stream and the consumer must come back by themselves.
+async fn nats_bus_recovers_from_an_outage(wipe: bool) {
     init_logs();
     let recovery = Duration::from_secs(40);
     let mut server = OwnNats::new();
@@ -741,19 +786,6 @@ async fn nats_bus_recovers_when_the_server_comes_back() {
     bus.publish(&before).await.expect("cannot publish");
     seen.wait_for_id(before.id, WAIT, "the event before the outage").await;
     bus.check().await.expect("the bus is ready while the server runs");
-    // The handler has run, but its ack may still be on the wire; one killed with the server
-    // would (rightly) bring the event back, which is not what this test is about.
-    let jetstream = async_nats::jetstream::new(async_nats::connect(&url).await.expect("cannot connect"));
-    eventually(WAIT, "the ack to reach the server", || {
-        let jetstream = jetstream.clone();
-        async move {
-            let stream = jetstream.get_stream("outage").await.ok()?;
-            let info = stream.consumer_info("outage-group").await.ok()?;
-            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
-        }
-    })
-    .await;
-    drop(jetstream);
 
     server.kill().await;
     eventually(WAIT, "check to notice the outage", || {
@@ -768,8 +800,14 @@ async fn nats_bus_recovers_when_the_server_comes_back() {
     .await;
     // The publish fails; the outbox would keep the event and send it again later.
     let during = Event::new(KIND, json!({ "n": 2 }));
-    assert!(bus.publish(&during).await.is_err(), "publishing without a server fails");
+    let started = Instant::now();
+    let refused = bus.publish(&during).await;
+    println!("publish without a server: {refused:?} after {:?}", started.elapsed());
+    assert!(refused.is_err(), "publishing without a server fails");
 
+    if wipe {
+        server.store = TempDir::new();
+    }
     server.start();
     eventually(recovery, "the bus to be ready again", || {
         let bus = &bus;
@@ -784,7 +822,11 @@ async fn nats_bus_recovers_when_the_server_comes_back() {
     seen.wait_for_id(after.id, recovery, "the subscriber to get events again").await;
     seen.wait_for_id(during.id, WAIT, "the event re-sent after the outage").await;
     quiet().await;
-    for event in [&before, &during, &after] {
+    // A killed server may forget acks it confirmed shortly before (JetStream writes consumer
+    // state lazily), so the event from before the crash may come again: at least once.
+    assert!(seen.count_of(before.id) >= 1);
+    println!("wipe {wipe}: deliveries {:?}", seen.all().iter().map(|d| (d.event.data.clone(), d.attempt)).collect::<Vec<_>>());
+    for event in [&during, &after] {
         assert_eq!(seen.count_of(event.id), 1, "deliveries: {:?}", seen.all());
     }
 

@@ -110,7 +110,14 @@ async fn connect_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
 
 /// Starts the requested services and serves them on `args.settings.addr`.
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
-    let settings = args.settings.clone();
+    let mut settings = args.settings.clone();
+    // Bind first: services (the web pages calling the API) need the real address when the
+    // setting asked for port 0.
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.addr))?;
+    let addr = listener.local_addr()?;
+    settings.addr = addr;
     let keys = Arc::new(SessionKeys::new(
         &settings.session_secret()?,
         time::Duration::seconds(settings.session_ttl_seconds),
@@ -142,12 +149,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         checks.extend(service.checks);
         tasks.extend(service.tasks);
     }
+    if names.iter().any(|name| *name != ServiceName::Web) {
+        let spec = openapi(&names);
+        app = app.route("/api/docs/openapi.json", axum::routing::get(move || async move { axum::Json(spec) }));
+    }
     let app = platform::http::with_observability(app.fallback(platform::error::not_found), checks);
 
-    let listener = tokio::net::TcpListener::bind(settings.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.addr))?;
-    let addr = listener.local_addr()?;
     let stop = shutdown.clone();
     let server = tokio::spawn(platform::http::serve(listener, app, async move { stop.cancelled().await }));
     tracing::info!(
@@ -158,4 +165,34 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         "ticketing is serving http://{addr}"
     );
     Ok(Running { addr, shutdown, server, tasks })
+}
+
+/// The OpenAPI description of the API this process serves, assembled from each service's
+/// annotated handlers, so it cannot drift from the code.
+pub fn openapi(names: &[ServiceName]) -> utoipa::openapi::OpenApi {
+    let mut spec = utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("ticketing")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "A ticket resale marketplace. Errors use the envelope \
+                     `{\"errors\":[{\"message\":\"...\",\"field\":\"...\"}]}`. Sessions are a JWT in the \
+                     `session` cookie or an `Authorization: Bearer` header.",
+                ))
+                .build(),
+        )
+        .build();
+    for name in names {
+        let part = match name {
+            ServiceName::Auth => auth::openapi(),
+            ServiceName::Tickets => tickets::openapi(),
+            ServiceName::Orders => orders::openapi(),
+            ServiceName::Expiration => expiration::openapi(),
+            ServiceName::Payments => payments::openapi(),
+            ServiceName::Web => continue,
+        };
+        spec.merge(part);
+    }
+    spec
 }

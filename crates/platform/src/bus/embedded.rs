@@ -43,8 +43,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (grp, visible_at, seq);
 ";
 
-/// How many deliveries a subscriber leases at a time.
-const BATCH: i64 = 32;
+/// How many deliveries a subscriber leases at a time. One: a lease lasts `ack_wait` from when it
+/// is taken, and deliveries are handled one after another, so a second leased delivery would
+/// have its lease running out while it waits for the first, and go to another subscriber too.
+const BATCH: i64 = 1;
 
 pub struct EmbeddedBus {
     pool: SqlitePool,

@@ -60,6 +60,8 @@ impl NatsBus {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),
                     async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                    // One per failed reconnect attempt: the Disconnected warning said it all.
+                    async_nats::Event::ClientError(err) => tracing::debug!(error = %err, "NATS client error"),
                     other => tracing::warn!(event = %other, "NATS connection event"),
                 }
             })
