@@ -66,7 +66,6 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
         .route("/api/users/signin", post(routes::sign_in))
         .route("/api/users/signout", post(routes::sign_out))
         .route("/api/users/currentuser", get(routes::current_user))
-        .fallback(platform::error::not_found)
         .with_state(state);
     Ok(Service { name: "auth", router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: Vec::new() })
 }
@@ -74,7 +73,14 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(routes::sign_up, routes::sign_in, routes::sign_out, routes::current_user),
-    components(schemas(routes::Credentials, routes::UserBody, routes::CurrentUserBody, routes::SessionUser, platform::error::ErrorBody, platform::error::ErrorItem))
+    components(schemas(
+        routes::Credentials,
+        routes::UserBody,
+        routes::CurrentUserBody,
+        routes::SessionUser,
+        platform::error::ErrorBody,
+        platform::error::ErrorItem
+    ))
 )]
 struct AuthApi;
 

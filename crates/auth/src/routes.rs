@@ -78,7 +78,14 @@ fn too_many(retry_after: std::time::Duration) -> ApiError {
 }
 
 /// 200/201 with `{id,email}` and the session cookie.
-fn signed_in(state: &AppState, status: StatusCode, id: Uuid, email: &str, headers: &HeaderMap, uri: &Uri) -> ApiResult<Response> {
+fn signed_in(
+    state: &AppState,
+    status: StatusCode,
+    id: Uuid,
+    email: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> ApiResult<Response> {
     let token = state.keys.issue(id, email)?;
     let cookie = session::session_cookie_header(&token, state.keys.lifetime(), session::is_https(headers, uri));
     Ok((status, [(header::SET_COOKIE, cookie)], Json(UserBody { id, email: email.to_owned() })).into_response())
@@ -209,7 +216,17 @@ mod tests {
     #[test]
     fn emails_are_normalized_and_checked() {
         assert_eq!(normalize_email(&json!("  Ann@Example.COM ")), Some("ann@example.com".into()));
-        for bad in ["", "ann", "ann@", "@example.com", "ann@example", "a b@example.com", "ann@@example.com", "ann@exa mple.com", "ann@-x.com"] {
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@example",
+            "a b@example.com",
+            "ann@@example.com",
+            "ann@exa mple.com",
+            "ann@-x.com",
+        ] {
             assert_eq!(normalize_email(&json!(bad)), None, "{bad}");
         }
         assert_eq!(normalize_email(&json!(42)), None);

@@ -135,4 +135,3 @@ impl<H: EventHandler> Handler for Consumer<H> {
         }
     }
 }
-

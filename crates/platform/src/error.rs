@@ -119,11 +119,7 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if crate::db::is_unavailable(&err) {
-            Self::Unavailable(err.into())
-        } else {
-            Self::Unexpected(err.into())
-        }
+        if crate::db::is_unavailable(&err) { Self::Unavailable(err.into()) } else { Self::Unexpected(err.into()) }
     }
 }
 
@@ -152,7 +148,8 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         // Every request body of the API is an object; serde would also build a struct from
         // an array, which no client means.
-        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await.map_err(json_rejection)?;
+        let axum::Json(value) =
+            axum::Json::<serde_json::Value>::from_request(req, state).await.map_err(json_rejection)?;
         if !value.is_object() {
             return Err(ApiError::bad_request("Request body must be a JSON object"));
         }
@@ -189,9 +186,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|err: PathRejection| {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|err: PathRejection| {
                 tracing::debug!(%err, "path rejected");
                 ApiError::NotFound
             })?;

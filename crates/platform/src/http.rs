@@ -25,11 +25,10 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Something `/readyz` must find healthy: a database, a bus.
 pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
-/// Wraps a service's API routes with what every service needs. Unknown paths under the
-/// service get the 404 envelope.
+/// Wraps a service's API routes with what every service needs. Services set no fallback:
+/// routers of several services are merged into one app, which answers unknown paths.
 pub fn service_router(api: Router, keys: Arc<SessionKeys>, max_body_bytes: usize) -> Router {
-    api.fallback(crate::error::not_found)
-        .layer(middleware::from_fn(envelope_for_bare_errors))
+    api.layer(middleware::from_fn(envelope_for_bare_errors))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(keys))
 }
@@ -124,8 +123,7 @@ pub fn client_ip(headers: &axum::http::HeaderMap, peer: Option<std::net::SocketA
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .last();
+            .rfind(|v| !v.is_empty());
         if let Some(ip) = forwarded {
             return ip.to_owned();
         }

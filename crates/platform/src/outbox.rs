@@ -103,8 +103,10 @@ impl OutboxRelay {
         .bind(BATCH)
         .fetch_all(&self.db.pool)
         .await?;
-        let mut claimed: Vec<(String, String)> =
-            rows.iter().map(|row| Ok((row.try_get("id")?, row.try_get("payload")?))).collect::<Result<_, sqlx::Error>>()?;
+        let mut claimed: Vec<(String, String)> = rows
+            .iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("payload")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
         claimed.sort();
         let mut sent = 0;
         for (index, (id, payload)) in claimed.iter().enumerate() {
@@ -122,7 +124,10 @@ impl OutboxRelay {
                 // Let the unsent rest be claimed again right away rather than after the lease.
                 let unsent: Vec<&str> = claimed[index..].iter().map(|(id, _)| id.as_str()).collect();
                 for id in unsent {
-                    sqlx::query("UPDATE outbox SET locked_until = 0 WHERE id = $1").bind(id).execute(&self.db.pool).await?;
+                    sqlx::query("UPDATE outbox SET locked_until = 0 WHERE id = $1")
+                        .bind(id)
+                        .execute(&self.db.pool)
+                        .await?;
                 }
                 return Err(err.context("cannot publish outbox event"));
             }

@@ -119,10 +119,8 @@ pub fn is_https(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
 /// `Set-Cookie` for a new session.
 pub fn session_cookie_header(token: &str, max_age: time::Duration, secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
-    let value = format!(
-        "{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-        max_age.whole_seconds()
-    );
+    let value =
+        format!("{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", max_age.whole_seconds());
     HeaderValue::from_str(&value).expect("a JWT is a valid header value")
 }
 

@@ -309,7 +309,10 @@ async fn handler_exceeding_ack_wait_gets_the_event_again(which: Which) {
     let got = seen.all();
     assert_eq!(attempts(&got), [1, 2], "delivered exactly twice: {got:?}");
     assert!(got.iter().all(|delivery| delivery.event.id == sent.id));
-    assert!(redelivered_after >= Duration::from_millis(900), "redelivered before ack_wait ran out: {redelivered_after:?}");
+    assert!(
+        redelivered_after >= Duration::from_millis(900),
+        "redelivered before ack_wait ran out: {redelivered_after:?}"
+    );
 
     running.stop().await;
     setup.finish().await;
@@ -583,7 +586,8 @@ async fn outbox_relay_retries_while_the_bus_is_down(which: Which) {
     let setup = Setup::new(which);
     let dir = TempDir::new();
     let db = connect_db(&sqlite_url(dir.path()), "outbox_test").await;
-    let bus = Arc::new(Switchable { inner: setup.open().await, down: AtomicBool::new(true), refused: AtomicUsize::new(0) });
+    let bus =
+        Arc::new(Switchable { inner: setup.open().await, down: AtomicBool::new(true), refused: AtomicUsize::new(0) });
     let seen = Seen::default();
     let running = subscribe(&*bus, &unique_name("g"), &[KIND], acking(&seen)).await;
     let waker = OutboxWaker::default();
@@ -629,23 +633,17 @@ struct Numbered {
 struct Recording;
 
 impl EventHandler for Recording {
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut Tx,
-        event: &'a Event,
-    ) -> impl Future<Output = Result<(), HandleError>> + Send + 'a {
-        async move {
-            let Numbered { n } = consumer::payload(event)?;
-            if n < 0 {
-                return Err(HandleError::Retry(anyhow::anyhow!("not yet")));
-            }
-            sqlx::query("INSERT INTO applied (event_id, n) VALUES ($1, $2)")
-                .bind(event.id.to_string())
-                .bind(n)
-                .execute(&mut **tx)
-                .await?;
-            Ok(())
+    async fn apply(&self, tx: &mut Tx, event: &Event) -> Result<(), HandleError> {
+        let Numbered { n } = consumer::payload(event)?;
+        if n < 0 {
+            return Err(HandleError::Retry(anyhow::anyhow!("not yet")));
         }
+        sqlx::query("INSERT INTO applied (event_id, n) VALUES ($1, $2)")
+            .bind(event.id.to_string())
+            .bind(n)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 }
 
@@ -825,7 +823,10 @@ async fn nats_bus_recovers_from_an_outage(wipe: bool) {
     // A killed server may forget acks it confirmed shortly before (JetStream writes consumer
     // state lazily), so the event from before the crash may come again: at least once.
     assert!(seen.count_of(before.id) >= 1);
-    println!("wipe {wipe}: deliveries {:?}", seen.all().iter().map(|d| (d.event.data.clone(), d.attempt)).collect::<Vec<_>>());
+    println!(
+        "wipe {wipe}: deliveries {:?}",
+        seen.all().iter().map(|d| (d.event.data.clone(), d.attempt)).collect::<Vec<_>>()
+    );
     for event in [&during, &after] {
         assert_eq!(seen.count_of(event.id), 1, "deliveries: {:?}", seen.all());
     }

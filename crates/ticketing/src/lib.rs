@@ -118,10 +118,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", settings.addr))?;
     let addr = listener.local_addr()?;
     settings.addr = addr;
-    let keys = Arc::new(SessionKeys::new(
-        &settings.session_secret()?,
-        time::Duration::seconds(settings.session_ttl_seconds),
-    ));
+    let keys =
+        Arc::new(SessionKeys::new(&settings.session_secret()?, time::Duration::seconds(settings.session_ttl_seconds)));
     let shutdown = CancellationToken::new();
     let bus = connect_bus(&settings).await?;
     let ctx = Context { settings: settings.clone(), keys, bus, shutdown: shutdown.clone() };
@@ -153,7 +151,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         let spec = openapi(&names);
         app = app.route("/api/docs/openapi.json", axum::routing::get(move || async move { axum::Json(spec) }));
     }
-    let app = platform::http::with_observability(app.fallback(platform::error::not_found), checks);
+    // The web pages, when served here, answer every unknown path (with the envelope under
+    // /api); without them, unknown paths get the envelope.
+    if !names.contains(&ServiceName::Web) {
+        app = app.fallback(platform::error::not_found);
+    }
+    let app = platform::http::with_observability(app, checks);
 
     let stop = shutdown.clone();
     let server = tokio::spawn(platform::http::serve(listener, app, async move { stop.cancelled().await }));

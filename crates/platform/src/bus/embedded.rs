@@ -223,19 +223,24 @@ impl Subscriber {
                 .bind(&self.group)
                 .fetch_one(&self.pool)
                 .await?;
-            let wait = next.map_or(Duration::from_secs(5), |at| Duration::from_millis((at - now).clamp(1, 5_000) as u64));
+            let wait =
+                next.map_or(Duration::from_secs(5), |at| Duration::from_millis((at - now).clamp(1, 5_000) as u64));
             return Ok(Some(wait));
         }
-        let mut leased: Vec<(i64, i64)> =
-            leased.iter().map(|row| Ok((row.try_get("seq")?, row.try_get("attempts")?))).collect::<Result<_, sqlx::Error>>()?;
+        let mut leased: Vec<(i64, i64)> = leased
+            .iter()
+            .map(|row| Ok((row.try_get("seq")?, row.try_get("attempts")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
         leased.sort_unstable();
         for (seq, attempts) in leased {
             if shutdown.is_cancelled() {
                 // The lease runs out and the delivery is made again after restart.
                 break;
             }
-            let payload: Vec<u8> =
-                sqlx::query_scalar("SELECT payload FROM messages WHERE seq = $1").bind(seq).fetch_one(&self.pool).await?;
+            let payload: Vec<u8> = sqlx::query_scalar("SELECT payload FROM messages WHERE seq = $1")
+                .bind(seq)
+                .fetch_one(&self.pool)
+                .await?;
             let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
             let outcome = match Event::decode(&payload) {
                 Ok(event) => {

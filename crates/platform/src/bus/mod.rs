@@ -115,7 +115,14 @@ pub type DynHandler = Arc<dyn Fn(Delivery) -> futures::future::BoxFuture<'static
 pub fn dyn_handler<H: Handler>(handler: Arc<H>) -> DynHandler {
     Arc::new(move |delivery| {
         let handler = handler.clone();
-        Box::pin(async move { handler.handle(delivery).await })
+        Box::pin(async move {
+            use futures::FutureExt;
+            // A panicking handler must not kill its subscriber: treat it as a failed attempt.
+            std::panic::AssertUnwindSafe(handler.handle(delivery))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Outcome::Retry(anyhow::anyhow!("event handler panicked")))
+        })
     })
 }
 

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BusError, Delivery, DynHandler, Event, EventBus, Outcome, RetryPolicy, subject_for};
 
-/// How long `Nats-Msg-Id` de-duplication remembers an id. The outbox relay re-sends only what
-/// it could not delete after an ack, right away; consumers de-duplicate anything older anyway.
+/// How long `Nats-Msg-Id` de-duplication remembers an id. It catches the usual re-send (the
+/// outbox relay retrying after a lost ack); consumers de-duplicate whatever comes later.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Bounds every JetStream API request, publish ack and double ack.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,9 +59,13 @@ impl NatsBus {
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
                     // One per failed reconnect attempt: the Disconnected warning said it all.
-                    async_nats::Event::ClientError(err) => tracing::debug!(error = %err, "NATS client error"),
+                    async_nats::Event::ClientError(err) => {
+                        tracing::debug!(error = %err, "NATS client error")
+                    }
                     other => tracing::warn!(event = %other, "NATS connection event"),
                 }
             })
@@ -131,7 +135,9 @@ impl EventBus for NatsBus {
         }
         match tokio::time::timeout(CHECK_TIMEOUT, self.jetstream.get_stream(&self.stream.name)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(BusError::Unavailable(anyhow::Error::from(err).context("JetStream stream info failed"))),
+            Ok(Err(err)) => {
+                Err(BusError::Unavailable(anyhow::Error::from(err).context("JetStream stream info failed")))
+            }
             Err(_) => Err(BusError::Unavailable(anyhow::anyhow!("JetStream did not answer within {CHECK_TIMEOUT:?}"))),
         }
     }
@@ -176,7 +182,9 @@ impl Subscriber {
                 subjects
             }
             Err(err) if err.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Vec::new(),
-            Err(err) => return Err(anyhow::Error::from(err).context("cannot look up the durable consumer")),
+            Err(err) => {
+                return Err(anyhow::Error::from(err).context("cannot look up the durable consumer"));
+            }
         };
         subjects.extend(self.subjects.iter().cloned());
         subjects.sort();
@@ -229,7 +237,12 @@ impl Subscriber {
     }
 
     /// Handles messages until shutdown (`Ok`) or until the message stream fails (`Err`).
-    async fn consume(&self, consumer: PullConsumer, failures: &mut u32, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn consume(
+        &self,
+        consumer: PullConsumer,
+        failures: &mut u32,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(1)
@@ -249,7 +262,9 @@ impl Subscriber {
                     *failures = 0;
                     self.deliver(message).await;
                 }
-                Some(Err(err)) => return Err(anyhow::Error::from(err).context("pulling messages failed")),
+                Some(Err(err)) => {
+                    return Err(anyhow::Error::from(err).context("pulling messages failed"));
+                }
                 None => anyhow::bail!("the message stream ended"),
             }
         }

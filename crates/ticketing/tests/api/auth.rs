@@ -32,7 +32,8 @@ async fn sign_up_creates_a_user_and_a_session(backend: Backend) {
     let app = spawn_app(backend).await;
     let client = app.client();
     let (status, body, cookie) =
-        post(&client, app.url("/api/users/signup"), json!({"email": " Ann@Example.com ", "password": "password123"})).await;
+        post(&client, app.url("/api/users/signup"), json!({"email": " Ann@Example.com ", "password": "password123"}))
+            .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(body["email"], "ann@example.com");
     assert!(uuid::Uuid::parse_str(body["id"].as_str().unwrap()).is_ok());
@@ -69,21 +70,35 @@ async fn sign_up_rejects_bad_input_and_changes_nothing(backend: Backend) {
     let url = || app.url("/api/users/signup");
     let cases = [
         (json!({"email": "not-an-email", "password": "password123"}), vec![("email", "Email must be valid")]),
-        (json!({"email": "a@b.co", "password": "short"}), vec![("password", "Password must be between 8 and 128 characters")]),
-        (json!({"email": "a@b.co", "password": "x".repeat(129)}), vec![("password", "Password must be between 8 and 128 characters")]),
-        (json!({"email": 5, "password": ["password123"]}), vec![("email", "Email must be valid"), ("password", "Password must be between 8 and 128 characters")]),
-        (json!({}), vec![("email", "Email must be valid"), ("password", "Password must be between 8 and 128 characters")]),
+        (
+            json!({"email": "a@b.co", "password": "short"}),
+            vec![("password", "Password must be between 8 and 128 characters")],
+        ),
+        (
+            json!({"email": "a@b.co", "password": "x".repeat(129)}),
+            vec![("password", "Password must be between 8 and 128 characters")],
+        ),
+        (
+            json!({"email": 5, "password": ["password123"]}),
+            vec![("email", "Email must be valid"), ("password", "Password must be between 8 and 128 characters")],
+        ),
+        (
+            json!({}),
+            vec![("email", "Email must be valid"), ("password", "Password must be between 8 and 128 characters")],
+        ),
     ];
     for (body, expected) in cases {
         let (status, response, cookie) = post(&client, url(), body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        let expected: Vec<(String, String)> = expected.iter().map(|(f, m)| ((*f).to_owned(), (*m).to_owned())).collect();
+        let expected: Vec<(String, String)> =
+            expected.iter().map(|(f, m)| ((*f).to_owned(), (*m).to_owned())).collect();
         assert_eq!(field_errors(&response), expected, "{body}");
         assert!(cookie.is_none());
     }
 
     // Malformed JSON, wrong content type, wrong shape.
-    let response = client.post(url()).header("content-type", "application/json").body("{\"email\":").send().await.unwrap();
+    let response =
+        client.post(url()).header("content-type", "application/json").body("{\"email\":").send().await.unwrap();
     let (status, body) = into_parts(response).await;
     assert_eq!((status, messages(&body)), (StatusCode::BAD_REQUEST, vec!["Malformed JSON".to_owned()]));
     let response = client.post(url()).body("email=a@b.co").send().await.unwrap();
@@ -118,8 +133,12 @@ async fn sign_up_refuses_an_email_in_use_whatever_its_case(backend: Backend) {
     assert_eq!(field_errors(&body), vec![("email".to_owned(), "Email in use".to_owned())]);
     assert!(cookie.is_none());
     // The first password still works; the second was not stored.
-    let (status, _, _) =
-        post(&app.client(), app.url("/api/users/signin"), json!({"email": "carol@example.com", "password": "password123"})).await;
+    let (status, _, _) = post(
+        &app.client(),
+        app.url("/api/users/signin"),
+        json!({"email": "carol@example.com", "password": "password123"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     app.stop().await;
 }
@@ -129,14 +148,22 @@ async fn sign_in_works_and_fails_the_same_way_for_unknown_email_and_wrong_passwo
     let user = app.sign_up("dave@example.com", "password123").await;
     let client = app.client();
     let (status, body, cookie) =
-        post(&client, app.url("/api/users/signin"), json!({"email": "DAVE@example.com ", "password": "password123"})).await;
+        post(&client, app.url("/api/users/signin"), json!({"email": "DAVE@example.com ", "password": "password123"}))
+            .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"id": user.id, "email": "dave@example.com"}));
     assert!(cookie.unwrap().starts_with("session="));
 
-    let wrong = post(&client, app.url("/api/users/signin"), json!({"email": "dave@example.com", "password": "wrong-password"})).await;
-    let unknown = post(&client, app.url("/api/users/signin"), json!({"email": "nobody@example.com", "password": "password123"})).await;
-    assert_eq!((wrong.0, &wrong.1), (StatusCode::BAD_REQUEST, &json!({"errors": [{"message": "Invalid credentials"}]})));
+    let wrong =
+        post(&client, app.url("/api/users/signin"), json!({"email": "dave@example.com", "password": "wrong-password"}))
+            .await;
+    let unknown =
+        post(&client, app.url("/api/users/signin"), json!({"email": "nobody@example.com", "password": "password123"}))
+            .await;
+    assert_eq!(
+        (wrong.0, &wrong.1),
+        (StatusCode::BAD_REQUEST, &json!({"errors": [{"message": "Invalid credentials"}]}))
+    );
     assert_eq!((unknown.0, &unknown.1), (wrong.0, &wrong.1));
     assert!(wrong.2.is_none() && unknown.2.is_none());
 
@@ -176,7 +203,8 @@ async fn current_user_treats_bad_tokens_as_anonymous(backend: Backend) {
     let forged = format!("{}.{}.{}", b64(&json!({"alg": "HS256", "typ": "JWT"})), b64(&claims), base64url(b"forged"));
     for token in ["garbage", "a.b.c", unsigned.as_str(), forged.as_str(), ""] {
         for header in [("cookie", format!("session={token}")), ("authorization", format!("Bearer {token}"))] {
-            let response = client.get(app.url("/api/users/currentuser")).header(header.0, &header.1).send().await.unwrap();
+            let response =
+                client.get(app.url("/api/users/currentuser")).header(header.0, &header.1).send().await.unwrap();
             assert_eq!(into_parts(response).await, (StatusCode::OK, json!({"currentUser": null})), "{header:?}");
         }
     }
@@ -187,8 +215,12 @@ async fn current_user_treats_bad_tokens_as_anonymous(backend: Backend) {
     )
     .issue(uuid::Uuid::new_v4(), "eve@example.com")
     .unwrap();
-    let response =
-        client.get(app.url("/api/users/currentuser")).header(AUTHORIZATION, format!("Bearer {expired}")).send().await.unwrap();
+    let response = client
+        .get(app.url("/api/users/currentuser"))
+        .header(AUTHORIZATION, format!("Bearer {expired}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(into_parts(response).await, (StatusCode::OK, json!({"currentUser": null})));
     app.stop().await;
 }

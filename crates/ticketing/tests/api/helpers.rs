@@ -95,11 +95,7 @@ impl TestApp {
 
     /// A browser-like client: keeps cookies.
     pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .cookie_store(true)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client builds")
+        reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client builds")
     }
 
     /// Stops the marketplace and starts it again on the same storage and bus.

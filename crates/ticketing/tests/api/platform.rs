@@ -14,7 +14,11 @@ async fn unknown_routes_and_methods_get_the_envelope(backend: Backend) {
     let client = app.client();
     for path in ["/api/nothing", "/api/users/nothing", "/api"] {
         let response = client.get(app.url(path)).send().await.unwrap();
-        assert_eq!(into_parts(response).await, (StatusCode::NOT_FOUND, json!({"errors": [{"message": "Not Found"}]})), "{path}");
+        assert_eq!(
+            into_parts(response).await,
+            (StatusCode::NOT_FOUND, json!({"errors": [{"message": "Not Found"}]})),
+            "{path}"
+        );
     }
     let response = client.delete(app.url("/api/users/signup")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
