@@ -1,21 +1,96 @@
-//! The orders service. (Being written.)
+//! The orders service: buyers order tickets, which reserves them for a window, and cancel
+//! orders; expirations cancel and payments complete them.
+//!
+//! Orders owns the `orders` table and publishes `order:created` / `order:cancelled` /
+//! `order:completed` through its outbox. It knows tickets only from the tickets service's
+//! events, kept in its `tickets` replica ([`events`]). Exactly one live order per ticket holds,
+//! even across instances, because the database enforces it with a partial unique index.
+
+mod domain;
+pub mod events;
+mod routes;
+mod store;
+
+use std::sync::Arc;
 
 use axum::Router;
+use axum::routing::get;
+use platform::bus::dyn_handler;
+use platform::consumer::Consumer;
+use platform::db::Db;
+use platform::money::Currency;
+use platform::outbox::OutboxWaker;
 use platform::service::{Context, Service};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The service's name: its database schema (or file) and its consumer group.
+pub const NAME: &str = "orders";
+
 /// The orders service's own settings.
 #[derive(Debug, Clone, clap::Args)]
-pub struct OrdersSettings {}
-
-/// Starts the orders service.
-pub async fn start(ctx: &Context, _settings: &OrdersSettings) -> anyhow::Result<Service> {
-    let db = ctx.database("orders", &MIGRATOR).await?;
-    Ok(Service { name: "orders", router: ctx.api_router(Router::new()), checks: ctx.readiness(&db), tasks: Vec::new() })
+pub struct OrdersSettings {
+    /// How long an order reserves its ticket before it expires unpaid, in seconds.
+    #[arg(long, env = "ORDER_EXPIRATION_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u32).range(1..))]
+    pub order_expiration_seconds: u32,
 }
+
+pub(crate) struct AppState {
+    db: Db,
+    outbox: OutboxWaker,
+    currency: Currency,
+    expiration_millis: i64,
+}
+
+/// Starts the orders service: its database, outbox relay, event consumer and routes.
+pub async fn start(ctx: &Context, settings: &OrdersSettings) -> anyhow::Result<Service> {
+    let db = ctx.database(NAME, &MIGRATOR).await?;
+    let (outbox, relay) = ctx.start_outbox_relay(&db);
+    let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox.clone()));
+    let subscriber = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(consumer), ctx.shutdown.clone()).await?;
+    let state = Arc::new(AppState {
+        db: db.clone(),
+        outbox,
+        currency: Currency::new(&ctx.settings.currency),
+        expiration_millis: i64::from(settings.order_expiration_seconds) * 1000,
+    });
+    let api = Router::new()
+        .route("/api/orders", get(routes::list_orders).post(routes::create_order))
+        .route("/api/orders/{id}", get(routes::show_order).delete(routes::cancel_order))
+        .with_state(state);
+    Ok(Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: vec![relay, subscriber] })
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(routes::create_order, routes::list_orders, routes::show_order, routes::cancel_order),
+    components(schemas(
+        routes::NewOrder,
+        routes::OrderBody,
+        routes::OrderTicketBody,
+        domain::OrderStatus,
+        platform::error::ErrorBody,
+        platform::error::ErrorItem
+    ))
+)]
+struct OrdersApi;
 
 /// The OpenAPI description of this service's routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    utoipa::openapi::OpenApiBuilder::new().build()
+    <OrdersApi as utoipa::OpenApi>::openapi()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_description_covers_every_route() {
+        let spec = super::openapi();
+        let operations: Vec<(&str, bool, bool, bool)> = spec
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| (path.as_str(), item.get.is_some(), item.post.is_some(), item.delete.is_some()))
+            .collect();
+        assert_eq!(operations, vec![("/api/orders", true, true, false), ("/api/orders/{id}", true, false, true)]);
+    }
 }

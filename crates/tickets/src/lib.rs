@@ -1,21 +1,84 @@
-//! The tickets service. (Being written.)
+//! The tickets service: sellers list tickets for sale and edit them; a ticket is locked while
+//! an order holds it, and gone from the list for good once sold.
+//!
+//! Tickets owns the `tickets` table and publishes `ticket:created` / `ticket:updated` through
+//! its outbox. It learns about orders only from the orders service's events ([`events`]),
+//! which it applies to its `known_orders` replica with the version rule, so a reservation,
+//! release or sale is applied exactly once and in the order it happened.
+
+mod domain;
+pub mod events;
+mod routes;
+mod store;
+
+use std::sync::Arc;
 
 use axum::Router;
+use axum::routing::get;
+use platform::bus::dyn_handler;
+use platform::consumer::Consumer;
+use platform::db::Db;
+use platform::money::Currency;
+use platform::outbox::OutboxWaker;
 use platform::service::{Context, Service};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The service's name: its database schema (or file) and its consumer group.
+pub const NAME: &str = "tickets";
 
 /// The tickets service's own settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TicketsSettings {}
 
-/// Starts the tickets service.
-pub async fn start(ctx: &Context, _settings: &TicketsSettings) -> anyhow::Result<Service> {
-    let db = ctx.database("tickets", &MIGRATOR).await?;
-    Ok(Service { name: "tickets", router: ctx.api_router(Router::new()), checks: ctx.readiness(&db), tasks: Vec::new() })
+pub(crate) struct AppState {
+    db: Db,
+    outbox: OutboxWaker,
+    currency: Currency,
 }
+
+/// Starts the tickets service: its database, outbox relay, order-event consumer and routes.
+pub async fn start(ctx: &Context, _settings: &TicketsSettings) -> anyhow::Result<Service> {
+    let db = ctx.database(NAME, &MIGRATOR).await?;
+    let (outbox, relay) = ctx.start_outbox_relay(&db);
+    let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox.clone()));
+    let subscriber = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(consumer), ctx.shutdown.clone()).await?;
+    let state = Arc::new(AppState { db: db.clone(), outbox, currency: Currency::new(&ctx.settings.currency) });
+    let api = Router::new()
+        .route("/api/tickets", get(routes::list_tickets).post(routes::create_ticket))
+        .route("/api/tickets/{id}", get(routes::show_ticket).put(routes::update_ticket))
+        .with_state(state);
+    Ok(Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: vec![relay, subscriber] })
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(routes::create_ticket, routes::list_tickets, routes::show_ticket, routes::update_ticket),
+    components(schemas(
+        routes::TicketInput,
+        routes::TicketBody,
+        platform::error::ErrorBody,
+        platform::error::ErrorItem
+    ))
+)]
+struct TicketsApi;
 
 /// The OpenAPI description of this service's routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    utoipa::openapi::OpenApiBuilder::new().build()
+    <TicketsApi as utoipa::OpenApi>::openapi()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_description_covers_every_route() {
+        let spec = super::openapi();
+        let operations: Vec<(&str, bool, bool, bool)> = spec
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| (path.as_str(), item.get.is_some(), item.post.is_some(), item.put.is_some()))
+            .collect();
+        assert_eq!(operations, vec![("/api/tickets", true, true, false), ("/api/tickets/{id}", true, false, true)]);
+    }
 }

@@ -1,0 +1,155 @@
+//! What an order is, its life cycle, and what the rest of the marketplace is told about it.
+//!
+//! An order starts `created`, and ends `cancelled` (by its buyer, or when its reservation
+//! window passes unpaid) or `complete` (paid). `awaiting:payment` is in the contract and is
+//! treated as live, like `created`. Every change bumps the order's version by one and emits
+//! the matching event in the same transaction.
+
+use platform::db::Tx;
+use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef};
+use platform::outbox;
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::store;
+
+pub const ALREADY_RESERVED: &str = "Ticket is already reserved";
+pub const OWN_TICKET: &str = "Cannot purchase your own ticket";
+pub const COMPLETED: &str = "Cannot cancel a completed order";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub enum OrderStatus {
+    #[serde(rename = "created")]
+    Created,
+    #[serde(rename = "cancelled")]
+    Cancelled,
+    #[serde(rename = "awaiting:payment")]
+    AwaitingPayment,
+    #[serde(rename = "complete")]
+    Complete,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Cancelled => "cancelled",
+            Self::AwaitingPayment => "awaiting:payment",
+            Self::Complete => "complete",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Created, Self::Cancelled, Self::AwaitingPayment, Self::Complete]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
+/// The replica of a ticket, as the tickets service last described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub id: Uuid,
+    pub title: String,
+    /// Minor units.
+    pub price: i64,
+    pub user_id: Uuid,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub ticket_id: Uuid,
+    pub status: OrderStatus,
+    pub expires_at: OffsetDateTime,
+    pub version: i64,
+}
+
+impl Order {
+    /// A new order by `user_id`, holding the ticket until `expires_at`.
+    pub fn new(user_id: Uuid, ticket_id: Uuid, expires_at: OffsetDateTime) -> Self {
+        Self { id: Uuid::now_v7(), user_id, ticket_id, status: OrderStatus::Created, expires_at, version: 0 }
+    }
+
+    pub fn created_event(&self, ticket: &Ticket) -> OrderCreated {
+        OrderCreated {
+            id: self.id,
+            version: self.version,
+            status: self.status.as_str().to_owned(),
+            user_id: self.user_id,
+            expires_at: self.expires_at,
+            ticket: PricedTicketRef { id: ticket.id, price: ticket.price },
+        }
+    }
+}
+
+/// The `ticketId` of a new order, or the message for it.
+pub fn parse_ticket_id(value: &Value) -> Result<Uuid, &'static str> {
+    value.as_str().and_then(|text| Uuid::parse_str(text).ok()).ok_or("ticketId must be a valid id")
+}
+
+/// What became of a request to end an order.
+#[derive(Debug)]
+pub enum Ended {
+    /// This call ended it; its event is enqueued.
+    Now,
+    /// It had already ended (cancelled or complete): nothing changed.
+    Already(OrderStatus),
+    /// There is no such order.
+    Unknown,
+}
+
+/// Cancels a live order (`order:cancelled`); a cancelled or complete order stays as it is.
+pub async fn cancel_order(tx: &mut Tx, order_id: Uuid) -> Result<Ended, sqlx::Error> {
+    end_order(tx, order_id, OrderStatus::Cancelled).await
+}
+
+/// Completes a live order (`order:completed`); a cancelled or complete order stays as it is.
+pub async fn complete_order(tx: &mut Tx, order_id: Uuid) -> Result<Ended, sqlx::Error> {
+    end_order(tx, order_id, OrderStatus::Complete).await
+}
+
+async fn end_order(tx: &mut Tx, order_id: Uuid, status: OrderStatus) -> Result<Ended, sqlx::Error> {
+    let Some(order) = store::end_live_order(tx, order_id, status).await? else {
+        return Ok(store::order_status(tx, order_id).await?.map_or(Ended::Unknown, Ended::Already));
+    };
+    let ticket = TicketRef { id: order.ticket_id };
+    let event = match status {
+        OrderStatus::Complete => OrderCompleted { id: order.id, version: order.version, ticket }.to_event(),
+        _ => OrderCancelled { id: order.id, version: order.version, ticket }.to_event(),
+    };
+    outbox::enqueue(tx, &event).await?;
+    tracing::info!(order_id = %order.id, ticket_id = %order.ticket_id, status = status.as_str(), version = order.version, "order ended");
+    Ok(Ended::Now)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_in_the_contract_spelling() {
+        for status in
+            [OrderStatus::Created, OrderStatus::Cancelled, OrderStatus::AwaitingPayment, OrderStatus::Complete]
+        {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), json!(status.as_str()));
+        }
+        assert_eq!(OrderStatus::parse("paid"), None);
+    }
+
+    #[test]
+    fn ticket_ids_must_be_uuid_strings() {
+        let id = Uuid::new_v4();
+        assert_eq!(parse_ticket_id(&json!(id.to_string())), Ok(id));
+        for bad in [json!("nope"), json!(""), json!(42), json!(null), json!([id.to_string()])] {
+            assert!(parse_ticket_id(&bad).is_err(), "{bad}");
+        }
+    }
+}

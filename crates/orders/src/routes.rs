@@ -1,0 +1,181 @@
+//! Handlers for `/api/orders/*`.
+//!
+//! Checks run in the contract's order: signed in (401), input valid (400), exists (404),
+//! business rule (400), owner (401). A change and its event commit in one transaction, then
+//! the outbox relay is woken.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use platform::db::{from_millis, is_unique_violation, now_millis};
+use platform::error::{ApiError, ApiResult, IdPath, Json};
+use platform::events::ContractEvent;
+use platform::money::Currency;
+use platform::outbox;
+use platform::session::RequireUser;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::domain::{self, ALREADY_RESERVED, COMPLETED, Ended, OWN_TICKET, Order, OrderStatus, Ticket};
+use crate::store;
+
+/// `{ticketId}`. Taken as raw JSON so a missing or mistyped id is reported against the field.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewOrder {
+    #[serde(default)]
+    #[schema(value_type = String, format = Uuid, required = true)]
+    ticket_id: Value,
+}
+
+/// An order as its buyer sees it, with the ticket it reserves.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderBody {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+    /// When the reservation ends unless paid (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+    pub version: i64,
+    pub ticket: OrderTicketBody,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderTicketBody {
+    pub id: Uuid,
+    pub title: String,
+    /// In major units.
+    #[schema(value_type = f64, example = 12.5)]
+    pub price: Value,
+    pub version: i64,
+}
+
+impl OrderBody {
+    fn new(order: Order, ticket: Ticket, currency: &Currency) -> Self {
+        Self {
+            id: order.id,
+            user_id: order.user_id,
+            status: order.status,
+            expires_at: order.expires_at,
+            version: order.version,
+            ticket: OrderTicketBody {
+                id: ticket.id,
+                title: ticket.title,
+                price: currency.to_major(ticket.price),
+                version: ticket.version,
+            },
+        }
+    }
+}
+
+/// Order a ticket: it is reserved for the buyer until `expiresAt`.
+#[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = NewOrder,
+    responses(
+        (status = 201, description = "Ordered; the ticket is reserved", body = OrderBody),
+        (status = 400, description = "Invalid `ticketId`, `Ticket is already reserved` or `Cannot purchase your own ticket`", body = platform::error::ErrorBody),
+        (status = 401, description = "Not signed in", body = platform::error::ErrorBody),
+        (status = 404, description = "Unknown ticket", body = platform::error::ErrorBody),
+    ))]
+pub async fn create_order(
+    State(state): State<Arc<AppState>>,
+    RequireUser(user): RequireUser,
+    Json(input): Json<NewOrder>,
+) -> ApiResult<(StatusCode, Json<OrderBody>)> {
+    let ticket_id =
+        domain::parse_ticket_id(&input.ticket_id).map_err(|message| ApiError::invalid("ticketId", message))?;
+    let ticket = store::find_ticket(&state.db.pool, ticket_id).await?.ok_or(ApiError::NotFound)?;
+    if ticket.user_id == user.id {
+        return Err(ApiError::bad_request(OWN_TICKET));
+    }
+    // Whole milliseconds, as stored, so every later read shows the same instant.
+    let expires_at = from_millis(now_millis().saturating_add(state.expiration_millis));
+    let order = Order::new(user.id, ticket.id, expires_at);
+    let mut tx = state.db.begin().await?;
+    // No check first: the partial unique index decides, even between instances.
+    match store::insert_order(&mut tx, &order).await {
+        Err(err) if is_unique_violation(&err) => return Err(ApiError::bad_request(ALREADY_RESERVED)),
+        inserted => inserted?,
+    }
+    outbox::enqueue(&mut tx, &order.created_event(&ticket).to_event()).await?;
+    tx.commit().await?;
+    state.outbox.wake();
+    tracing::info!(order_id = %order.id, ticket_id = %ticket.id, user_id = %user.id, "ticket ordered");
+    Ok((StatusCode::CREATED, Json(OrderBody::new(order, ticket, &state.currency))))
+}
+
+/// The caller's orders, any status, newest first.
+#[utoipa::path(get, path = "/api/orders", tag = "orders",
+    responses(
+        (status = 200, description = "The caller's orders, newest first", body = [OrderBody]),
+        (status = 401, description = "Not signed in", body = platform::error::ErrorBody),
+    ))]
+pub async fn list_orders(
+    State(state): State<Arc<AppState>>,
+    RequireUser(user): RequireUser,
+) -> ApiResult<Json<Vec<OrderBody>>> {
+    let orders = store::list_orders(&state.db.pool, user.id).await?;
+    Ok(Json(orders.into_iter().map(|(order, ticket)| OrderBody::new(order, ticket, &state.currency)).collect()))
+}
+
+/// One of the caller's orders.
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order", body = OrderBody),
+        (status = 401, description = "Not signed in, or not the buyer", body = platform::error::ErrorBody),
+        (status = 404, description = "Unknown order", body = platform::error::ErrorBody),
+    ))]
+pub async fn show_order(
+    State(state): State<Arc<AppState>>,
+    RequireUser(user): RequireUser,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<OrderBody>> {
+    let (order, ticket) = store::find_order(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
+    if order.user_id != user.id {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(Json(OrderBody::new(order, ticket, &state.currency)))
+}
+
+/// Cancel an order, releasing its ticket. Cancelling a cancelled order changes nothing.
+#[utoipa::path(delete, path = "/api/orders/{id}", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 204, description = "Cancelled (now or before)"),
+        (status = 400, description = "`Cannot cancel a completed order`", body = platform::error::ErrorBody),
+        (status = 401, description = "Not signed in, or not the buyer", body = platform::error::ErrorBody),
+        (status = 404, description = "Unknown order", body = platform::error::ErrorBody),
+    ))]
+pub async fn cancel_order(
+    State(state): State<Arc<AppState>>,
+    RequireUser(user): RequireUser,
+    IdPath(id): IdPath,
+) -> ApiResult<StatusCode> {
+    let (order, _) = store::find_order(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
+    if order.status == OrderStatus::Complete {
+        return Err(ApiError::bad_request(COMPLETED));
+    }
+    if order.user_id != user.id {
+        return Err(ApiError::Unauthorized);
+    }
+    let mut tx = state.db.begin().await?;
+    match domain::cancel_order(&mut tx, id).await? {
+        Ended::Now => {
+            tx.commit().await?;
+            state.outbox.wake();
+        }
+        // Paid since the read above.
+        Ended::Already(OrderStatus::Complete) => return Err(ApiError::bad_request(COMPLETED)),
+        Ended::Already(_) => {}
+        // Found above, and orders are never deleted.
+        Ended::Unknown => return Err(ApiError::NotFound),
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

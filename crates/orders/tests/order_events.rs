@@ -1,0 +1,247 @@
+//! The orders service's consumer (ticket replica, expirations, payments), driven directly with
+//! duplicated and reordered deliveries, on SQLite and on PostgreSQL.
+
+use std::sync::Arc;
+
+use orders::events::OrderEvents;
+use platform::bus::{Delivery, Event, Handler, Outcome};
+use platform::consumer::Consumer;
+use platform::db::Db;
+use platform::events::{ContractEvent, ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated};
+use serde_json::{Value, json};
+use sqlx::Row;
+use testkit::{Backend, TempDir};
+use uuid::Uuid;
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(testkit::Backend::Embedded).await
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(testkit::Backend::Distributed).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_databases!(
+    the_ticket_replica_applies_each_version_once_and_in_order,
+    expiration_cancels_a_live_order_once,
+    payment_completes_a_live_order_once,
+    a_payment_for_a_cancelled_order_changes_nothing,
+    events_naming_unknown_orders_are_parked,
+);
+
+struct Harness {
+    db: Db,
+    consumer: Arc<Consumer<OrderEvents>>,
+    _dir: TempDir,
+}
+
+impl Harness {
+    async fn new(backend: Backend) -> Self {
+        let dir = TempDir::new();
+        let url = match backend {
+            Backend::Embedded => platform::db::database_url(None, dir.path(), orders::NAME),
+            Backend::Distributed => testkit::fresh_postgres_url().await,
+        };
+        let db = Db::connect(&url, orders::NAME, &orders::MIGRATOR).await.expect("database connects");
+        let consumer = Consumer::new(orders::NAME, db.clone(), OrderEvents, None);
+        Self { db, consumer, _dir: dir }
+    }
+
+    async fn deliver(&self, event: &Event) -> Outcome {
+        self.consumer.handle(Delivery { event: event.clone(), attempt: 1, is_last_attempt: false }).await
+    }
+
+    async fn assert_applied(&self, event: &Event) {
+        let outcome = self.deliver(event).await;
+        assert!(matches!(outcome, Outcome::Ack), "{} should be acknowledged: {outcome:?}", event.kind);
+    }
+
+    async fn assert_retried(&self, event: &Event) {
+        let outcome = self.deliver(event).await;
+        assert!(matches!(outcome, Outcome::Retry(_)), "{} should be retried: {outcome:?}", event.kind);
+    }
+
+    /// `(title, price, version)` of a replicated ticket.
+    async fn ticket(&self, id: Uuid) -> Option<(String, i64, i64)> {
+        sqlx::query("SELECT title, price, version FROM tickets WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.db.pool)
+            .await
+            .unwrap()
+            .map(|row| (row.get("title"), row.get("price"), row.get("version")))
+    }
+
+    /// A live order for a replicated ticket, as `POST /api/orders` would have stored it.
+    async fn order(&self) -> (Uuid, Uuid) {
+        let ticket = created_ticket();
+        self.assert_applied(&ticket.to_event()).await;
+        let order = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, ticket_id, status, expires_at, version, created_at) \
+             VALUES ($1, $2, $3, 'created', 0, 0, 0)",
+        )
+        .bind(order.to_string())
+        .bind(Uuid::new_v4().to_string())
+        .bind(ticket.id.to_string())
+        .execute(&self.db.pool)
+        .await
+        .expect("order inserted");
+        (order, ticket.id)
+    }
+
+    /// `(status, version)` of an order.
+    async fn state(&self, order: Uuid) -> (String, i64) {
+        let row = sqlx::query("SELECT status, version FROM orders WHERE id = $1")
+            .bind(order.to_string())
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("order exists");
+        (row.get("status"), row.get("version"))
+    }
+
+    /// The events waiting in the outbox, oldest first: `(kind, payload)`.
+    async fn outbox(&self) -> Vec<(String, Value)> {
+        sqlx::query("SELECT payload FROM outbox ORDER BY id")
+            .fetch_all(&self.db.pool)
+            .await
+            .expect("outbox readable")
+            .iter()
+            .map(|row| {
+                let event = Event::decode(row.get::<String, _>("payload").as_bytes()).expect("decodable event");
+                (event.kind, event.data)
+            })
+            .collect()
+    }
+
+    async fn parked(&self) -> usize {
+        sqlx::query("SELECT kind FROM parked_events").fetch_all(&self.db.pool).await.unwrap().len()
+    }
+}
+
+fn created_ticket() -> TicketCreated {
+    TicketCreated { id: Uuid::now_v7(), version: 0, title: "Concert".into(), price: 2000, user_id: Uuid::new_v4() }
+}
+
+fn updated(ticket: &TicketCreated, version: i64, title: &str) -> Event {
+    TicketUpdated {
+        id: ticket.id,
+        version,
+        title: title.into(),
+        price: 2000 + version,
+        user_id: ticket.user_id,
+        order_id: None,
+    }
+    .to_event()
+}
+
+fn expired(order: Uuid) -> Event {
+    ExpirationComplete { order_id: order }.to_event()
+}
+
+fn paid(order: Uuid) -> Event {
+    PaymentCreated { id: Uuid::new_v4(), order_id: order, charge_id: "ch_test".into() }.to_event()
+}
+
+/// The same payload in a fresh envelope, as if the publisher had sent it again.
+fn republished(event: &Event) -> Event {
+    Event::new(&event.kind, event.data.clone())
+}
+
+async fn the_ticket_replica_applies_each_version_once_and_in_order(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let ticket = created_ticket();
+    let (v1, v2) = (updated(&ticket, 1, "Renamed"), updated(&ticket, 2, "Renamed again"));
+
+    // An update before the ticket is known waits.
+    h.assert_retried(&v1).await;
+    assert_eq!(h.ticket(ticket.id).await, None);
+
+    let created = ticket.to_event();
+    h.assert_applied(&created).await;
+    h.assert_applied(&created).await;
+    h.assert_applied(&republished(&created)).await;
+    assert_eq!(h.ticket(ticket.id).await, Some(("Concert".into(), 2000, 0)));
+
+    // Version 2 before version 1 waits; then both apply, in order.
+    h.assert_retried(&v2).await;
+    assert_eq!(h.ticket(ticket.id).await, Some(("Concert".into(), 2000, 0)));
+    h.assert_applied(&v1).await;
+    assert_eq!(h.ticket(ticket.id).await, Some(("Renamed".into(), 2001, 1)));
+    h.assert_applied(&v2).await;
+    assert_eq!(h.ticket(ticket.id).await, Some(("Renamed again".into(), 2002, 2)));
+
+    // Old news, redelivered or republished, and a late creation: no change.
+    h.assert_applied(&v1).await;
+    h.assert_applied(&republished(&v1)).await;
+    h.assert_applied(&republished(&created)).await;
+    assert_eq!(h.ticket(ticket.id).await, Some(("Renamed again".into(), 2002, 2)));
+    // The replica publishes nothing of its own.
+    assert!(h.outbox().await.is_empty());
+}
+
+async fn expiration_cancels_a_live_order_once(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let (order, ticket) = h.order().await;
+    let event = expired(order);
+
+    h.assert_applied(&event).await;
+    assert_eq!(h.state(order).await, ("cancelled".into(), 1));
+    let expected = vec![("order:cancelled".to_owned(), json!({"id": order, "version": 1, "ticket": {"id": ticket}}))];
+    assert_eq!(h.outbox().await, expected);
+
+    h.assert_applied(&event).await;
+    h.assert_applied(&republished(&event)).await;
+    assert_eq!(h.state(order).await, ("cancelled".into(), 1));
+    assert_eq!(h.outbox().await, expected);
+}
+
+async fn payment_completes_a_live_order_once(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let (order, ticket) = h.order().await;
+    let event = paid(order);
+
+    h.assert_applied(&event).await;
+    assert_eq!(h.state(order).await, ("complete".into(), 1));
+    let expected = vec![("order:completed".to_owned(), json!({"id": order, "version": 1, "ticket": {"id": ticket}}))];
+    assert_eq!(h.outbox().await, expected);
+
+    // A duplicate payment event, and the timer firing after the payment: the order stays paid.
+    h.assert_applied(&event).await;
+    h.assert_applied(&republished(&event)).await;
+    h.assert_applied(&expired(order)).await;
+    assert_eq!(h.state(order).await, ("complete".into(), 1));
+    assert_eq!(h.outbox().await, expected);
+}
+
+async fn a_payment_for_a_cancelled_order_changes_nothing(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let (order, ticket) = h.order().await;
+
+    h.assert_applied(&expired(order)).await;
+    h.assert_applied(&paid(order)).await;
+    assert_eq!(h.state(order).await, ("cancelled".into(), 1));
+    assert_eq!(
+        h.outbox().await,
+        vec![("order:cancelled".to_owned(), json!({"id": order, "version": 1, "ticket": {"id": ticket}}))]
+    );
+}
+
+async fn events_naming_unknown_orders_are_parked(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.assert_applied(&expired(Uuid::new_v4())).await;
+    h.assert_applied(&paid(Uuid::new_v4())).await;
+    h.assert_applied(&Event::new("payment:created", json!({"orderId": 42}))).await;
+    h.assert_applied(&Event::new("order:created", json!({}))).await;
+    assert_eq!(h.parked().await, 4);
+    assert!(h.outbox().await.is_empty());
+}

@@ -1,0 +1,120 @@
+//! What a ticket is, what makes a listing valid, and what the rest of the marketplace is told
+//! about a ticket. Free of SQL and HTTP, so the rules read in one place.
+
+use platform::error::ErrorItem;
+use platform::events::{TicketCreated, TicketUpdated};
+use platform::money::Currency;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Longest title accepted, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+
+pub const RESERVED: &str = "Cannot edit a reserved ticket";
+
+/// A ticket as stored. `order_id` is the order holding it (reserved or sold), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub id: Uuid,
+    pub title: String,
+    /// Minor units of the marketplace's currency.
+    pub price: i64,
+    pub user_id: Uuid,
+    pub version: i64,
+    pub order_id: Option<Uuid>,
+}
+
+impl Ticket {
+    /// A new, unreserved ticket at version 0.
+    pub fn new(user_id: Uuid, listing: Listing) -> Self {
+        Self { id: Uuid::now_v7(), title: listing.title, price: listing.price, user_id, version: 0, order_id: None }
+    }
+
+    pub fn created_event(&self) -> TicketCreated {
+        TicketCreated {
+            id: self.id,
+            version: self.version,
+            title: self.title.clone(),
+            price: self.price,
+            user_id: self.user_id,
+        }
+    }
+
+    pub fn updated_event(&self) -> TicketUpdated {
+        TicketUpdated {
+            id: self.id,
+            version: self.version,
+            title: self.title.clone(),
+            price: self.price,
+            user_id: self.user_id,
+            order_id: self.order_id,
+        }
+    }
+}
+
+/// What a seller says about a ticket: a valid title and price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub title: String,
+    pub price: i64,
+}
+
+impl Listing {
+    /// Checks raw JSON values; one error per bad field. The title is stored trimmed.
+    pub fn parse(title: &Value, price: &Value, currency: &Currency) -> Result<Self, Vec<ErrorItem>> {
+        let title = match title.as_str().map(str::trim) {
+            None | Some("") => Err("Title is required".to_owned()),
+            Some(title) if title.chars().count() > MAX_TITLE_CHARS => {
+                Err(format!("Title must be at most {MAX_TITLE_CHARS} characters"))
+            }
+            Some(title) => Ok(title.to_owned()),
+        };
+        let price = currency.parse_price(price);
+        match (title, price) {
+            (Ok(title), Ok(price)) => Ok(Self { title, price }),
+            (title, price) => Err([("title", title.err()), ("price", price.err())]
+                .into_iter()
+                .filter_map(|(field, message)| Some(ErrorItem::field(field, message?)))
+                .collect()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn errors(title: Value, price: Value) -> Vec<(String, String)> {
+        Listing::parse(&title, &price, &Currency::new("usd"))
+            .expect_err("invalid")
+            .into_iter()
+            .map(|item| (item.field.unwrap_or_default(), item.message))
+            .collect()
+    }
+
+    #[test]
+    fn valid_listings_are_trimmed_and_priced_in_minor_units() {
+        let listing = Listing::parse(&json!("  Concert  "), &json!(12.5), &Currency::new("usd")).unwrap();
+        assert_eq!(listing, Listing { title: "Concert".into(), price: 1250 });
+        let longest = "é".repeat(MAX_TITLE_CHARS);
+        assert_eq!(Listing::parse(&json!(longest), &json!(1), &Currency::new("usd")).unwrap().title, longest);
+    }
+
+    #[test]
+    fn each_bad_field_gets_one_error() {
+        let title = |m: &str| ("title".to_owned(), m.to_owned());
+        let price = |m: &str| ("price".to_owned(), m.to_owned());
+        assert_eq!(errors(json!(""), json!(10)), vec![title("Title is required")]);
+        assert_eq!(errors(json!("   "), json!(10)), vec![title("Title is required")]);
+        assert_eq!(errors(json!(42), json!(10)), vec![title("Title is required")]);
+        assert_eq!(errors(Value::Null, json!(10)), vec![title("Title is required")]);
+        assert_eq!(
+            errors(json!("x".repeat(MAX_TITLE_CHARS + 1)), json!(10)),
+            vec![title("Title must be at most 200 characters")]
+        );
+        assert_eq!(errors(json!("ok"), json!(-1)), vec![price("Price must be greater than 0")]);
+        assert_eq!(errors(json!([]), json!("10")), vec![title("Title is required"), price("Price must be a number")]);
+    }
+}

@@ -1,0 +1,185 @@
+//! The tickets service's tables: `tickets` and the `known_orders` replica.
+//!
+//! Every change of a ticket is one guarded `UPDATE ... RETURNING`, so two changes racing
+//! (an edit and a reservation, two reservations) cannot both win, and the returned row, with
+//! its new version, is what the change's event describes.
+
+use platform::db::{Tx, now_millis};
+use sqlx::Row;
+use sqlx::any::{AnyExecutor, AnyRow};
+use uuid::Uuid;
+
+use crate::domain::{Listing, Ticket};
+
+const COLUMNS: &str = "id, title, price, user_id, version, order_id";
+
+fn uuid(row: &AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    Uuid::parse_str(&text).map_err(|err| sqlx::Error::ColumnDecode { index: column.to_owned(), source: err.into() })
+}
+
+fn ticket(row: &AnyRow) -> Result<Ticket, sqlx::Error> {
+    let order_id = match row.try_get::<Option<String>, _>("order_id")? {
+        Some(_) => Some(uuid(row, "order_id")?),
+        None => None,
+    };
+    Ok(Ticket {
+        id: uuid(row, "id")?,
+        title: row.try_get("title")?,
+        price: row.try_get("price")?,
+        user_id: uuid(row, "user_id")?,
+        version: row.try_get("version")?,
+        order_id,
+    })
+}
+
+pub async fn insert(tx: &mut Tx, ticket: &Ticket) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tickets (id, title, price, user_id, version, order_id, status, created_at) \
+         VALUES ($1, $2, $3, $4, $5, NULL, 'available', $6)",
+    )
+    .bind(ticket.id.to_string())
+    .bind(&ticket.title)
+    .bind(ticket.price)
+    .bind(ticket.user_id.to_string())
+    .bind(ticket.version)
+    .bind(now_millis())
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
+
+pub async fn find<'c>(executor: impl AnyExecutor<'c>, id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM tickets WHERE id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(executor)
+        .await?
+        .as_ref()
+        .map(ticket)
+        .transpose()
+}
+
+/// Tickets that can be bought: neither reserved nor sold. Newest first.
+pub async fn list_available<'c>(executor: impl AnyExecutor<'c>) -> Result<Vec<Ticket>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM tickets WHERE status = 'available' ORDER BY created_at DESC, id DESC"))
+        .fetch_all(executor)
+        .await?
+        .iter()
+        .map(ticket)
+        .collect()
+}
+
+/// Runs an order's change of a ticket (`$1` the ticket, `$2` the order); the changed ticket,
+/// or `None` when the guard let nothing change.
+async fn change_by_order(
+    tx: &mut Tx,
+    sql: &str,
+    ticket_id: Uuid,
+    order_id: Uuid,
+) -> Result<Option<Ticket>, sqlx::Error> {
+    sqlx::query(&format!("{sql} RETURNING {COLUMNS}"))
+        .bind(ticket_id.to_string())
+        .bind(order_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .as_ref()
+        .map(ticket)
+        .transpose()
+}
+
+/// A new title and price, unless an order holds the ticket (`None`).
+pub async fn update_listing(tx: &mut Tx, id: Uuid, listing: &Listing) -> Result<Option<Ticket>, sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE tickets SET title = $1, price = $2, version = version + 1 \
+         WHERE id = $3 AND order_id IS NULL RETURNING {COLUMNS}"
+    ))
+    .bind(&listing.title)
+    .bind(listing.price)
+    .bind(id.to_string())
+    .fetch_optional(&mut **tx)
+    .await?
+    .as_ref()
+    .map(ticket)
+    .transpose()
+}
+
+/// Lets `order_id` hold the ticket, unless another order already does (`None`).
+pub async fn reserve(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+    change_by_order(
+        tx,
+        "UPDATE tickets SET order_id = $2, status = 'reserved', version = version + 1 \
+         WHERE id = $1 AND order_id IS NULL",
+        ticket_id,
+        order_id,
+    )
+    .await
+}
+
+/// Frees a ticket reserved by `order_id`; a ticket held by another order, or sold, stays as is.
+pub async fn release(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+    change_by_order(
+        tx,
+        "UPDATE tickets SET order_id = NULL, status = 'available', version = version + 1 \
+         WHERE id = $1 AND order_id = $2 AND status = 'reserved'",
+        ticket_id,
+        order_id,
+    )
+    .await
+}
+
+/// Sells a ticket reserved by `order_id`, for good.
+pub async fn mark_sold(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+    change_by_order(
+        tx,
+        "UPDATE tickets SET status = 'sold', version = version + 1 \
+         WHERE id = $1 AND order_id = $2 AND status = 'reserved'",
+        ticket_id,
+        order_id,
+    )
+    .await
+}
+
+/// The stored version of a replicated order, if the order is known.
+pub async fn known_order_version(tx: &mut Tx, order_id: Uuid) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM known_orders WHERE id = $1")
+        .bind(order_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+pub async fn insert_known_order(
+    tx: &mut Tx,
+    order_id: Uuid,
+    ticket_id: Uuid,
+    version: i64,
+    status: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO known_orders (id, ticket_id, version, status) VALUES ($1, $2, $3, $4)")
+        .bind(order_id.to_string())
+        .bind(ticket_id.to_string())
+        .bind(version)
+        .bind(status)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+}
+
+/// Moves a replicated order to `version` and `status` if its stored version is exactly one
+/// less; returns the order's ticket when it did.
+pub async fn advance_known_order(
+    tx: &mut Tx,
+    order_id: Uuid,
+    version: i64,
+    status: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE known_orders SET version = $1, status = $2 WHERE id = $3 AND version = $4 RETURNING ticket_id",
+    )
+    .bind(version)
+    .bind(status)
+    .bind(order_id.to_string())
+    .bind(version - 1)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(|row| uuid(row, "ticket_id")).transpose()
+}
