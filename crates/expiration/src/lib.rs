@@ -1,21 +1,67 @@
-//! The expiration service. (Being written.)
+//! The expiration service: ends reservations that were not paid in time.
+//!
+//! It keeps one durable timer per live order ([`timers`]), started by `order:created` and
+//! dropped by `order:cancelled` / `order:completed` ([`events`]). When an order's `expiresAt`
+//! passes, the timer fires `expiration:complete` through the outbox, once, even with several
+//! instances running and even if the window ended while the service was down; orders then
+//! cancels the order if it is still unpaid. Expiration has no HTTP API of its own.
+//!
+//! A timer never fires before `expiresAt`. It fires within a few milliseconds after when
+//! the loop was sleeping on it, and within `EXPIRATION_POLL_MILLIS` when another instance
+//! scheduled it (or after a restart).
+//!
+//! An `order:created` that arrives after its own `order:cancelled` (possible after a failed
+//! delivery) still starts a timer; it fires for an order that is no longer live, which
+//! orders ignores, as it must for any late `expiration:complete`.
+
+pub mod events;
+pub mod timers;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use platform::bus::dyn_handler;
+use platform::consumer::Consumer;
 use platform::service::{Context, Service};
+
+pub use timers::{TimerLoop, TimerWaker};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The service's name: its schema or database file, consumer group and consumer.
+pub const NAME: &str = "expiration";
+
 /// The expiration service's own settings.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ExpirationSettings {}
-
-/// Starts the expiration service.
-pub async fn start(ctx: &Context, _settings: &ExpirationSettings) -> anyhow::Result<Service> {
-    let db = ctx.database("expiration", &MIGRATOR).await?;
-    Ok(Service { name: "expiration", router: ctx.api_router(Router::new()), checks: ctx.readiness(&db), tasks: Vec::new() })
+pub struct ExpirationSettings {
+    /// Longest the timer loop sleeps before looking for due timers again, in milliseconds.
+    /// Timers this instance scheduled wake it at once; this bounds how late a timer scheduled
+    /// by another instance (or before a restart) fires.
+    #[arg(long, env = "EXPIRATION_POLL_MILLIS", default_value_t = 1000)]
+    pub expiration_poll_millis: u64,
 }
 
-/// The OpenAPI description of this service's routes.
+/// Starts the expiration service: its database, outbox relay, order consumer and timer loop.
+pub async fn start(ctx: &Context, settings: &ExpirationSettings) -> anyhow::Result<Service> {
+    let db = ctx.database(NAME, &MIGRATOR).await?;
+    let (outbox, relay) = ctx.start_outbox_relay(&db);
+    let timers = TimerLoop::new(db.clone(), outbox.clone(), Duration::from_millis(settings.expiration_poll_millis));
+    let handler = events::WakeTimersAfter {
+        consumer: Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox)),
+        timers: timers.waker(),
+    };
+    let consumer = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(Arc::new(handler)), ctx.shutdown.clone()).await?;
+    let timer_loop = timers.spawn(ctx.shutdown.clone());
+    Ok(Service {
+        name: NAME,
+        router: ctx.api_router(Router::new()),
+        checks: ctx.readiness(&db),
+        tasks: vec![relay, consumer, timer_loop],
+    })
+}
+
+/// The OpenAPI description of this service's routes: it has none.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     utoipa::openapi::OpenApiBuilder::new().build()
 }

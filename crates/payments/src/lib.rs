@@ -1,21 +1,147 @@
-//! The payments service. (Being written.)
+//! The payments service: charges orders, and never keeps a charge it should not.
+//!
+//! - [`gateway`]: Stripe, or the offline sandbox (the default without `STRIPE_KEY`);
+//! - [`events`]: the replica of orders payments checks against, and refunds for cancelled
+//!   orders;
+//! - [`domain`]: taking a payment, deciding whether its charge is kept, refunding;
+//! - [`routes`]: `POST /api/payments`;
+//! - [`store`]: its tables.
+//!
+//! A kept charge becomes `payment:created` (through the outbox), on which orders completes
+//! the order. Amounts are the order's price in minor units, in the marketplace's currency.
 
+pub mod domain;
+pub mod events;
+pub mod gateway;
+pub mod routes;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use axum::Router;
+use axum::routing::post;
+use platform::bus::dyn_handler;
+use platform::consumer::Consumer;
+use platform::money::Currency;
 use platform::service::{Context, Service};
+
+pub use domain::PaymentService;
+pub use gateway::{Gateway, SandboxGateway, StripeGateway};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// The payments service's own settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PaymentsSettings {}
+/// The service's name: its schema or database file, consumer group and consumer.
+pub const NAME: &str = "payments";
 
-/// Starts the payments service.
-pub async fn start(ctx: &Context, _settings: &PaymentsSettings) -> anyhow::Result<Service> {
-    let db = ctx.database("payments", &MIGRATOR).await?;
-    Ok(Service { name: "payments", router: ctx.api_router(Router::new()), checks: ctx.readiness(&db), tasks: Vec::new() })
+/// How often refunds that could not be made at once are tried again.
+const REFUND_RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// The payments service's own settings.
+#[derive(Clone, clap::Args)]
+pub struct PaymentsSettings {
+    /// Stripe secret key (`sk_live_...` or `sk_test_...`). Without it (or STRIPE_KEY_FILE)
+    /// payments go to the offline sandbox, which takes Stripe's test tokens and charges nothing.
+    #[arg(long, env = "STRIPE_KEY", hide_env_values = true)]
+    pub stripe_key: Option<String>,
+
+    /// File holding the Stripe secret key, instead of STRIPE_KEY.
+    #[arg(long, env = "STRIPE_KEY_FILE")]
+    pub stripe_key_file: Option<PathBuf>,
+
+    /// Base URL of Stripe's API.
+    #[arg(long, env = "STRIPE_API_BASE", default_value = "https://api.stripe.com")]
+    pub stripe_api_base: String,
 }
+
+impl std::fmt::Debug for PaymentsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentsSettings")
+            .field("stripe_key", &self.stripe_key.as_ref().map(|_| "<set>"))
+            .field("stripe_key_file", &self.stripe_key_file)
+            .field("stripe_api_base", &self.stripe_api_base)
+            .finish()
+    }
+}
+
+impl PaymentsSettings {
+    /// The Stripe key: STRIPE_KEY, else the contents of STRIPE_KEY_FILE, else none.
+    pub fn stripe_key(&self) -> anyhow::Result<Option<String>> {
+        if let Some(key) = self.stripe_key.as_deref().map(str::trim).filter(|key| !key.is_empty()) {
+            return Ok(Some(key.to_owned()));
+        }
+        let Some(path) = &self.stripe_key_file else {
+            return Ok(None);
+        };
+        let key = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read STRIPE_KEY_FILE {}", path.display()))?
+            .trim()
+            .to_owned();
+        anyhow::ensure!(!key.is_empty(), "STRIPE_KEY_FILE {} is empty", path.display());
+        Ok(Some(key))
+    }
+
+    /// The gateway these settings ask for: Stripe with a key, the sandbox without.
+    pub fn gateway(&self) -> anyhow::Result<Arc<dyn Gateway>> {
+        Ok(match self.stripe_key()? {
+            Some(key) => {
+                tracing::info!(api = %self.stripe_api_base, "payments go to Stripe");
+                Arc::new(StripeGateway::new(&self.stripe_api_base, &key)?)
+            }
+            None => {
+                tracing::warn!(
+                    "STRIPE_KEY is not set: payments use the offline sandbox (Stripe test tokens, nothing is charged)"
+                );
+                Arc::new(SandboxGateway::new())
+            }
+        })
+    }
+}
+
+/// Starts the payments service with the gateway its settings name.
+pub async fn start(ctx: &Context, settings: &PaymentsSettings) -> anyhow::Result<Service> {
+    let (service, _) = start_with_gateway(ctx, settings.gateway()?).await?;
+    Ok(service)
+}
+
+/// Starts the payments service on a given gateway; also returns the service's core, for
+/// callers (tests) that drive it below HTTP.
+pub async fn start_with_gateway(
+    ctx: &Context,
+    gateway: Arc<dyn Gateway>,
+) -> anyhow::Result<(Service, Arc<PaymentService>)> {
+    let db = ctx.database(NAME, &MIGRATOR).await?;
+    let (outbox, relay) = ctx.start_outbox_relay(&db);
+    let currency = Currency::new(&ctx.settings.currency);
+    let payments = Arc::new(PaymentService::new(db.clone(), gateway, currency, outbox.clone()));
+    let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents { payments: payments.clone() }, Some(outbox));
+    let subscription = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(consumer), ctx.shutdown.clone()).await?;
+    let sweeper = domain::RefundSweeper::new(payments.clone(), REFUND_RETRY_EVERY).spawn(ctx.shutdown.clone());
+    let api = Router::new().route("/api/payments", post(routes::payments::create_payment)).with_state(payments.clone());
+    let service = Service {
+        name: NAME,
+        router: ctx.api_router(api),
+        checks: ctx.readiness(&db),
+        tasks: vec![relay, subscription, sweeper],
+    };
+    Ok((service, payments))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(routes::payments::create_payment),
+    components(schemas(
+        routes::payments::CreatePayment,
+        routes::payments::PaymentBody,
+        platform::error::ErrorBody,
+        platform::error::ErrorItem
+    ))
+)]
+struct PaymentsApi;
 
 /// The OpenAPI description of this service's routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    utoipa::openapi::OpenApiBuilder::new().build()
+    <PaymentsApi as utoipa::OpenApi>::openapi()
 }

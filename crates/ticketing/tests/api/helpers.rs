@@ -35,7 +35,6 @@ struct TestCli {
 }
 
 pub struct TestApp {
-    pub backend: Backend,
     pub base: String,
     pub args: ServeArgs,
     running: Option<Running>,
@@ -79,7 +78,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ServeA
     let mut args = test_args(backend, &data_dir).await;
     configure(&mut args);
     let running = ticketing::start(args.clone()).await.expect("the marketplace starts");
-    TestApp { backend, base: format!("http://{}", running.addr), args, running: Some(running), _data_dir: data_dir }
+    TestApp { base: format!("http://{}", running.addr), args, running: Some(running), _data_dir: data_dir }
 }
 
 fn testkit_logs() {

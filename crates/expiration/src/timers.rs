@@ -1,0 +1,222 @@
+//! Expiration timers: one row per live order, fired once when its reservation window ends.
+//!
+//! Why a table and a loop rather than a `sleep` per order: a timer must outlive the process
+//! (a window that ends while the service is down fires right after it starts again) and must
+//! fire once however many instances run. Each instance runs one [`TimerLoop`]. It sleeps
+//! until the earliest `fire_at` (or until woken because a new timer committed, or at most
+//! `max_sleep`, so timers another instance scheduled are seen too), claims due timers with
+//! a short lease, and fires each in its own transaction: delete the timer and enqueue
+//! `expiration:complete` together. A delete that removes no row means another instance (or
+//! an `order:cancelled`) got there first, and nothing is sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use platform::db::{Db, Tx, now_millis};
+use platform::events::{ContractEvent, ExpirationComplete};
+use platform::outbox::{self, OutboxWaker};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Timers claimed per round.
+pub const CLAIM_BATCH: i64 = 100;
+/// How long a claimed timer stays with the instance that claimed it. An instance that dies
+/// mid-round leaves its claims to the others after this.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// The shortest pause between rounds, so a clock that disagrees with the sleep timer by a
+/// millisecond cannot make the loop spin.
+const MIN_SLEEP: Duration = Duration::from_millis(10);
+
+/// Schedules the expiration of `order_id` at `fire_at` (ms since the epoch). Idempotent:
+/// an order has one timer, and scheduling it again changes nothing. Returns whether a timer
+/// was added.
+pub async fn schedule(tx: &mut Tx, order_id: Uuid, fire_at: i64) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO timers (order_id, fire_at, locked_until) VALUES ($1, $2, 0) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id.to_string())
+    .bind(fire_at)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Drops the timer of an order that no longer needs one (cancelled or paid). Returns whether
+/// there was one.
+pub async fn unschedule(tx: &mut Tx, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    let deleted =
+        sqlx::query("DELETE FROM timers WHERE order_id = $1").bind(order_id.to_string()).execute(&mut **tx).await?;
+    Ok(deleted.rows_affected() == 1)
+}
+
+/// Wakes a [`TimerLoop`] so it reconsiders when to fire next (after a timer committed).
+#[derive(Debug, Clone, Default)]
+pub struct TimerWaker(Arc<Notify>);
+
+impl TimerWaker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// What one round of the loop did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Due timers this instance leased.
+    pub claimed: usize,
+    /// Of those, the ones this instance fired (the others were fired or dropped elsewhere).
+    pub fired: usize,
+}
+
+/// Fires due timers until shutdown. One per instance.
+#[derive(Debug, Clone)]
+pub struct TimerLoop {
+    db: Db,
+    outbox: OutboxWaker,
+    waker: TimerWaker,
+    max_sleep: Duration,
+}
+
+impl TimerLoop {
+    pub fn new(db: Db, outbox: OutboxWaker, max_sleep: Duration) -> Self {
+        Self { db, outbox, waker: TimerWaker::default(), max_sleep: max_sleep.max(MIN_SLEEP) }
+    }
+
+    /// The handle that wakes this loop.
+    pub fn waker(&self) -> TimerWaker {
+        self.waker.clone()
+    }
+
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run(shutdown).await })
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        tracing::debug!(max_sleep = ?self.max_sleep, "expiration timer loop started");
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let pause = match self.round_and_pause().await {
+                Ok(pause) => {
+                    failures = 0;
+                    pause
+                }
+                Err(err) => {
+                    failures += 1;
+                    let pause =
+                        Duration::from_millis(100 * 2u64.pow(failures.min(5))).min(self.max_sleep.max(MIN_SLEEP));
+                    tracing::warn!(error = %format!("{err:#}"), retry_in = ?pause, "expiration timers failed; will retry");
+                    pause
+                }
+            };
+            if pause.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.waker.0.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::debug!("expiration timer loop stopped");
+    }
+
+    /// Fires what is due, then says how long to sleep: zero when a full batch was claimed
+    /// (more may be due), else until the next timer, at most `max_sleep`.
+    async fn round_and_pause(&self) -> anyhow::Result<Duration> {
+        let round = self.fire_due().await?;
+        if round.claimed as i64 == CLAIM_BATCH {
+            return Ok(Duration::ZERO);
+        }
+        let pause = match self.next_due_at().await? {
+            None => self.max_sleep,
+            Some(at) => {
+                Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0)).clamp(MIN_SLEEP, self.max_sleep)
+            }
+        };
+        Ok(pause)
+    }
+
+    /// One round: lease up to [`CLAIM_BATCH`] due timers and fire each.
+    pub async fn fire_due(&self) -> anyhow::Result<Round> {
+        let claimed = self.claim_due().await.context("cannot claim due timers")?;
+        let mut round = Round { claimed: claimed.len(), fired: 0 };
+        for (index, order_id) in claimed.iter().enumerate() {
+            match self.fire(order_id).await {
+                Ok(true) => round.fired += 1,
+                Ok(false) => tracing::debug!(%order_id, "timer already fired or dropped elsewhere"),
+                Err(err) => {
+                    // Hand the rest back now rather than after the lease.
+                    for rest in &claimed[index..] {
+                        let _ = sqlx::query("UPDATE timers SET locked_until = 0 WHERE order_id = $1")
+                            .bind(rest)
+                            .execute(&self.db.pool)
+                            .await;
+                    }
+                    return Err(err.context(format!("cannot fire the timer of order {order_id}")));
+                }
+            }
+        }
+        if round.fired > 0 {
+            self.outbox.wake();
+        }
+        Ok(round)
+    }
+
+    async fn claim_due(&self) -> Result<Vec<String>, sqlx::Error> {
+        let now = now_millis();
+        let lease_until = now + LEASE.as_millis() as i64;
+        // The outer `locked_until < $2` is re-checked against the row as it is when the
+        // UPDATE gets it, so two instances racing for one timer cannot both lease it.
+        sqlx::query_scalar(
+            "UPDATE timers SET locked_until = $1 \
+             WHERE order_id IN ( \
+                 SELECT order_id FROM timers WHERE fire_at <= $2 AND locked_until < $2 \
+                 ORDER BY fire_at LIMIT $3) \
+               AND locked_until < $2 \
+             RETURNING order_id",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(CLAIM_BATCH)
+        .fetch_all(&self.db.pool)
+        .await
+    }
+
+    /// Deletes the timer and enqueues `expiration:complete` in one transaction. `false` when
+    /// the timer was gone already.
+    async fn fire(&self, order_id: &str) -> anyhow::Result<bool> {
+        let Ok(id) = Uuid::parse_str(order_id) else {
+            // Not written by this code. Left leased, so it is looked at (and reported) again
+            // after the lease rather than blocking the timers behind it.
+            tracing::error!(order_id, "timer with a malformed order id cannot fire");
+            return Ok(false);
+        };
+        let mut tx = self.db.begin().await?;
+        let deleted = sqlx::query("DELETE FROM timers WHERE order_id = $1")
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted != 1 {
+            return Ok(false);
+        }
+        outbox::enqueue(&mut tx, &ExpirationComplete { order_id: id }.to_event()).await?;
+        tx.commit().await?;
+        tracing::info!(order_id = %id, "order's reservation window ended: expiration:complete enqueued");
+        Ok(true)
+    }
+
+    /// When the loop must look again: the earliest instant a timer becomes claimable (its
+    /// `fire_at`, or just after its lease if another instance holds it).
+    async fn next_due_at(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN locked_until >= fire_at THEN locked_until + 1 ELSE fire_at END) FROM timers",
+        )
+        .fetch_one(&self.db.pool)
+        .await
+    }
+}

@@ -1,0 +1,340 @@
+//! The expiration service on its own: order events in, `expiration:complete` out, on both
+//! storage/bus combinations; and the timer loop's exactly-once firing with several instances
+//! sharing one PostgreSQL database.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use expiration::{ExpirationSettings, MIGRATOR, NAME, TimerLoop};
+use platform::bus::embedded::EmbeddedBus;
+use platform::bus::nats::NatsBus;
+use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
+use platform::db::{Db, database_url, millis, now_millis};
+use platform::events::{
+    ContractEvent, ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef,
+};
+use platform::outbox::OutboxWaker;
+use platform::service::{Context, Service};
+use platform::session::SessionKeys;
+use platform::settings::Settings;
+use testkit::{Backend, TempDir, eventually, unique_name};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name(testkit::Backend::Embedded).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn distributed() {
+                    super::$name(testkit::Backend::Distributed).await
+                }
+            }
+        )*
+    };
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    expiration: ExpirationSettings,
+}
+
+/// Where one test's expiration service keeps its state; it can be started, stopped and
+/// started again on it.
+struct Stand {
+    settings: Settings,
+    expiration: ExpirationSettings,
+    bus: Arc<dyn EventBus>,
+    _dir: TempDir,
+}
+
+impl Stand {
+    async fn new(backend: Backend) -> Self {
+        let dir = TempDir::new();
+        let Cli { mut settings, expiration } = Cli::parse_from(["expiration-test"]);
+        settings.data_dir = dir.path().to_owned();
+        let policy = RetryPolicy {
+            backoff: [20, 50, 100].into_iter().map(Duration::from_millis).collect(),
+            ..RetryPolicy::default()
+        };
+        let bus: Arc<dyn EventBus> = match backend {
+            Backend::Embedded => Arc::new(EmbeddedBus::open(&dir.path().join("bus.db"), "t", policy).await.unwrap()),
+            Backend::Distributed => {
+                settings.database_url = Some(testkit::fresh_postgres_url().await);
+                settings.nats_stream = unique_name("EXPIRATION");
+                settings.subject_prefix = unique_name("t");
+                Arc::new(
+                    NatsBus::connect(&testkit::nats_url(), &settings.nats_stream, &settings.subject_prefix, policy)
+                        .await
+                        .unwrap(),
+                )
+            }
+        };
+        Self { settings, expiration, bus, _dir: dir }
+    }
+
+    fn context(&self) -> Context {
+        Context {
+            settings: self.settings.clone(),
+            keys: Arc::new(SessionKeys::new(b"expiration-test-key-expiration-test-key", time::Duration::hours(1))),
+            bus: self.bus.clone(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    async fn start(&self) -> Instance {
+        let ctx = self.context();
+        let service = expiration::start(&ctx, &self.expiration).await.expect("expiration starts");
+        Instance { shutdown: ctx.shutdown, service }
+    }
+
+    async fn db(&self) -> Db {
+        let url = database_url(self.settings.database_url.as_deref(), &self.settings.data_dir, NAME);
+        Db::connect(&url, NAME, &MIGRATOR).await.unwrap()
+    }
+
+    /// Everything published as `expiration:complete`, with when it was seen.
+    async fn collect_expirations(&self) -> Collected {
+        let collected = Collected::default();
+        self.bus
+            .subscribe(
+                &unique_name("collector"),
+                &[ExpirationComplete::KIND],
+                dyn_handler(Arc::new(collected.clone())),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        collected
+    }
+
+    async fn publish(&self, event: &impl ContractEvent) {
+        self.bus.publish(&event.to_event()).await.unwrap();
+    }
+}
+
+struct Instance {
+    shutdown: CancellationToken,
+    service: Service,
+}
+
+impl Instance {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.service.tasks {
+            tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops promptly").unwrap();
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Collected(Arc<Mutex<Vec<(Uuid, OffsetDateTime)>>>);
+
+impl Handler for Collected {
+    async fn handle(&self, delivery: Delivery) -> Outcome {
+        let expired: ExpirationComplete = serde_json::from_value(delivery.event.data).unwrap();
+        self.0.lock().unwrap().push((expired.order_id, OffsetDateTime::now_utc()));
+        Outcome::Ack
+    }
+}
+
+impl Collected {
+    fn all(&self) -> Vec<(Uuid, OffsetDateTime)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn times_seen(&self, order_id: Uuid) -> usize {
+        self.all().iter().filter(|(id, _)| *id == order_id).count()
+    }
+
+    async fn wait_for(&self, order_id: Uuid) -> OffsetDateTime {
+        eventually(WAIT, &format!("expiration:complete for {order_id}"), || {
+            let seen = self.all().into_iter().find(|(id, _)| *id == order_id).map(|(_, at)| at);
+            async move { seen }
+        })
+        .await
+    }
+}
+
+fn order_created(expires_at: OffsetDateTime) -> OrderCreated {
+    OrderCreated {
+        id: Uuid::new_v4(),
+        version: 0,
+        status: "created".into(),
+        user_id: Uuid::new_v4(),
+        expires_at,
+        ticket: PricedTicketRef { id: Uuid::new_v4(), price: 1500 },
+    }
+}
+
+fn in_millis(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::now_utc() + time::Duration::milliseconds(ms)
+}
+
+async fn timer_count(db: &Db, order_id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE order_id = $1")
+        .bind(order_id.to_string())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+on_both_backends!(
+    orders_expire_at_their_window_and_only_live_ones,
+    a_window_that_ends_while_stopped_fires_after_restart
+);
+
+async fn orders_expire_at_their_window_and_only_live_ones(backend: Backend) {
+    let stand = Stand::new(backend).await;
+    let expirations = stand.collect_expirations().await;
+    let instance = stand.start().await;
+
+    let live = order_created(in_millis(1500));
+    // Both end before `live`: by the time `live` fires, they would have fired too.
+    let cancelled = order_created(in_millis(500));
+    let paid = order_created(in_millis(500));
+    for order in [&live, &cancelled, &paid] {
+        stand.publish(order).await;
+    }
+    stand
+        .publish(&OrderCancelled { id: cancelled.id, version: 1, ticket: TicketRef { id: cancelled.ticket.id } })
+        .await;
+    stand.publish(&OrderCompleted { id: paid.id, version: 1, ticket: TicketRef { id: paid.ticket.id } }).await;
+    // A redelivered order:created (a new event id, same order) schedules nothing new.
+    stand.publish(&live).await;
+
+    let fired_at = expirations.wait_for(live.id).await;
+    assert!(fired_at >= live.expires_at, "fired at {fired_at}, before the window ended at {}", live.expires_at);
+    assert!(
+        fired_at - live.expires_at < time::Duration::seconds(1),
+        "fired at {fired_at}, long after the window ended at {}",
+        live.expires_at
+    );
+    assert_eq!(expirations.times_seen(cancelled.id), 0, "a cancelled order expired");
+    assert_eq!(expirations.times_seen(paid.id), 0, "a paid order expired");
+    assert_eq!(expirations.times_seen(live.id), 1);
+
+    // Nothing is left to fire.
+    let db = stand.db().await;
+    for order in [&live, &cancelled, &paid] {
+        assert_eq!(timer_count(&db, order.id).await, 0);
+    }
+    instance.stop().await;
+}
+
+async fn a_window_that_ends_while_stopped_fires_after_restart(backend: Backend) {
+    let stand = Stand::new(backend).await;
+    let expirations = stand.collect_expirations().await;
+    let db = stand.db().await;
+    let instance = stand.start().await;
+    let order = order_created(in_millis(2000));
+    stand.publish(&order).await;
+    eventually(WAIT, "the timer to be scheduled", || async { (timer_count(&db, order.id).await == 1).then_some(()) })
+        .await;
+    instance.stop().await;
+
+    eventually(WAIT, "the window to end", || async { (OffsetDateTime::now_utc() > order.expires_at).then_some(()) })
+        .await;
+    assert_eq!(expirations.times_seen(order.id), 0, "fired while stopped");
+
+    let instance = stand.start().await;
+    let fired_at = expirations.wait_for(order.id).await;
+    assert!(fired_at >= order.expires_at);
+    assert_eq!(timer_count(&db, order.id).await, 0);
+    instance.stop().await;
+    assert_eq!(expirations.times_seen(order.id), 1);
+}
+
+/// Two instances, one PostgreSQL database, many timers due at once: each fires exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn due_timers_fire_once_across_instances() {
+    let url = testkit::fresh_postgres_url().await;
+    let first = Db::connect(&url, NAME, &MIGRATOR).await.unwrap();
+    let second = Db::connect(&url, NAME, &MIGRATOR).await.unwrap();
+
+    let due: Vec<Uuid> = (0..250).map(|_| Uuid::new_v4()).collect();
+    let later = Uuid::new_v4();
+    let mut tx = first.begin().await.unwrap();
+    for (i, order_id) in due.iter().enumerate() {
+        assert!(expiration::timers::schedule(&mut tx, *order_id, now_millis() - 1000 + i as i64).await.unwrap());
+    }
+    assert!(expiration::timers::schedule(&mut tx, later, millis(in_millis(60_000))).await.unwrap());
+    // Scheduling again is a no-op.
+    assert!(!expiration::timers::schedule(&mut tx, later, now_millis()).await.unwrap());
+    tx.commit().await.unwrap();
+
+    // Rounds driven by hand, raced against each other...
+    let loops = [
+        TimerLoop::new(first.clone(), OutboxWaker::default(), Duration::from_secs(1)),
+        TimerLoop::new(second.clone(), OutboxWaker::default(), Duration::from_secs(1)),
+    ];
+    let (a, b) = tokio::join!(loops[0].fire_due(), loops[1].fire_due());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.claimed + b.claimed <= due.len());
+    assert_eq!((a.fired, b.fired), (a.claimed, b.claimed), "a leased timer is fired by its holder");
+
+    // ...and the spawned loops of both instances do the rest.
+    let shutdown = CancellationToken::new();
+    let tasks: Vec<_> = loops.into_iter().map(|timers| timers.spawn(shutdown.clone())).collect();
+    eventually(WAIT, "every due timer to fire", || async {
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers").fetch_one(&first.pool).await.unwrap();
+        (left == 1).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload FROM outbox WHERE kind = $1")
+        .bind(ExpirationComplete::KIND)
+        .fetch_all(&first.pool)
+        .await
+        .unwrap();
+    let fired: Vec<Uuid> = payloads
+        .iter()
+        .map(|payload| {
+            let event = platform::bus::Event::decode(payload.as_bytes()).unwrap();
+            serde_json::from_value::<ExpirationComplete>(event.data).unwrap().order_id
+        })
+        .collect();
+    assert_eq!(fired.len(), due.len(), "one expiration:complete per due timer, no more");
+    assert_eq!(fired.iter().copied().collect::<HashSet<_>>(), due.iter().copied().collect::<HashSet<_>>());
+    assert_eq!(timer_count(&first, later).await, 1, "a timer that is not due stays");
+}
+
+/// A timer leased by an instance that died is fired by another once the lease runs out, and
+/// a lease still running keeps the others off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instances_lease_runs_out() {
+    let url = testkit::fresh_postgres_url().await;
+    let db = Db::connect(&url, NAME, &MIGRATOR).await.unwrap();
+    let (held, abandoned) = (Uuid::new_v4(), Uuid::new_v4());
+    for (order_id, locked_until) in [(held, now_millis() + 60_000), (abandoned, now_millis() - 1)] {
+        sqlx::query("INSERT INTO timers (order_id, fire_at, locked_until) VALUES ($1, $2, $3)")
+            .bind(order_id.to_string())
+            .bind(now_millis() - 5_000)
+            .bind(locked_until)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    let timers = TimerLoop::new(db.clone(), OutboxWaker::default(), Duration::from_secs(1));
+    let round = timers.fire_due().await.unwrap();
+    assert_eq!((round.claimed, round.fired), (1, 1));
+    assert_eq!(timer_count(&db, abandoned).await, 0);
+    assert_eq!(timer_count(&db, held).await, 1);
+}

@@ -1,0 +1,3 @@
+//! The payments HTTP API.
+
+pub mod payments;

@@ -1,0 +1,220 @@
+//! The payments tables: the orders replica and the payments themselves. Portable SQL only.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+/// Order statuses, as the orders service names them.
+pub mod status {
+    pub const CREATED: &str = "created";
+    pub const CANCELLED: &str = "cancelled";
+    pub const COMPLETE: &str = "complete";
+}
+
+/// Payment statuses.
+pub mod payment_status {
+    /// The charge is kept: it paid the order.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// The charge must not be kept and its refund has not gone through yet.
+    pub const REFUNDING: &str = "refunding";
+    pub const REFUNDED: &str = "refunded";
+}
+
+/// What payments knows of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// In minor units.
+    pub price: i64,
+    pub status: String,
+    pub version: i64,
+    /// Milliseconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// A charge payments took, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub charge_id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub refund_id: Option<String>,
+}
+
+fn uuid(row: &AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    Uuid::parse_str(&text).map_err(|err| sqlx::Error::Decode(Box::new(err)))
+}
+
+fn order_from(row: &AnyRow) -> Result<OrderRecord, sqlx::Error> {
+    Ok(OrderRecord {
+        id: uuid(row, "id")?,
+        user_id: uuid(row, "user_id")?,
+        price: row.try_get("price")?,
+        status: row.try_get("status")?,
+        version: row.try_get("version")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn payment_from(row: &AnyRow) -> Result<PaymentRecord, sqlx::Error> {
+    Ok(PaymentRecord {
+        id: uuid(row, "id")?,
+        order_id: uuid(row, "order_id")?,
+        charge_id: row.try_get("charge_id")?,
+        amount: row.try_get("amount")?,
+        currency: row.try_get("currency")?,
+        status: row.try_get("status")?,
+        refund_id: row.try_get("refund_id")?,
+    })
+}
+
+const ORDER_COLUMNS: &str = "id, user_id, price, status, version, expires_at";
+const PAYMENT_COLUMNS: &str = "id, order_id, charge_id, amount, currency, status, refund_id";
+
+pub async fn find_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<OrderRecord>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(order_from)
+        .transpose()
+}
+
+/// Reads the order and holds its row until the transaction ends, so whatever changes the
+/// order (a cancellation) or pays it waits for this transaction, on PostgreSQL; on SQLite
+/// the one writer serialises transactions anyway. Portable stand-in for `SELECT ... FOR
+/// UPDATE`.
+pub async fn lock_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<OrderRecord>, sqlx::Error> {
+    sqlx::query(&format!("UPDATE orders SET version = version WHERE id = $1 RETURNING {ORDER_COLUMNS}"))
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(order_from)
+        .transpose()
+}
+
+/// Adds an order from `order:created`; an order already known is left alone.
+pub async fn insert_order(conn: &mut AnyConnection, order: &OrderRecord) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO orders (id, user_id, price, status, version, expires_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(order.id.to_string())
+    .bind(order.user_id.to_string())
+    .bind(order.price)
+    .bind(&order.status)
+    .bind(order.version)
+    .bind(order.expires_at)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Moves an order to `status` at `version`, only from `version - 1`.
+pub async fn update_order_status(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    status: &str,
+    version: i64,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query("UPDATE orders SET status = $1, version = $2 WHERE id = $3 AND version = $4")
+        .bind(status)
+        .bind(version)
+        .bind(id.to_string())
+        .bind(version - 1)
+        .execute(conn)
+        .await?
+        .rows_affected();
+    Ok(updated == 1)
+}
+
+/// The payments of an order, oldest first.
+pub async fn payments_for_order(conn: &mut AnyConnection, order_id: Uuid) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 ORDER BY created_at, id"))
+        .bind(order_id.to_string())
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(payment_from)
+        .collect()
+}
+
+/// The kept payment of an order, if it has one.
+pub async fn kept_payment(conn: &mut AnyConnection, order_id: Uuid) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 AND status = $2"))
+        .bind(order_id.to_string())
+        .bind(payment_status::SUCCEEDED)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(payment_from)
+        .transpose()
+}
+
+pub async fn payment_by_charge(
+    conn: &mut AnyConnection,
+    charge_id: &str,
+) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE charge_id = $1"))
+        .bind(charge_id)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(payment_from)
+        .transpose()
+}
+
+/// Payments whose refund is still owed, oldest first.
+pub async fn refunds_owed(conn: &mut AnyConnection, limit: i64) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = $1 ORDER BY created_at, id LIMIT $2"))
+        .bind(payment_status::REFUNDING)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(payment_from)
+        .collect()
+}
+
+pub async fn insert_payment(conn: &mut AnyConnection, payment: &PaymentRecord, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, charge_id, amount, currency, status, refund_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(payment.id.to_string())
+    .bind(payment.order_id.to_string())
+    .bind(&payment.charge_id)
+    .bind(payment.amount)
+    .bind(&payment.currency)
+    .bind(&payment.status)
+    .bind(&payment.refund_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Records a payment's refund, from whatever status it had.
+pub async fn mark_refunded(
+    conn: &mut AnyConnection,
+    payment_id: Uuid,
+    refund_id: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE payments SET status = $1, refund_id = $2, refunded_at = $3 WHERE id = $4")
+        .bind(payment_status::REFUNDED)
+        .bind(refund_id)
+        .bind(now)
+        .bind(payment_id.to_string())
+        .execute(conn)
+        .await
+        .map(drop)
+}

@@ -1,0 +1,249 @@
+//! What the payments tests share: the Stripe stand-in, and a payments service started on
+//! its own with a bus to speak orders' events into.
+#![allow(dead_code)]
+
+pub mod stripe_standin;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use payments::{Gateway, PaymentService};
+use platform::bus::embedded::EmbeddedBus;
+use platform::bus::nats::NatsBus;
+use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
+use platform::events::{
+    ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated, PricedTicketRef, TicketRef,
+};
+use platform::service::Context;
+use platform::session::SessionKeys;
+use platform::settings::Settings;
+use reqwest::StatusCode;
+use serde_json::Value;
+use testkit::{Backend, TempDir, eventually, unique_name};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name(testkit::Backend::Embedded).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn distributed() {
+                    super::$name(testkit::Backend::Distributed).await
+                }
+            }
+        )*
+    };
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// A running payments service, its bus and an HTTP address.
+pub struct Stand {
+    pub base: String,
+    pub bus: Arc<dyn EventBus>,
+    pub payments: Arc<PaymentService>,
+    pub keys: Arc<SessionKeys>,
+    pub created: Collected,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl Stand {
+    pub async fn start(backend: Backend, gateway: Arc<dyn Gateway>) -> Self {
+        if std::env::var_os("RUST_LOG").is_some() {
+            platform::telemetry::init(platform::settings::LogFormat::Human);
+        }
+        let dir = TempDir::new();
+        let Cli { mut settings } = Cli::parse_from(["payments-test"]);
+        settings.data_dir = dir.path().to_owned();
+        let policy = RetryPolicy {
+            backoff: [20, 50, 100, 200].into_iter().map(Duration::from_millis).collect(),
+            ..RetryPolicy::default()
+        };
+        let bus: Arc<dyn EventBus> = match backend {
+            Backend::Embedded => Arc::new(EmbeddedBus::open(&dir.path().join("bus.db"), "t", policy).await.unwrap()),
+            Backend::Distributed => {
+                settings.database_url = Some(testkit::fresh_postgres_url().await);
+                settings.nats_stream = unique_name("PAYMENTS");
+                settings.subject_prefix = unique_name("t");
+                Arc::new(
+                    NatsBus::connect(&testkit::nats_url(), &settings.nats_stream, &settings.subject_prefix, policy)
+                        .await
+                        .unwrap(),
+                )
+            }
+        };
+        let keys = Arc::new(SessionKeys::new(b"payments-test-key-payments-test-key!", time::Duration::hours(1)));
+        let shutdown = CancellationToken::new();
+        let created = Collected::default();
+        bus.subscribe(
+            &unique_name("collector"),
+            &[PaymentCreated::KIND],
+            dyn_handler(Arc::new(created.clone())),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let ctx = Context { settings, keys: keys.clone(), bus: bus.clone(), shutdown: shutdown.clone() };
+        let (service, payments) = payments::start_with_gateway(&ctx, gateway).await.expect("payments starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = shutdown.clone();
+        let mut tasks = service.tasks;
+        tasks.push(tokio::spawn(async move {
+            platform::http::serve(listener, service.router, async move { stop.cancelled().await }).await.unwrap();
+        }));
+        Self { base, bus, payments, keys, created, shutdown, tasks, _dir: dir }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops promptly").unwrap();
+        }
+    }
+
+    pub fn user(&self) -> Buyer {
+        let id = Uuid::new_v4();
+        let token = self.keys.issue(id, &format!("{}@example.com", id.simple())).unwrap();
+        Buyer { id, token: Some(token), base: self.base.clone(), client: reqwest::Client::new() }
+    }
+
+    pub fn anonymous(&self) -> Buyer {
+        Buyer { id: Uuid::nil(), token: None, base: self.base.clone(), client: reqwest::Client::new() }
+    }
+
+    pub async fn publish(&self, event: &impl ContractEvent) {
+        self.bus.publish(&event.to_event()).await.unwrap();
+    }
+
+    /// Publishes `order:created` for a new order of `owner`, and waits until payments knows it.
+    pub async fn order(&self, owner: &Buyer, price: i64, expires_in: time::Duration) -> OrderCreated {
+        let order = OrderCreated {
+            id: Uuid::new_v4(),
+            version: 0,
+            status: "created".into(),
+            user_id: owner.id,
+            expires_at: OffsetDateTime::now_utc() + expires_in,
+            ticket: PricedTicketRef { id: Uuid::new_v4(), price },
+        };
+        self.publish(&order).await;
+        self.wait_for_order_status(order.id, "created").await;
+        order
+    }
+
+    pub async fn cancel(&self, order: &OrderCreated) {
+        self.publish(&OrderCancelled { id: order.id, version: 1, ticket: TicketRef { id: order.ticket.id } }).await;
+        self.wait_for_order_status(order.id, "cancelled").await;
+    }
+
+    pub async fn complete(&self, order: &OrderCreated) {
+        self.publish(&OrderCompleted { id: order.id, version: 1, ticket: TicketRef { id: order.ticket.id } }).await;
+        self.wait_for_order_status(order.id, "complete").await;
+    }
+
+    pub async fn wait_for_order_status(&self, order_id: Uuid, status: &str) {
+        eventually(WAIT, &format!("order {order_id} to be {status} in payments"), || async {
+            let order = self.payments.order(order_id).await.unwrap();
+            order.filter(|order| order.status == status).map(drop)
+        })
+        .await;
+    }
+
+    /// `(status, charge_id, refund_id)` of each payment of an order.
+    pub async fn payments_of(&self, order_id: Uuid) -> Vec<(String, String, Option<String>)> {
+        self.payments
+            .payments_for_order(order_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|payment| (payment.status, payment.charge_id, payment.refund_id))
+            .collect()
+    }
+}
+
+/// A client with (or without) a session.
+pub struct Buyer {
+    pub id: Uuid,
+    token: Option<String>,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Buyer {
+    pub async fn pay(&self, order_id: Uuid, token: &str) -> (StatusCode, Value) {
+        self.post(serde_json::json!({ "orderId": order_id, "token": token })).await
+    }
+
+    pub async fn post(&self, body: Value) -> (StatusCode, Value) {
+        let mut request = self.client.post(format!("{}/api/payments", self.base)).json(&body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+}
+
+/// The messages of an error envelope.
+pub fn messages(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an error envelope: {body}"))
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `field: message` pairs of an error envelope.
+pub fn field_errors(body: &Value) -> Vec<(String, String)> {
+    body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an error envelope: {body}"))
+        .iter()
+        .map(|e| (e["field"].as_str().unwrap_or("").to_owned(), e["message"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// Every `payment:created` published.
+#[derive(Clone, Default)]
+pub struct Collected(Arc<Mutex<Vec<PaymentCreated>>>);
+
+impl Handler for Collected {
+    async fn handle(&self, delivery: Delivery) -> Outcome {
+        self.0.lock().unwrap().push(serde_json::from_value(delivery.event.data).unwrap());
+        Outcome::Ack
+    }
+}
+
+impl Collected {
+    pub fn for_order(&self, order_id: Uuid) -> Vec<PaymentCreated> {
+        self.0.lock().unwrap().iter().filter(|event| event.order_id == order_id).cloned().collect()
+    }
+
+    pub async fn wait_for(&self, order_id: Uuid) -> PaymentCreated {
+        eventually(WAIT, &format!("payment:created for {order_id}"), || {
+            let found = self.for_order(order_id).into_iter().next();
+            async move { found }
+        })
+        .await
+    }
+}

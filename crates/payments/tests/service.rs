@@ -1,0 +1,335 @@
+//! The payments service on its own, on both storage/bus combinations: orders' events are
+//! published by the test, payments are made over HTTP, charges are checked in the sandbox's
+//! ledger (or the Stripe stand-in), and `payment:created` on the bus.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::stripe_standin::{KEY, StripeStandIn};
+use common::{Stand, WAIT, field_errors, messages};
+use futures::future::join_all;
+use payments::gateway::{ChargeRequest, Gateway, SandboxGateway, StripeGateway, charge_idempotency_key};
+use payments::store::OrderRecord;
+use platform::events::{OrderCancelled, TicketRef};
+use reqwest::StatusCode;
+use serde_json::json;
+use testkit::{Backend, eventually};
+use time::Duration;
+use uuid::Uuid;
+
+const WINDOW: Duration = Duration::minutes(15);
+
+async fn sandbox_stand(backend: Backend) -> (Stand, Arc<SandboxGateway>) {
+    let sandbox = Arc::new(SandboxGateway::new());
+    (Stand::start(backend, sandbox.clone()).await, sandbox)
+}
+
+on_both_backends!(
+    a_payment_charges_once_and_announces_itself,
+    a_declined_card_leaves_the_order_payable,
+    requests_are_checked_in_the_contracts_order,
+    concurrent_payments_keep_one_charge,
+    a_paid_order_that_is_cancelled_is_refunded,
+    a_charge_that_lands_after_the_cancellation_is_refunded,
+    a_refund_the_gateway_fails_is_retried,
+    a_cancellation_that_arrives_first_waits_for_its_order,
+);
+
+async fn a_payment_charges_once_and_announces_itself(backend: Backend) {
+    let (stand, sandbox) = sandbox_stand(backend).await;
+    let buyer = stand.user();
+    let order = stand.order(&buyer, 1999, WINDOW).await;
+
+    let (status, body) = buyer.pay(order.id, "tok_visa").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let payment_id = Uuid::parse_str(body["id"].as_str().unwrap()).unwrap();
+    assert_eq!(body.as_object().unwrap().len(), 1, "the answer is {{id}}: {body}");
+
+    let charges = sandbox.kept_charges_for(order.id);
+    assert_eq!(charges.len(), 1);
+    assert_eq!((charges[0].amount, charges[0].currency.as_str(), charges[0].token.as_str()), (1999, "usd", "tok_visa"));
+
+    let event = stand.created.wait_for(order.id).await;
+    assert_eq!((event.id, event.charge_id.as_str()), (payment_id, charges[0].id.as_str()));
+    assert_eq!(stand.payments_of(order.id).await, vec![("succeeded".into(), charges[0].id.clone(), None)]);
+
+    // Paying again, with the same card or another, charges nothing.
+    for token in ["tok_visa", "tok_mastercard"] {
+        let (status, body) = buyer.pay(order.id, token).await;
+        assert_eq!(
+            (status, messages(&body)),
+            (StatusCode::BAD_REQUEST, vec!["Order has already been paid".to_owned()])
+        );
+    }
+    // Nor once orders has completed it.
+    stand.complete(&order).await;
+    let (status, body) = buyer.pay(order.id, "tok_amex").await;
+    assert_eq!((status, messages(&body)), (StatusCode::BAD_REQUEST, vec!["Order has already been paid".to_owned()]));
+    assert_eq!(sandbox.charges().len(), 1);
+    assert_eq!(stand.created.for_order(order.id).len(), 1);
+    stand.stop().await;
+}
+
+async fn a_declined_card_leaves_the_order_payable(backend: Backend) {
+    let (stand, sandbox) = sandbox_stand(backend).await;
+    let buyer = stand.user();
+    let order = stand.order(&buyer, 1500, WINDOW).await;
+
+    let (status, body) = buyer.pay(order.id, "tok_chargeDeclinedInsufficientFunds").await;
+    assert_eq!(
+        (status, messages(&body)),
+        (StatusCode::PAYMENT_REQUIRED, vec!["Your card has insufficient funds.".to_owned()])
+    );
+    let (status, body) = buyer.pay(order.id, "tok_chargeDeclined").await;
+    assert_eq!((status, messages(&body)), (StatusCode::PAYMENT_REQUIRED, vec!["Your card was declined.".to_owned()]));
+    let (status, body) = buyer.pay(order.id, "tok_bogus").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(field_errors(&body), vec![("token".to_owned(), "No such token: 'tok_bogus'".to_owned())]);
+    assert!(sandbox.charges().is_empty());
+    assert!(stand.payments_of(order.id).await.is_empty());
+
+    let (status, body) = buyer.pay(order.id, "tok_visa").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(sandbox.kept_charges_for(order.id).len(), 1);
+    stand.created.wait_for(order.id).await;
+    stand.stop().await;
+}
+
+async fn requests_are_checked_in_the_contracts_order(backend: Backend) {
+    let (stand, sandbox) = sandbox_stand(backend).await;
+    let buyer = stand.user();
+    let stranger = stand.user();
+    let order = stand.order(&buyer, 1500, WINDOW).await;
+
+    // Anonymous: 401, even with invalid input.
+    for body in [json!({"orderId": order.id, "token": "tok_visa"}), json!({})] {
+        let (status, body) = stand.anonymous().post(body).await;
+        assert_eq!((status, messages(&body)), (StatusCode::UNAUTHORIZED, vec!["Not authorized".to_owned()]));
+    }
+    // Invalid input: 400 per field, before existence.
+    let (status, body) = buyer.post(json!({"orderId": "not-an-id", "token": ""})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        field_errors(&body),
+        vec![
+            ("orderId".to_owned(), "OrderId must be a valid id".to_owned()),
+            ("token".to_owned(), "Token is required".to_owned())
+        ]
+    );
+    let (status, body) = buyer.post(json!({"orderId": Uuid::new_v4(), "token": "t".repeat(256)})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(field_errors(&body), vec![("token".to_owned(), "Token must be at most 255 characters".to_owned())]);
+    // Unknown order: 404.
+    let (status, body) = buyer.pay(Uuid::new_v4(), "tok_visa").await;
+    assert_eq!((status, messages(&body)), (StatusCode::NOT_FOUND, vec!["Not Found".to_owned()]));
+    // Someone else's order: 401.
+    let (status, body) = stranger.pay(order.id, "tok_visa").await;
+    assert_eq!((status, messages(&body)), (StatusCode::UNAUTHORIZED, vec!["Not authorized".to_owned()]));
+
+    // Expired, even though no timer cancelled it: 400, for the owner and (business rule
+    // before ownership) for anyone.
+    let expired = stand.order(&buyer, 1500, Duration::milliseconds(-1)).await;
+    for who in [&buyer, &stranger] {
+        let (status, body) = who.pay(expired.id, "tok_visa").await;
+        assert_eq!((status, messages(&body)), (StatusCode::BAD_REQUEST, vec!["Order has expired".to_owned()]));
+    }
+    // Cancelled: 400.
+    let cancelled = stand.order(&buyer, 1500, WINDOW).await;
+    stand.cancel(&cancelled).await;
+    for who in [&buyer, &stranger] {
+        let (status, body) = who.pay(cancelled.id, "tok_visa").await;
+        assert_eq!(
+            (status, messages(&body)),
+            (StatusCode::BAD_REQUEST, vec!["Cannot pay for a cancelled order".to_owned()])
+        );
+    }
+    // Under Stripe's minimum: 400, and nothing charged.
+    let cheap = stand.order(&buyer, 49, WINDOW).await;
+    let (status, body) = buyer.pay(cheap.id, "tok_visa").await;
+    assert_eq!((status, messages(&body)), (StatusCode::BAD_REQUEST, vec!["Amount must be at least $0.50".to_owned()]));
+
+    assert!(sandbox.charges().is_empty(), "no check may let a charge through");
+    stand.stop().await;
+}
+
+async fn concurrent_payments_keep_one_charge(backend: Backend) {
+    let (stand, sandbox) = sandbox_stand(backend).await;
+    let buyer = stand.user();
+
+    // Different cards: several charges may be taken, one is kept, the others are refunded.
+    let order = stand.order(&buyer, 2500, WINDOW).await;
+    let tokens = ["tok_visa", "tok_mastercard", "tok_amex", "tok_discover", "tok_jcb", "tok_visa_debit"];
+    let answers = join_all(tokens.iter().map(|token| buyer.pay(order.id, token))).await;
+    let created = answers.iter().filter(|(status, _)| *status == StatusCode::CREATED).count();
+    assert_eq!(created, 1, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(status, _)| *status != StatusCode::CREATED) {
+        assert_eq!(
+            (*status, messages(body)),
+            (StatusCode::BAD_REQUEST, vec!["Order has already been paid".to_owned()])
+        );
+    }
+    assert_eq!(sandbox.kept_charges_for(order.id).len(), 1, "{:?}", sandbox.charges());
+    let records = stand.payments_of(order.id).await;
+    assert_eq!(records.iter().filter(|(status, ..)| status == "succeeded").count(), 1, "{records:?}");
+    assert!(
+        records.iter().all(|(status, _, refund)| status == "succeeded" || (status == "refunded" && refund.is_some())),
+        "{records:?}"
+    );
+    let kept = sandbox.kept_charges_for(order.id).remove(0);
+    assert!(records.contains(&("succeeded".to_owned(), kept.id.clone(), None)));
+
+    // The same card: the idempotency key makes it one charge, whoever records it.
+    let order = stand.order(&buyer, 2500, WINDOW).await;
+    let answers = join_all((0..6).map(|_| buyer.pay(order.id, "tok_visa"))).await;
+    assert_eq!(answers.iter().filter(|(status, _)| *status == StatusCode::CREATED).count(), 1, "{answers:?}");
+    let charges: Vec<_> = sandbox.charges().into_iter().filter(|charge| charge.order_id == order.id).collect();
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert!(charges[0].is_kept());
+    assert_eq!(stand.payments_of(order.id).await, vec![("succeeded".to_owned(), charges[0].id.clone(), None)]);
+    stand.stop().await;
+}
+
+async fn a_paid_order_that_is_cancelled_is_refunded(backend: Backend) {
+    let (stand, sandbox) = sandbox_stand(backend).await;
+    let buyer = stand.user();
+    let order = stand.order(&buyer, 1999, WINDOW).await;
+    let (status, _) = buyer.pay(order.id, "tok_visa").await;
+    assert_eq!(status, StatusCode::CREATED);
+    stand.created.wait_for(order.id).await;
+
+    // Orders cancelled it anyway (its window ended before payment:created arrived).
+    stand.cancel(&order).await;
+    let refunded = eventually(WAIT, "the charge to be refunded", || async {
+        let records = stand.payments_of(order.id).await;
+        (records.len() == 1 && records[0].0 == "refunded").then(|| records[0].clone())
+    })
+    .await;
+    assert!(sandbox.kept_charges_for(order.id).is_empty(), "{:?}", sandbox.charges());
+    assert_eq!(sandbox.charges()[0].refund_id, refunded.2, "the refund recorded is the gateway's");
+
+    // The same cancellation again changes nothing.
+    stand.publish(&OrderCancelled { id: order.id, version: 1, ticket: TicketRef { id: order.ticket.id } }).await;
+    let (status, body) = buyer.pay(order.id, "tok_visa").await;
+    assert_eq!(
+        (status, messages(&body)),
+        (StatusCode::BAD_REQUEST, vec!["Cannot pay for a cancelled order".to_owned()])
+    );
+    assert_eq!(sandbox.charges().len(), 1);
+    stand.stop().await;
+}
+
+async fn a_charge_that_lands_after_the_cancellation_is_refunded(backend: Backend) {
+    let (stand, sandbox) = sandbox_stand(backend).await;
+    let buyer = stand.user();
+    let order = stand.order(&buyer, 1999, WINDOW).await;
+    let record = stand.payments.order(order.id).await.unwrap().expect("known order");
+
+    // The checks passed and the gateway charged; before the charge is recorded, the order is
+    // cancelled.
+    let charge = charge_for(&*sandbox, &record, "tok_visa").await;
+    stand.cancel(&order).await;
+    let outcome = stand.payments.record_charge(&record, &charge).await;
+    assert!(matches!(outcome, Err(payments::domain::PayError::Cancelled)), "{outcome:?}");
+
+    assert!(sandbox.kept_charges_for(order.id).is_empty(), "{:?}", sandbox.charges());
+    let records = stand.payments_of(order.id).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!((records[0].0.as_str(), records[0].1.as_str()), ("refunded", charge.id.as_str()));
+    assert!(records[0].2.is_some());
+
+    // Recording the same charge again (a retried request) neither keeps nor refunds it twice.
+    let again = stand.payments.record_charge(&record, &charge).await;
+    assert!(matches!(again, Err(payments::domain::PayError::Cancelled)), "{again:?}");
+    assert_eq!(stand.payments_of(order.id).await, records);
+    assert!(stand.created.for_order(order.id).is_empty());
+
+    // And a charge that lands after another charge paid the order is given back too.
+    let order = stand.order(&buyer, 1999, WINDOW).await;
+    let record = stand.payments.order(order.id).await.unwrap().unwrap();
+    let late = charge_for(&*sandbox, &record, "tok_mastercard").await;
+    let (status, _) = buyer.pay(order.id, "tok_visa").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let outcome = stand.payments.record_charge(&record, &late).await;
+    assert!(matches!(outcome, Err(payments::domain::PayError::AlreadyPaid)), "{outcome:?}");
+    let kept = sandbox.kept_charges_for(order.id);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].token, "tok_visa");
+    stand.stop().await;
+}
+
+async fn charge_for(gateway: &dyn Gateway, order: &OrderRecord, token: &str) -> payments::gateway::Charge {
+    gateway
+        .charge(&ChargeRequest {
+            amount: order.price,
+            currency: platform::money::Currency::new("usd"),
+            token: token.to_owned(),
+            order_id: order.id,
+            idempotency_key: charge_idempotency_key(order.id, token),
+        })
+        .await
+        .unwrap()
+}
+
+async fn a_refund_the_gateway_fails_is_retried(backend: Backend) {
+    let stripe = StripeStandIn::start().await;
+    let stand = Stand::start(backend, Arc::new(StripeGateway::new(&stripe.base, KEY).unwrap())).await;
+    let buyer = stand.user();
+
+    // The cancellation's refund fails twice: the event is retried until it goes through.
+    let order = stand.order(&buyer, 1999, WINDOW).await;
+    let (status, body) = buyer.pay(order.id, "tok_visa").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let charge_id = stand.created.wait_for(order.id).await.charge_id;
+    stripe.fail_next_refunds(2);
+    stand.cancel(&order).await;
+    eventually(WAIT, "the refund to go through", || async { stripe.is_refunded(&charge_id).then_some(()) }).await;
+    eventually(WAIT, "the refund to be recorded", || async {
+        let records = stand.payments_of(order.id).await;
+        (records[0].0 == "refunded").then_some(())
+    })
+    .await;
+    assert!(stripe.seen_at("/v1/refunds").len() >= 3);
+
+    // A charge that must be given back while the gateway fails its refund is recorded as
+    // owed, and refunded later.
+    let order = stand.order(&buyer, 1999, WINDOW).await;
+    let record = stand.payments.order(order.id).await.unwrap().unwrap();
+    let gateway = StripeGateway::new(&stripe.base, KEY).unwrap();
+    let charge = charge_for(&gateway, &record, "tok_visa").await;
+    stand.cancel(&order).await;
+    stripe.fail_next_refunds(1);
+    let outcome = stand.payments.record_charge(&record, &charge).await;
+    assert!(matches!(outcome, Err(payments::domain::PayError::Cancelled)), "{outcome:?}");
+    eventually(WAIT, "the owed refund to go through", || async {
+        let records = stand.payments_of(order.id).await;
+        (stripe.is_refunded(&charge.id) && records[0].0 == "refunded").then_some(())
+    })
+    .await;
+    stand.stop().await;
+}
+
+async fn a_cancellation_that_arrives_first_waits_for_its_order(backend: Backend) {
+    let (stand, sandbox) = sandbox_stand(backend).await;
+    let buyer = stand.user();
+    let order = platform::events::OrderCreated {
+        id: Uuid::new_v4(),
+        version: 0,
+        status: "created".into(),
+        user_id: buyer.id,
+        expires_at: time::OffsetDateTime::now_utc() + WINDOW,
+        ticket: platform::events::PricedTicketRef { id: Uuid::new_v4(), price: 1500 },
+    };
+    stand.publish(&OrderCancelled { id: order.id, version: 1, ticket: TicketRef { id: order.ticket.id } }).await;
+    let (status, _) = buyer.pay(order.id, "tok_visa").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not known until order:created");
+    stand.publish(&order).await;
+    stand.wait_for_order_status(order.id, "cancelled").await;
+    let (status, body) = buyer.pay(order.id, "tok_visa").await;
+    assert_eq!(
+        (status, messages(&body)),
+        (StatusCode::BAD_REQUEST, vec!["Cannot pay for a cancelled order".to_owned()])
+    );
+    assert!(sandbox.charges().is_empty());
+    stand.stop().await;
+}
