@@ -41,7 +41,7 @@ impl Context {
     pub async fn database(&self, service: &str, migrator: &Migrator) -> anyhow::Result<Db> {
         let url = database_url(self.settings.database_url.as_deref(), &self.settings.data_dir, service);
         if url.starts_with("sqlite:") {
-            std::fs::create_dir_all(&self.settings.data_dir)?;
+            crate::settings::create_private_dir(&self.settings.data_dir)?;
         }
         Db::connect(&url, service, migrator).await
     }

@@ -131,7 +131,7 @@ fn generated_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     if let Ok(key) = std::fs::read(&path) {
         return check_secret(trim_ascii(key), &path.display().to_string());
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    create_private_dir(data_dir)?;
     let key: String = {
         use rand::Rng;
         let bytes: [u8; 32] = rand::rng().random();
@@ -160,4 +160,16 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Creates the data dir readable by its owner only: it holds password hashes and the key.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).with_context(|| format!("cannot create data dir {}", dir.display()))
 }

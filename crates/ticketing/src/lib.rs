@@ -101,8 +101,7 @@ async fn connect_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
     Ok(match &settings.nats_url {
         Some(url) => Arc::new(NatsBus::connect(url, &settings.nats_stream, &settings.subject_prefix, policy).await?),
         None => {
-            std::fs::create_dir_all(&settings.data_dir)
-                .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+            platform::settings::create_private_dir(&settings.data_dir)?;
             Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db"), &settings.subject_prefix, policy).await?)
         }
     })

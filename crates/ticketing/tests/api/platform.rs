@@ -1,5 +1,7 @@
 //! What every service shares: the envelope for unknown routes, health endpoints.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::json;
 use testkit::Backend;
@@ -61,5 +63,60 @@ async fn openapi_spec_describes_the_api(backend: Backend) {
             }
         }
     }
+    app.stop().await;
+}
+
+/// PostgreSQL and NATS go away and come back: readiness says so, requests fail with the
+/// envelope (never a hang), events written meanwhile are not lost, and everything recovers
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marketplace_rides_out_database_and_bus_outages() {
+    let db_url = testkit::fresh_postgres_url().await;
+    let nats_url = testkit::nats_url();
+    let db_proxy = testkit::TcpProxy::start(&testkit::host_port(&db_url)).await;
+    let bus_proxy = testkit::TcpProxy::start(&testkit::host_port(&nats_url)).await;
+    let proxied_db = db_url.replacen(&testkit::host_port(&db_url), &db_proxy.addr.to_string(), 1);
+    let app = crate::helpers::spawn_app_with(Backend::Distributed, |args| {
+        args.settings.database_url = Some(proxied_db);
+        args.settings.nats_url = Some(format!("nats://{}", bus_proxy.addr));
+    })
+    .await;
+    let seller = app.user().await;
+    let client = app.client();
+    let ready = || async { client.get(app.url("/readyz")).send().await.unwrap().status() };
+    assert_eq!(ready().await, StatusCode::OK);
+
+    // Database down: not ready, and a request fails cleanly in the envelope.
+    db_proxy.cut();
+    testkit::eventually(Duration::from_secs(15), "readyz to fail without the database", || async {
+        (ready().await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let (status, body) = seller.post("/api/tickets", json!({"title": "Outage", "price": 10})).await;
+    assert!(status.is_server_error(), "{status}");
+    assert!(!crate::helpers::messages(&body).is_empty());
+    db_proxy.restore();
+    testkit::eventually(Duration::from_secs(30), "readyz to recover with the database", || async {
+        (ready().await == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    // Bus down: not ready, but writes still commit; their events wait in the outbox.
+    bus_proxy.cut();
+    testkit::eventually(Duration::from_secs(15), "readyz to fail without the bus", || async {
+        (ready().await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let (status, ticket) = seller.post("/api/tickets", json!({"title": "Written during the outage", "price": 10})).await;
+    assert_eq!(status, StatusCode::CREATED, "{ticket}");
+    bus_proxy.restore();
+    let buyer = app.user().await;
+    let ticket_id = ticket["id"].as_str().unwrap().to_owned();
+    testkit::eventually(Duration::from_secs(60), "the ticket's event to reach orders after the outage", || async {
+        let (status, _) = buyer.post("/api/orders", json!({"ticketId": ticket_id})).await;
+        (status == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    assert_eq!(ready().await, StatusCode::OK);
     app.stop().await;
 }
