@@ -121,8 +121,12 @@ pub async fn serve(
 
 /// The client's address: the socket peer, or the proxy's `X-Forwarded-For` when trusted.
 /// With a trusted proxy the rightmost entry is the one the proxy itself appended.
+/// A loopback peer is always trusted: it is the web pages calling the API on behalf of a
+/// visitor (in one process or beside it), and counting every visitor as that one peer
+/// would rate-limit them all together.
 pub fn client_ip(headers: &axum::http::HeaderMap, peer: Option<std::net::SocketAddr>, trust_proxy: bool) -> String {
-    if trust_proxy {
+    let peer_is_loopback = peer.is_some_and(|addr| addr.ip().is_loopback());
+    if trust_proxy || peer_is_loopback {
         let forwarded = headers
             .get_all("x-forwarded-for")
             .iter()

@@ -1,0 +1,224 @@
+//! The pages' only way to the rest of the marketplace: the public HTTP API.
+//!
+//! Each call is made on the visitor's behalf: it carries their `session` cookie (and none
+//! of their other cookies), their address as `X-Forwarded-For`, `X-Forwarded-Proto: https`
+//! when they came over TLS (so the session cookie the API sets is `Secure`), and the
+//! request id, so the logs of both sides line up. One pooled client serves every visitor,
+//! so it must never keep cookies itself.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use platform::error::{ErrorBody, ErrorItem};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::visitor::Visitor;
+
+/// A client of the public API.
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// Why an API call did not give what the page wanted.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiFailure {
+    /// The API answered with its error envelope (or at least an error status).
+    #[error("the API answered {status}: {errors:?}")]
+    Refused { status: StatusCode, errors: Vec<ErrorItem> },
+    /// The API could not be reached in time, or answered something unreadable.
+    #[error("the API is unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+impl ApiFailure {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Refused { status, .. } => Some(*status),
+            Self::Unavailable(_) => None,
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiFailure>;
+
+/// The signed-in user, as `/api/users/currentuser` tells.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ticket {
+    pub id: String,
+    pub title: String,
+    /// Major units, as the API sends it.
+    pub price: Value,
+    pub user_id: String,
+    #[serde(default)]
+    pub order_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    pub id: String,
+    pub status: String,
+    pub expires_at: String,
+    pub ticket: OrderTicket,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderTicket {
+    pub id: String,
+    pub title: String,
+    pub price: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct CurrentUser {
+    #[serde(rename = "currentUser")]
+    current_user: Option<User>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Created {
+    id: String,
+}
+
+/// What sign-up, sign-in and sign-out hand back: the cookies the browser must get.
+pub struct SetCookies(pub Vec<HeaderValue>);
+
+impl Api {
+    pub fn new(base: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let base = base.trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&base)?;
+        anyhow::ensure!(matches!(url.scheme(), "http" | "https"), "API_URL must be an http(s) URL, not {base}");
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("ticketing-web/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { base, http })
+    }
+
+    fn request(&self, method: Method, path: &str, visitor: &Visitor) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(header::ACCEPT, "application/json")
+            .header("x-forwarded-for", visitor.client_ip.as_str());
+        if let Some(session) = visitor.session_cookie() {
+            request = request.header(header::COOKIE, session);
+        }
+        if visitor.https {
+            request = request.header("x-forwarded-proto", "https");
+        }
+        if let Some(id) = &visitor.request_id {
+            request = request.header("x-request-id", id.clone());
+        }
+        request
+    }
+
+    /// Sends the request; a non-2xx answer becomes [`ApiFailure::Refused`].
+    async fn send(&self, request: reqwest::RequestBuilder) -> ApiResult<reqwest::Response> {
+        let response = request.send().await.map_err(|err| ApiFailure::Unavailable(err.into()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.map_err(|err| ApiFailure::Unavailable(err.into()))?;
+        let errors = serde_json::from_slice::<ErrorBody>(&bytes).map(|body| body.errors).unwrap_or_default();
+        if status.is_server_error() {
+            tracing::warn!(%status, ?errors, "the API failed");
+        }
+        Err(ApiFailure::Refused { status, errors })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> ApiResult<T> {
+        let response = self.send(request).await?;
+        response.json::<T>().await.map_err(|err| ApiFailure::Unavailable(err.into()))
+    }
+
+    /// The signed-in user; no call at all for a visitor without a session cookie.
+    pub async fn current_user(&self, visitor: &Visitor) -> ApiResult<Option<User>> {
+        if visitor.session.is_none() {
+            return Ok(None);
+        }
+        let body: CurrentUser = self.json(self.request(Method::GET, "/api/users/currentuser", visitor)).await?;
+        Ok(body.current_user)
+    }
+
+    pub async fn sign_up(&self, visitor: &Visitor, email: &str, password: &str) -> ApiResult<SetCookies> {
+        self.credentials("/api/users/signup", visitor, email, password).await
+    }
+
+    pub async fn sign_in(&self, visitor: &Visitor, email: &str, password: &str) -> ApiResult<SetCookies> {
+        self.credentials("/api/users/signin", visitor, email, password).await
+    }
+
+    async fn credentials(&self, path: &str, visitor: &Visitor, email: &str, password: &str) -> ApiResult<SetCookies> {
+        let request = self.request(Method::POST, path, visitor).json(&json!({ "email": email, "password": password }));
+        Ok(set_cookies(self.send(request).await?.headers()))
+    }
+
+    pub async fn sign_out(&self, visitor: &Visitor) -> ApiResult<SetCookies> {
+        let request = self.request(Method::POST, "/api/users/signout", visitor).json(&json!({}));
+        Ok(set_cookies(self.send(request).await?.headers()))
+    }
+
+    pub async fn list_tickets(&self, visitor: &Visitor) -> ApiResult<Vec<Ticket>> {
+        self.json(self.request(Method::GET, "/api/tickets", visitor)).await
+    }
+
+    /// `id` must be a parsed UUID: it goes into the path.
+    pub async fn ticket(&self, visitor: &Visitor, id: uuid::Uuid) -> ApiResult<Ticket> {
+        self.json(self.request(Method::GET, &format!("/api/tickets/{id}"), visitor)).await
+    }
+
+    pub async fn create_ticket(&self, visitor: &Visitor, title: &str, price: Value) -> ApiResult<String> {
+        let request =
+            self.request(Method::POST, "/api/tickets", visitor).json(&json!({ "title": title, "price": price }));
+        Ok(self.json::<Created>(request).await?.id)
+    }
+
+    pub async fn update_ticket(&self, visitor: &Visitor, id: uuid::Uuid, title: &str, price: Value) -> ApiResult<()> {
+        let request = self
+            .request(Method::PUT, &format!("/api/tickets/{id}"), visitor)
+            .json(&json!({ "title": title, "price": price }));
+        self.send(request).await.map(drop)
+    }
+
+    /// Orders a ticket; the new order's id.
+    pub async fn create_order(&self, visitor: &Visitor, ticket_id: uuid::Uuid) -> ApiResult<String> {
+        let request = self.request(Method::POST, "/api/orders", visitor).json(&json!({ "ticketId": ticket_id }));
+        Ok(self.json::<Created>(request).await?.id)
+    }
+
+    pub async fn list_orders(&self, visitor: &Visitor) -> ApiResult<Vec<Order>> {
+        self.json(self.request(Method::GET, "/api/orders", visitor)).await
+    }
+
+    pub async fn order(&self, visitor: &Visitor, id: uuid::Uuid) -> ApiResult<Order> {
+        self.json(self.request(Method::GET, &format!("/api/orders/{id}"), visitor)).await
+    }
+
+    pub async fn cancel_order(&self, visitor: &Visitor, id: uuid::Uuid) -> ApiResult<()> {
+        self.send(self.request(Method::DELETE, &format!("/api/orders/{id}"), visitor)).await.map(drop)
+    }
+
+    pub async fn pay(&self, visitor: &Visitor, order_id: uuid::Uuid, token: &str) -> ApiResult<()> {
+        let request =
+            self.request(Method::POST, "/api/payments", visitor).json(&json!({ "orderId": order_id, "token": token }));
+        self.send(request).await.map(drop)
+    }
+}
+
+fn set_cookies(headers: &HeaderMap) -> SetCookies {
+    SetCookies(headers.get_all(header::SET_COOKIE).iter().cloned().collect())
+}

@@ -1,0 +1,233 @@
+//! Page handlers, a file per resource, and what they share: the page shell (who is signed
+//! in, the form token), field errors from the API's envelope, and how prices and times read.
+
+pub mod auth;
+pub mod home;
+pub mod orders;
+pub mod tickets;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use minijinja::value::Serde;
+use minijinja::{Value, context};
+use platform::error::ErrorItem;
+use platform::money::Currency;
+use serde::Serialize;
+
+use crate::api::{ApiFailure, ApiResult, User};
+use crate::pages::{self, PageError};
+use crate::visitor::Visitor;
+
+pub type PageResult = Result<Response, PageError>;
+
+/// What the layout needs on every page: who is signed in, the form token, where we are.
+#[derive(Serialize)]
+struct Shell<'a> {
+    user: Option<&'a User>,
+    csrf: &'a str,
+    path: &'a str,
+}
+
+/// A full page: `template` with `ctx`, in the layout.
+pub fn page(status: StatusCode, template: &str, visitor: &Visitor, user: Option<&User>, ctx: Value) -> Response {
+    let path = visitor.path.split('?').next().unwrap_or("/");
+    let shell = Shell { user, csrf: &visitor.csrf, path };
+    pages::html(status, template, context! { shell => Serde(&shell), ..ctx })
+}
+
+/// The API's errors, placed: next to the field they concern when it is on the form, else
+/// above it.
+#[derive(Debug, Default, Serialize)]
+pub struct FormErrors {
+    /// Field name → messages.
+    pub fields: BTreeMap<String, Vec<String>>,
+    /// Messages about no field of this form.
+    pub general: Vec<String>,
+}
+
+impl FormErrors {
+    pub fn from_api(items: &[ErrorItem], form_fields: &[&str]) -> Self {
+        let mut errors = Self::default();
+        for item in items {
+            match item.field.as_deref() {
+                Some(field) if form_fields.contains(&field) => {
+                    errors.fields.entry(field.to_owned()).or_default().push(item.message.clone());
+                }
+                _ => errors.general.push(item.message.clone()),
+            }
+        }
+        if items.is_empty() {
+            errors.general.push("That did not work. Please try again.".to_owned());
+        }
+        errors
+    }
+}
+
+/// An API refusal the page explains on the form itself (invalid input, a broken rule, a
+/// declined card, too many attempts); anything else is for [`PageError`].
+pub fn form_refusal(failure: ApiFailure) -> Result<(StatusCode, Vec<ErrorItem>), PageError> {
+    match failure {
+        ApiFailure::Refused { status, errors }
+            if matches!(
+                status,
+                StatusCode::BAD_REQUEST
+                    | StatusCode::PAYMENT_REQUIRED
+                    | StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::PAYLOAD_TOO_LARGE
+            ) =>
+        {
+            Ok((status, errors))
+        }
+        other => Err(PageError::Api(other)),
+    }
+}
+
+/// The signed-in user, or a trip to the sign-in page and back to `next`.
+pub fn require_user(user: Option<User>, next: &str) -> Result<User, PageError> {
+    user.ok_or_else(|| PageError::SignIn { next: next.to_owned() })
+}
+
+/// A 401 from the API: not signed in (any more), or signed in but not allowed.
+pub async fn unauthorized(web: &crate::Web, visitor: &Visitor, next: &str, forbidden: &'static str) -> PageError {
+    match web.api.current_user(visitor).await {
+        Ok(Some(_)) => PageError::Forbidden(forbidden),
+        Ok(None) => PageError::SignIn { next: next.to_owned() },
+        Err(err) => PageError::Api(err),
+    }
+}
+
+/// How long a call is retried while the API does not know the record yet.
+const CATCH_UP: Duration = Duration::from_secs(3);
+
+/// Calls again, for a moment, while the API answers 404: the services learn of each
+/// other's records through events, so one may not have heard yet of the ticket or order
+/// the visitor is looking at (usually a matter of milliseconds).
+pub async fn catching_up<T, F, Fut>(mut call: F) -> ApiResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ApiResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match call().await {
+            Err(failure)
+                if failure.status() == Some(StatusCode::NOT_FOUND) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// A path id: a UUID, or the page does not exist (and nothing else reaches the API's path).
+pub fn parse_id(id: &str) -> Result<uuid::Uuid, PageError> {
+    uuid::Uuid::parse_str(id).map_err(|_| PageError::NotFound)
+}
+
+/// `$12.50` for the API's `12.5`; the raw number if it is not a price we understand.
+pub fn format_price(currency: &Currency, price: &serde_json::Value) -> String {
+    match currency.parse_price(price) {
+        Ok(minor) => currency.format(minor),
+        Err(_) => price.to_string(),
+    }
+}
+
+/// A price as typed into a form, for the API: a JSON number when it reads as one, else the
+/// text itself, so the API reports what is wrong with it next to the field.
+pub fn price_for_api(text: &str) -> serde_json::Value {
+    let text = text.trim();
+    if text.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str::<serde_json::Number>(text)
+        .map(serde_json::Value::Number)
+        .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}
+
+/// A price as the form shows it again: the API's number in major units, fixed decimals.
+pub fn price_for_form(currency: &Currency, price: &serde_json::Value) -> String {
+    match currency.parse_price(price) {
+        Ok(minor) if currency.decimals == 0 => minor.to_string(),
+        Ok(minor) => {
+            let scale = 10i64.pow(currency.decimals);
+            format!("{}.{:0width$}", minor / scale, minor % scale, width = currency.decimals as usize)
+        }
+        Err(_) => price.as_str().map_or_else(|| price.to_string(), str::to_owned),
+    }
+}
+
+/// `14m 05s`, `1h 02m 03s`, `42s`: what the countdown shows (the script formats the same way).
+pub fn format_time_left(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    let (hours, minutes, secs) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    if hours > 0 {
+        format!("{hours}h {minutes:02}m {secs:02}s")
+    } else if minutes > 0 {
+        format!("{minutes}m {secs:02}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Unknown page (outside `/api`).
+pub async fn not_found() -> Response {
+    pages::not_found_page()
+}
+
+pub async fn method_not_allowed() -> Response {
+    pages::error_page(StatusCode::METHOD_NOT_ALLOWED, "This page cannot be used that way.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn errors_go_next_to_their_field_or_above_the_form() {
+        let items = vec![
+            ErrorItem::field("email", "Email must be valid"),
+            ErrorItem::field("password", "Password must be between 8 and 128 characters"),
+            ErrorItem::field("other", "Something else"),
+            ErrorItem { message: "Invalid credentials".into(), field: None },
+        ];
+        let errors = FormErrors::from_api(&items, &["email", "password"]);
+        assert_eq!(errors.fields["email"], vec!["Email must be valid"]);
+        assert_eq!(errors.fields["password"].len(), 1);
+        assert_eq!(errors.general, vec!["Something else", "Invalid credentials"]);
+    }
+
+    #[test]
+    fn prices_read_in_the_currency() {
+        let usd = Currency::new("usd");
+        assert_eq!(format_price(&usd, &json!(12.5)), "$12.50");
+        assert_eq!(format_price(&usd, &json!(123456)), "$123,456.00");
+        assert_eq!(format_price(&Currency::new("jpy"), &json!(1500)), "¥1,500");
+        assert_eq!(price_for_form(&usd, &json!(12.5)), "12.50");
+        assert_eq!(price_for_form(&Currency::new("jpy"), &json!(1500)), "1500");
+    }
+
+    #[test]
+    fn typed_prices_go_to_the_api_as_numbers_when_they_are() {
+        assert_eq!(price_for_api(" 12.50 "), json!(12.5));
+        assert_eq!(price_for_api("20"), json!(20));
+        assert_eq!(price_for_api("twelve"), json!("twelve"));
+        assert_eq!(price_for_api("12,50"), json!("12,50"));
+        assert_eq!(price_for_api(""), json!(null));
+    }
+
+    #[test]
+    fn time_left_reads_naturally() {
+        assert_eq!(format_time_left(899), "14m 59s");
+        assert_eq!(format_time_left(65), "1m 05s");
+        assert_eq!(format_time_left(42), "42s");
+        assert_eq!(format_time_left(3723), "1h 02m 03s");
+        assert_eq!(format_time_left(-5), "0s");
+    }
+}
