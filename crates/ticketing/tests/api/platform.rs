@@ -107,7 +107,8 @@ async fn the_marketplace_rides_out_database_and_bus_outages() {
         (ready().await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
     })
     .await;
-    let (status, ticket) = seller.post("/api/tickets", json!({"title": "Written during the outage", "price": 10})).await;
+    let (status, ticket) =
+        seller.post("/api/tickets", json!({"title": "Written during the outage", "price": 10})).await;
     assert_eq!(status, StatusCode::CREATED, "{ticket}");
     bus_proxy.restore();
     let buyer = app.user().await;
