@@ -173,3 +173,69 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).with_context(|| format!("cannot create data dir {}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn settings(data_dir: &Path) -> Settings {
+        let mut settings = Cli::parse_from(["test"]).settings;
+        settings.data_dir = data_dir.to_owned();
+        settings.jwt_key = None;
+        settings.jwt_key_file = None;
+        settings.database_url = None;
+        settings.nats_url = None;
+        settings
+    }
+
+    fn temp_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("ticketing-settings-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    #[test]
+    fn embedded_mode_generates_a_private_key_once() {
+        let dir = temp_dir();
+        let settings = settings(&dir);
+        let first = settings.session_secret().unwrap();
+        assert_eq!(settings.session_secret().unwrap(), first, "the key is reused, not regenerated");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(GENERATED_KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn outside_embedded_mode_a_missing_or_short_key_is_an_error() {
+        let dir = temp_dir();
+        let mut settings = settings(&dir);
+        settings.nats_url = Some("nats://127.0.0.1:4222".into());
+        let err = settings.session_secret().unwrap_err().to_string();
+        assert!(err.contains("JWT_KEY"), "{err}");
+        assert!(!dir.exists(), "no key is generated outside embedded mode");
+        settings.jwt_key = Some("too short".into());
+        assert!(settings.session_secret().is_err());
+        settings.jwt_key = Some("k".repeat(32));
+        assert_eq!(settings.session_secret().unwrap(), "k".repeat(32).into_bytes());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut settings = settings(Path::new("/tmp"));
+        settings.jwt_key = Some("super-secret-session-key-of-32-bytes".into());
+        settings.database_url = Some("postgres://user:hunter2@db/ticketing".into());
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("super-secret") && !printed.contains("hunter2"), "{printed}");
+    }
+}
