@@ -44,6 +44,9 @@ pub fn with_observability(app: Router, checks: Vec<ReadinessCheck>) -> Router {
                 async move { readiness(&checks).await }
             }),
         )
+        // A panicking handler answers 500 in the envelope, and the panic is logged (inside the
+        // request's span, so with its id) instead of the connection just dropping.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(
             TraceLayer::new_for_http()
@@ -58,6 +61,15 @@ pub fn with_observability(app: Router, checks: Vec<ReadinessCheck>) -> Router {
                 ),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    ApiError::Unexpected(anyhow::anyhow!("handler panicked: {detail}")).into_response()
 }
 
 async fn readiness(checks: &[ReadinessCheck]) -> Response {
@@ -151,5 +163,28 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Self(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn panic_now(message: &str) -> &'static str {
+        panic!("{message}")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_in_the_envelope() {
+        let app = with_observability(Router::new().route("/boom", get(|| async { panic_now("kaboom") })), Vec::new());
+        let response = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], br#"{"errors":[{"message":"Something went wrong"}]}"#);
     }
 }

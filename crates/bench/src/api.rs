@@ -1,0 +1,199 @@
+//! A client of the marketplace's public HTTP API, routed by path prefix like the one origin
+//! would be: in one-process-per-service mode each prefix has its own base URL.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Base URL per API prefix.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    pub auth: String,
+    pub tickets: String,
+    pub orders: String,
+    pub payments: String,
+}
+
+impl Routes {
+    /// Every prefix on one origin (the all-in-one process).
+    pub fn single(base: &str) -> Self {
+        Self { auth: base.to_owned(), tickets: base.to_owned(), orders: base.to_owned(), payments: base.to_owned() }
+    }
+
+    fn base_for(&self, path: &str) -> &str {
+        if path.starts_with("/api/users") {
+            &self.auth
+        } else if path.starts_with("/api/tickets") {
+            &self.tickets
+        } else if path.starts_with("/api/orders") {
+            &self.orders
+        } else {
+            &self.payments
+        }
+    }
+}
+
+/// A signed-in user: the session JWT, sent as a bearer token.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub email: String,
+    pub token: String,
+}
+
+/// A response: status and (possibly empty) JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    /// `"400 Ticket is already reserved"`: what a failed operation is counted as.
+    pub fn label(&self) -> String {
+        let message = self.body["errors"][0]["message"].as_str().unwrap_or("");
+        format!("{} {message}", self.status.as_u16()).trim_end().to_owned()
+    }
+
+    pub fn str(&self, field: &str) -> anyhow::Result<String> {
+        self.body[field].as_str().map(str::to_owned).with_context(|| format!("no `{field}` in {}", self.body))
+    }
+}
+
+pub const PASSWORD: &str = "benchmark-password";
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    routes: Arc<Routes>,
+}
+
+impl Api {
+    pub fn new(routes: Routes) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(Self { http, routes: Arc::new(routes) })
+    }
+
+    fn request(&self, method: Method, path: &str, session: Option<&Session>) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.routes.base_for(path));
+        let request = self.http.request(method, url);
+        match session {
+            Some(session) => request.bearer_auth(&session.token),
+            None => request,
+        }
+    }
+
+    /// Sends a request and reads the whole body without parsing it (what a browser pays).
+    pub async fn raw(&self, method: Method, path: &str) -> Result<(StatusCode, usize), String> {
+        let response = self.request(method, path, None).send().await.map_err(|err| transport(&err))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|err| transport(&err))?;
+        Ok((status, body.len()))
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        session: Option<&Session>,
+        body: Option<Value>,
+    ) -> Result<Reply, String> {
+        let mut request = self.request(method, path, session);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|err| transport(&err))?;
+        let status = response.status();
+        let cookie = response.headers().get(reqwest::header::SET_COOKIE).cloned();
+        let bytes = response.bytes().await.map_err(|err| transport(&err))?;
+        let mut body =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        // Sessions come back as a cookie; keep the token with the body for `sign_up`/`sign_in`.
+        if let Some(token) = cookie.as_ref().and_then(|value| value.to_str().ok()).and_then(session_token) {
+            body["__session"] = Value::String(token.to_owned());
+        }
+        Ok(Reply { status, body })
+    }
+
+    async fn session(&self, path: &str, email: &str) -> anyhow::Result<Session> {
+        let reply = self
+            .call(Method::POST, path, None, Some(json!({ "email": email, "password": PASSWORD })))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        if !reply.status.is_success() {
+            bail!("{path} answered {}", reply.label());
+        }
+        Ok(Session { email: email.to_owned(), token: reply.str("__session")? })
+    }
+
+    pub async fn sign_up(&self, email: &str) -> anyhow::Result<Session> {
+        self.session("/api/users/signup", email).await
+    }
+
+    pub async fn sign_in(&self, email: &str) -> anyhow::Result<Session> {
+        self.session("/api/users/signin", email).await
+    }
+
+    pub async fn create_ticket(&self, seller: &Session, title: &str, price: f64) -> Result<Reply, String> {
+        self.call(Method::POST, "/api/tickets", Some(seller), Some(json!({ "title": title, "price": price }))).await
+    }
+
+    pub async fn order(&self, buyer: &Session, ticket_id: &str) -> Result<Reply, String> {
+        self.call(Method::POST, "/api/orders", Some(buyer), Some(json!({ "ticketId": ticket_id }))).await
+    }
+
+    pub async fn pay(&self, buyer: &Session, order_id: &str) -> Result<Reply, String> {
+        self.call(Method::POST, "/api/payments", Some(buyer), Some(json!({ "orderId": order_id, "token": "tok_visa" })))
+            .await
+    }
+
+    pub async fn show_order(&self, buyer: &Session, order_id: &str) -> Result<Reply, String> {
+        self.call(Method::GET, &format!("/api/orders/{order_id}"), Some(buyer), None).await
+    }
+
+    pub async fn list_orders(&self, buyer: &Session) -> Result<Reply, String> {
+        self.call(Method::GET, "/api/orders", Some(buyer), None).await
+    }
+}
+
+fn transport(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "timeout".to_owned()
+    } else if err.is_connect() {
+        "connection refused".to_owned()
+    } else {
+        "transport error".to_owned()
+    }
+}
+
+/// The value of the `session` cookie in a `Set-Cookie` header.
+fn session_token(header: &str) -> Option<&str> {
+    let pair = header.split(';').next()?.trim();
+    pair.strip_prefix("session=").filter(|token| !token.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_session_cookie() {
+        assert_eq!(session_token("session=abc.def; HttpOnly; Path=/"), Some("abc.def"));
+        assert_eq!(session_token("session=; Max-Age=0"), None);
+        assert_eq!(session_token("other=1"), None);
+    }
+
+    #[test]
+    fn routes_by_prefix() {
+        let routes = Routes { auth: "a".into(), tickets: "t".into(), orders: "o".into(), payments: "p".into() };
+        assert_eq!(routes.base_for("/api/users/signin"), "a");
+        assert_eq!(routes.base_for("/api/tickets/1"), "t");
+        assert_eq!(routes.base_for("/api/orders"), "o");
+        assert_eq!(routes.base_for("/api/payments"), "p");
+    }
+}

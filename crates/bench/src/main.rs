@@ -1,0 +1,433 @@
+//! `bench`: how fast the marketplace is, against the limits of the machine, in one run.
+//!
+//! `bench run` starts the release `ticketing` binary in each mode (all-in-one on SQLite and
+//! the embedded bus; one process per service on PostgreSQL + NATS), drives it over HTTP on
+//! loopback with concurrent virtual users, measures the machine's limits in the same run
+//! (a trivial axum handler; pgbench running our reservation SQL) and writes a markdown
+//! report. `bench baseline-http` is that trivial handler, run as its own process.
+
+mod api;
+mod baseline;
+mod load;
+mod marketplace;
+mod report;
+mod scenarios;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::api::Api;
+use crate::load::{Until, drive};
+use crate::marketplace::{Marketplace, Mode, Proc};
+use crate::report::Goal;
+use crate::scenarios::{Row, Sizes};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks of the ticketing marketplace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the marketplace in each mode, run every scenario, write the report.
+    Run(RunArgs),
+    /// Serve the trivial HTTP handler the marketplace is compared with.
+    BaselineHttp {
+        #[arg(long, default_value = "127.0.0.1:3999")]
+        addr: std::net::SocketAddr,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Seconds-long run with tiny counts (what CI checks; `scripts/bench --smoke` adds
+    /// `--embedded-only`).
+    #[arg(long)]
+    smoke: bool,
+    /// The server binary to benchmark (build it with `--release`).
+    #[arg(long, default_value = "target/release/ticketing")]
+    ticketing: PathBuf,
+    /// Where to write the markdown report.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+    /// PostgreSQL server for the one-process-per-service mode and pgbench; a scratch database
+    /// is created in it and dropped afterwards. Without it (or NATS) that mode is skipped.
+    #[arg(long, env = "TEST_DATABASE_URL")]
+    database_url: Option<String>,
+    /// NATS server with JetStream for the one-process-per-service mode.
+    #[arg(long, env = "TEST_NATS_URL")]
+    nats_url: Option<String>,
+    /// Skip the one-process-per-service mode even when PostgreSQL and NATS are given.
+    #[arg(long)]
+    embedded_only: bool,
+    /// Where servers keep their data and logs (default: a fresh directory under the temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::BaselineHttp { addr } => baseline::serve_trivial_http(addr).await,
+        Command::Run(args) => run(args).await,
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn proc_field(file: &str, key: &str) -> String {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with(key))
+                .and_then(|line| line.split(':').nth(1))
+                .map(str::trim)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The database URL with another database name.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(base, query)| (base, Some(query)));
+    let root = match base.rfind('/') {
+        Some(slash) if slash > base.find("//").map_or(0, |at| at + 1) => &base[..slash],
+        _ => base,
+    };
+    match query {
+        Some(query) => format!("{root}/{database}?{query}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+fn common_env(expiration_seconds: Option<u64>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("SIGNUPS_PER_CLIENT", "0"),
+        ("SIGNIN_FAILURES_PER_CLIENT", "0"),
+        ("SIGNIN_FAILURES_PER_EMAIL", "0"),
+        ("LOG_FORMAT", "human"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect();
+    if let Some(seconds) = expiration_seconds {
+        env.push(("ORDER_EXPIRATION_SECONDS".into(), seconds.to_string()));
+    }
+    env
+}
+
+async fn http_limit(work: &Path, sizes: &Sizes) -> anyhow::Result<Row> {
+    let me = std::env::current_exe()?;
+    let server =
+        Proc::start("baseline-http", &me, &["baseline-http".to_owned()], &[], work.join("baseline-http.log")).await?;
+    let api = Api::new(api::Routes::single(&server.base))?;
+    server.reset_peak();
+    let stats = drive(sizes.browse_users, Until::Elapsed(sizes.http), move |_, _, _| {
+        let api = api.clone();
+        async move {
+            match api.raw(reqwest::Method::GET, "/").await? {
+                (reqwest::StatusCode::OK, _) => Ok("ok"),
+                (status, _) => Err(status.to_string()),
+            }
+        }
+    })
+    .await;
+    let peak = server.memory_kib().map_or(f64::NAN, |(_, peak)| peak as f64 / 1024.0);
+    server.stop().await;
+    Ok(Row::new("limits of this machine", "HTTP: trivial axum handler, GET /", sizes.browse_users, None, &stats)
+        .peaks(&[("baseline-http".to_owned(), peak)])
+        .note("tokio + hyper + axum answering `{\"ok\":true}`"))
+}
+
+async fn run_mode(
+    binary: &Path,
+    mode: &Mode,
+    work: &Path,
+    sizes: &Sizes,
+    run_id: &str,
+    context: &mut report::Context,
+) -> anyhow::Result<Vec<Row>> {
+    eprintln!("bench: starting the marketplace ({})", mode.name());
+    let market = Marketplace::start(binary, mode, &work.join("main"), &common_env(None)).await?;
+    context.idle.push((mode.name().to_owned(), market.rss_mib()));
+    let rows = scenarios::run(&market, mode.name(), sizes, run_id).await;
+    market.stop().await;
+    let mut rows = rows?;
+    eprintln!("bench: expiration scenario ({})", mode.name());
+    let expiring_mode = match mode {
+        Mode::Embedded => Mode::Embedded,
+        Mode::Cluster { database_url, nats_url, stream, prefix } => Mode::Cluster {
+            database_url: database_url.clone(),
+            nats_url: nats_url.clone(),
+            stream: format!("{stream}_EXP"),
+            prefix: format!("{prefix}_exp"),
+        },
+    };
+    let market = Marketplace::start(
+        binary,
+        &expiring_mode,
+        &work.join("expiration"),
+        &common_env(Some(sizes.expiration_seconds)),
+    )
+    .await?;
+    let row = scenarios::expiration(&market, mode.name(), sizes, run_id).await;
+    market.stop().await;
+    rows.push(row?);
+    Ok(rows)
+}
+
+fn find<'a>(rows: &'a [Row], mode: &str, scenario: &str, users: Option<usize>) -> Option<&'a Row> {
+    rows.iter()
+        .find(|row| row.mode == mode && row.scenario.starts_with(scenario) && users.is_none_or(|u| row.users == u))
+}
+
+fn goals(rows: &[Row], idle: &[(String, Vec<(String, f64)>)]) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    let pg = "postgres+nats";
+    for users in [8, 32] {
+        let ours = find(rows, pg, "reserve", Some(users));
+        let limit = find(rows, "limits of this machine", "PostgreSQL", Some(users));
+        let (measured, met) = match (ours, limit) {
+            (Some(ours), Some(limit)) => {
+                let ratio = ours.throughput() / limit.throughput();
+                (
+                    format!("{:.0}/s vs pgbench {:.0}/s = {ratio:.2}×", ours.throughput(), limit.throughput()),
+                    Some(ratio >= 0.5),
+                )
+            }
+            _ => ("–".to_owned(), None),
+        };
+        goals.push(Goal {
+            goal: format!("reserve on PostgreSQL ≥ 0.5 × pgbench at {users} concurrent"),
+            measured,
+            met,
+        });
+    }
+    let p99 = find(rows, pg, "reserve", Some(8)).and_then(|row| row.quantile_ms(0.99));
+    goals.push(Goal {
+        goal: "reserve on PostgreSQL: p99 ≤ 25 ms at 8 concurrent buyers".into(),
+        measured: p99.map_or("–".into(), |p99| format!("p99 {p99:.1} ms")),
+        met: p99.map(|p99| p99 <= 25.0),
+    });
+    let modes: Vec<String> = idle.iter().map(|(mode, _)| mode.clone()).collect();
+    for mode in &modes {
+        if let (Some(winners), Some(losers)) =
+            (find(rows, mode, "flash sale: winners", None), find(rows, mode, "flash sale: losers", None))
+        {
+            let exact = !winners.note.starts_with("WRONG");
+            let p99 = losers.quantile_ms(0.99).unwrap_or(f64::INFINITY);
+            goals.push(Goal {
+                goal: format!("{mode}: flash sale exactly N winners, every loser answered, losers p99 ≤ 50 ms"),
+                measured: format!("{}; {} errors; losers p99 {p99:.1} ms", winners.note, winners.stats.error_count()),
+                met: Some(exact && winners.stats.error_count() == 0 && p99 <= 50.0),
+            });
+        }
+        for step in ["propagation: ticket", "propagation: payment"] {
+            if let Some(row) = find(rows, mode, step, None) {
+                let p99 = row.quantile_ms(0.99).unwrap_or(f64::INFINITY);
+                goals.push(Goal {
+                    goal: format!("{mode}: {} p99 ≤ 100 ms", row.scenario),
+                    measured: format!("p99 {p99:.1} ms, {} errors", row.stats.error_count()),
+                    met: Some(p99 <= 100.0 && row.stats.error_count() == 0),
+                });
+            }
+        }
+        if let Some(row) = find(rows, mode, "expiration", None) {
+            let p99 = row.quantile_ms(0.99).unwrap_or(f64::INFINITY);
+            goals.push(Goal {
+                goal: format!("{mode}: expiration none early, p99 lateness ≤ 1 s"),
+                measured: format!("p99 {p99:.0} ms late; {}", row.stats.error_summary()),
+                met: Some(p99 <= 1000.0 && row.stats.error_count() == 0),
+            });
+        }
+    }
+    if let Some((_, procs)) = idle.iter().find(|(mode, _)| mode == "embedded") {
+        let rss = procs.first().map_or(f64::NAN, |(_, mib)| *mib);
+        goals.push(Goal {
+            goal: "all-in-one process idle RSS ≤ 50 MB".into(),
+            measured: format!("{rss:.1} MiB"),
+            met: Some(rss <= 50.0),
+        });
+    }
+    let reserve_peak = rows
+        .iter()
+        .filter(|row| row.mode == "embedded" && row.scenario.starts_with("reserve"))
+        .flat_map(|row| row.peak_mib.iter().map(|(_, mib)| *mib))
+        .fold(None, |max: Option<f64>, mib| Some(max.map_or(mib, |max| max.max(mib))));
+    goals.push(Goal {
+        goal: "all-in-one process RSS ≤ 200 MB under the reserve scenario".into(),
+        measured: reserve_peak.map_or("–".into(), |mib| format!("peak {mib:.1} MiB")),
+        met: reserve_peak.map(|mib| mib <= 200.0),
+    });
+    goals
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let sizes = if args.smoke { Sizes::smoke() } else { Sizes::full() };
+    let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let run_id = format!("{started}{}", std::process::id());
+    let work = args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("ticketing-bench-{run_id}")));
+    std::fs::create_dir_all(&work)?;
+    anyhow::ensure!(
+        args.ticketing.exists(),
+        "{} not found: build it with `cargo build --release`",
+        args.ticketing.display()
+    );
+    let binary = std::fs::canonicalize(&args.ticketing)?;
+
+    let mut context = report::Context::default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    context.facts = vec![
+        ("CPU".into(), proc_field("/proc/cpuinfo", "model name")),
+        ("cores (nproc)".into(), cores.to_string()),
+        ("memory".into(), proc_field("/proc/meminfo", "MemTotal")),
+        ("kernel".into(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()),
+        ("rustc".into(), command_output("rustc", &["--version"])),
+        (
+            "ticketing".into(),
+            format!(
+                "{} (git {}{})",
+                command_output(&binary.display().to_string(), &["--version"]),
+                command_output("git", &["rev-parse", "--short", "HEAD"]),
+                if command_output("git", &["status", "--porcelain"]).is_empty() { "" } else { ", uncommitted changes" }
+            ),
+        ),
+        ("date (UTC)".into(), time::OffsetDateTime::now_utc().date().to_string()),
+    ];
+    let cluster = match (&args.database_url, &args.nats_url) {
+        (Some(database_url), Some(nats_url)) if !args.embedded_only => Some((database_url.clone(), nats_url.clone())),
+        _ => None,
+    };
+    if let Some((database_url, nats_url)) = &cluster {
+        context
+            .facts
+            .push(("PostgreSQL".into(), baseline::psql(database_url, "SHOW server_version").await.unwrap_or_default()));
+        context.facts.push(("pgbench".into(), command_output("pgbench", &["--version"])));
+        context.facts.push(("NATS".into(), format!("{nats_url} (JetStream, file storage)")));
+    }
+    context.settings = vec![
+        ("sizes".into(), format!("{sizes:?}").replace('\n', " ")),
+        (
+            "server environment".into(),
+            "RUST_LOG=warn, SIGNUPS_PER_CLIENT=0, SIGNIN_FAILURES_PER_CLIENT=0, SIGNIN_FAILURES_PER_EMAIL=0 \
+             (everything else default: 15-minute reservations, sandbox payment gateway)"
+                .into(),
+        ),
+        (
+            "expiration run".into(),
+            format!("a fresh marketplace with ORDER_EXPIRATION_SECONDS={}", sizes.expiration_seconds),
+        ),
+        ("load generator".into(), "this binary, tokio multi-threaded runtime, reqwest with keep-alive".into()),
+    ];
+
+    let mut rows = Vec::new();
+    eprintln!("bench: HTTP limit (trivial axum handler)");
+    rows.push(http_limit(&work, &sizes).await?);
+    rows.extend(run_mode(&binary, &Mode::Embedded, &work.join("embedded"), &sizes, &run_id, &mut context).await?);
+
+    if let Some((database_url, nats_url)) = cluster {
+        let database = format!("bench_{run_id}");
+        baseline::psql(&database_url, &format!("CREATE DATABASE {database}")).await?;
+        let scratch = with_database(&database_url, &database);
+        let mode = Mode::Cluster {
+            database_url: scratch.clone(),
+            nats_url,
+            stream: format!("BENCH_{run_id}"),
+            prefix: format!("bench_{run_id}"),
+        };
+        let result = async {
+            let mut rows = run_mode(&binary, &mode, &work.join("cluster"), &sizes, &run_id, &mut context).await?;
+            for clients in [8usize, 32] {
+                eprintln!("bench: pgbench at {clients} clients");
+                let stats = baseline::pgbench_reserve(
+                    &scratch,
+                    clients,
+                    sizes.pgbench_per_client_total / clients as u64,
+                    &work,
+                )
+                .await?;
+                rows.push(
+                    Row::new(
+                        "limits of this machine",
+                        "PostgreSQL: pgbench, the reservation transaction",
+                        clients,
+                        None,
+                        &stats,
+                    )
+                    .note(
+                        "SELECT ticket; BEGIN; INSERT order; INSERT outbox; COMMIT (prepared, same tables and indexes)",
+                    ),
+                );
+            }
+            anyhow::Ok(rows)
+        }
+        .await;
+        let dropped = baseline::psql(&database_url, &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await;
+        rows.extend(result?);
+        dropped?;
+    } else if !args.embedded_only {
+        eprintln!("bench: no TEST_DATABASE_URL/TEST_NATS_URL: skipping the PostgreSQL + NATS mode and pgbench");
+    }
+
+    // Ratios to the limits measured above.
+    let limit = |scenario: &str, users: usize| {
+        find(&rows, "limits of this machine", scenario, Some(users)).map(Row::throughput)
+    };
+    let http = limit("HTTP", sizes.browse_users);
+    let pgbench: Vec<(usize, Option<f64>)> =
+        [8, 32].into_iter().map(|users| (users, limit("PostgreSQL", users))).collect();
+    for row in &mut rows {
+        if row.scenario.starts_with("browse")
+            && let Some(http) = http
+        {
+            row.vs = format!("{:.2}× HTTP", row.throughput() / http);
+        }
+        if row.scenario.starts_with("reserve")
+            && let Some((_, Some(pg))) = pgbench.iter().find(|(users, _)| *users == row.users)
+        {
+            row.vs = format!("{:.2}× pgbench", row.throughput() / pg);
+        }
+    }
+
+    let goals = goals(&rows, &context.idle);
+    let command = if args.smoke { "scripts/bench --smoke" } else { "scripts/bench" };
+    let markdown = report::render(&context, &rows, &goals, command);
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, &markdown).with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("bench: wrote {} (server logs in {})", args.out.display(), work.display());
+    if !args.smoke {
+        let _ = std::fs::remove_dir_all(work.join("embedded"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swaps_the_database_name() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "b1"),
+            "postgres://postgres@127.0.0.1:5432/b1"
+        );
+        assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "b1"), "postgres://u@h/b1?sslmode=disable");
+        assert_eq!(with_database("postgres://u@h", "b1"), "postgres://u@h/b1");
+    }
+}

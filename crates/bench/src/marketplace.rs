@@ -1,0 +1,217 @@
+//! Starts the marketplace under test as real processes of the release binary: one process
+//! with every service (embedded: SQLite + embedded bus), or one process per service on
+//! PostgreSQL + NATS. Also reads their memory from `/proc`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::api::Routes;
+
+/// One server process we started.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    pub base: String,
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args` with `env`, logging to `log`, and waits until `/readyz` answers 200.
+    pub async fn start(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .args(["--addr", &addr])
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let proc = Self { name: name.to_owned(), base: format!("http://{addr}"), child, log };
+        proc.wait_ready().await?;
+        Ok(proc)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(format!("{}/readyz", self.base)).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                bail!(
+                    "{} did not become ready in 60 s; log tail:\n{}",
+                    self.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// (current RSS, peak RSS since start or the last [`Proc::reset_peak`]) in KiB.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        Some((status_field(&status, "VmRSS:")?, status_field(&status, "VmHWM:")?))
+    }
+
+    /// Restarts the peak-RSS count, so the next reading is this scenario's peak.
+    pub fn reset_peak(&self) {
+        if let Some(pid) = self.pid() {
+            // "5" resets VmHWM to the current RSS (Linux ≥ 4.0). Best effort.
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
+    }
+
+    /// SIGTERM (graceful shutdown), then SIGKILL after 10 s.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+            if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_ok() {
+                return;
+            }
+        }
+        let _ = self.child.kill().await;
+    }
+}
+
+fn status_field(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// How the marketplace is deployed for a run.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Every service in one process, SQLite files and the embedded bus in a data dir.
+    Embedded,
+    /// One process per service on a PostgreSQL database and a NATS stream of their own.
+    Cluster { database_url: String, nats_url: String, stream: String, prefix: String },
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded",
+            Mode::Cluster { .. } => "postgres+nats",
+        }
+    }
+}
+
+/// The running marketplace.
+#[derive(Debug)]
+pub struct Marketplace {
+    pub procs: Vec<Proc>,
+    pub routes: Routes,
+}
+
+const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "expiration", "payments"];
+
+impl Marketplace {
+    /// Starts the marketplace in `mode`, with extra settings `env`, its files under `dir`.
+    pub async fn start(binary: &Path, mode: &Mode, dir: &Path, env: &[(String, String)]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG".into(), "warn".into()));
+        match mode {
+            Mode::Embedded => {
+                let args = vec!["serve".to_owned(), "--data-dir".to_owned(), dir.join("data").display().to_string()];
+                let proc = Proc::start("all-in-one", binary, &args, &env, dir.join("ticketing.log")).await?;
+                let routes = Routes::single(&proc.base);
+                Ok(Self { procs: vec![proc], routes })
+            }
+            Mode::Cluster { database_url, nats_url, stream, prefix } => {
+                env.extend([
+                    ("DATABASE_URL".into(), database_url.clone()),
+                    ("NATS_URL".into(), nats_url.clone()),
+                    ("NATS_STREAM".into(), stream.clone()),
+                    ("EVENT_SUBJECT_PREFIX".into(), prefix.clone()),
+                    ("JWT_KEY".into(), format!("bench-key-{}-0123456789abcdef0123456789", std::process::id())),
+                ]);
+                let mut procs = Vec::new();
+                // One at a time: each runs its own migrations in its own schema, and the
+                // first one creates the stream.
+                for service in SERVICES {
+                    let args = vec!["serve".to_owned(), service.to_owned()];
+                    let log = dir.join(format!("{service}.log"));
+                    procs.push(Proc::start(service, binary, &args, &env, log).await?);
+                }
+                let base = |name: &str| procs.iter().find(|proc| proc.name == name).expect("started").base.clone();
+                let routes = Routes {
+                    auth: base("auth"),
+                    tickets: base("tickets"),
+                    orders: base("orders"),
+                    payments: base("payments"),
+                };
+                Ok(Self { procs, routes })
+            }
+        }
+    }
+
+    pub fn reset_peaks(&self) {
+        self.procs.iter().for_each(Proc::reset_peak);
+    }
+
+    /// Peak RSS per process since the last reset, in MiB.
+    pub fn peaks_mib(&self) -> Vec<(String, f64)> {
+        self.procs
+            .iter()
+            .map(|proc| (proc.name.clone(), proc.memory_kib().map_or(f64::NAN, |(_, peak)| peak as f64 / 1024.0)))
+            .collect()
+    }
+
+    /// Current RSS per process, in MiB.
+    pub fn rss_mib(&self) -> Vec<(String, f64)> {
+        self.procs
+            .iter()
+            .map(|proc| (proc.name.clone(), proc.memory_kib().map_or(f64::NAN, |(rss, _)| rss as f64 / 1024.0)))
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        for proc in self.procs {
+            proc.stop().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_proc_status_fields() {
+        let status = "Name:\tticketing\nVmHWM:\t   51234 kB\nVmRSS:\t   40000 kB\n";
+        assert_eq!(status_field(status, "VmHWM:"), Some(51234));
+        assert_eq!(status_field(status, "VmRSS:"), Some(40000));
+        assert_eq!(status_field(status, "VmSwap:"), None);
+    }
+}
