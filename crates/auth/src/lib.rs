@@ -60,7 +60,7 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
         signups_per_client: WindowLimiter::new(settings.signups_per_client, window),
     });
     // Pay the one-off cost of the dummy hash now, not in the first sign-in.
-    tokio::task::spawn_blocking(password::warm_up);
+    tokio::spawn(password::warm_up());
     let api = Router::new()
         .route("/api/users/signup", post(routes::sign_up))
         .route("/api/users/signin", post(routes::sign_in))
