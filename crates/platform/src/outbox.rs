@@ -88,7 +88,8 @@ impl OutboxRelay {
         tracing::debug!("outbox relay stopped");
     }
 
-    /// Sends one batch; returns how many events went out.
+    /// Sends one batch (up to `BATCH` rows, published back to back); returns how many events went
+    /// out.
     pub async fn relay_batch(&self) -> anyhow::Result<usize> {
         let now = now_millis();
         let lease_until = now + LEASE.as_millis() as i64;
@@ -108,32 +109,62 @@ impl OutboxRelay {
             .map(|row| Ok((row.try_get("id")?, row.try_get("payload")?)))
             .collect::<Result<_, sqlx::Error>>()?;
         claimed.sort();
-        let mut sent = 0;
-        for (index, (id, payload)) in claimed.iter().enumerate() {
-            let event = Event::decode(payload.as_bytes());
-            let published = match event {
-                Ok(event) => self.bus.publish(&event).await.map_err(anyhow::Error::from),
-                Err(err) => {
-                    // Written by our own code, so this cannot happen short of corruption;
-                    // keep the row (never drop an event) and say so loudly.
-                    tracing::error!(outbox_id = %id, error = %err, "undecodable outbox row left in place");
-                    continue;
+        let mut ids = Vec::with_capacity(claimed.len());
+        let mut events = Vec::with_capacity(claimed.len());
+        for (id, payload) in claimed {
+            match Event::decode(payload.as_bytes()) {
+                Ok(event) => {
+                    ids.push(id);
+                    events.push(event);
                 }
-            };
-            if let Err(err) = published {
-                // Let the unsent rest be claimed again right away rather than after the lease.
-                let unsent: Vec<&str> = claimed[index..].iter().map(|(id, _)| id.as_str()).collect();
-                for id in unsent {
-                    sqlx::query("UPDATE outbox SET locked_until = 0 WHERE id = $1")
-                        .bind(id)
-                        .execute(&self.db.pool)
-                        .await?;
-                }
-                return Err(err.context("cannot publish outbox event"));
+                // Written by our own code, so this cannot happen short of corruption; keep the
+                // row (never drop an event) and say so loudly.
+                Err(err) => tracing::error!(outbox_id = %id, error = %err, "undecodable outbox row left in place"),
             }
-            sqlx::query("DELETE FROM outbox WHERE id = $1").bind(id).execute(&self.db.pool).await?;
-            sent += 1;
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        // All publishes go out before any ack is awaited; the bus counts the acknowledged ones
+        // from the first, so those rows can go and the rest stay.
+        let published = self.bus.publish_batch(&events).await;
+        let sent = *published.as_ref().unwrap_or(&0);
+        let (sent_ids, unsent_ids) = ids.split_at(sent.min(ids.len()));
+        self.delete(sent_ids).await?;
+        let failure = match published {
+            Ok(sent) if sent >= events.len() => None,
+            Ok(sent) => Some(anyhow::anyhow!("the bus acknowledged only {sent} of {} events", events.len())),
+            Err(err) => Some(anyhow::Error::from(err)),
+        };
+        if let Some(err) = failure {
+            // Let the unsent rest be claimed again right away rather than after the lease.
+            self.release(unsent_ids).await?;
+            return Err(err.context("cannot publish outbox events"));
         }
         Ok(sent)
+    }
+
+    /// Deletes the rows of events the bus acknowledged, in one statement.
+    async fn delete(&self, ids: &[String]) -> Result<(), sqlx::Error> {
+        self.for_ids("DELETE FROM outbox WHERE id IN", ids).await
+    }
+
+    /// Makes unsent rows claimable again at once.
+    async fn release(&self, ids: &[String]) -> Result<(), sqlx::Error> {
+        self.for_ids("UPDATE outbox SET locked_until = 0 WHERE id IN", ids).await
+    }
+
+    /// Runs `statement ($1, ..., $n)` with `ids` bound, if there are any.
+    async fn for_ids(&self, statement: &str, ids: &[String]) -> Result<(), sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders = (1..=ids.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+        let sql = format!("{statement} ({placeholders})");
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query.execute(&self.db.pool).await.map(drop)
     }
 }

@@ -36,6 +36,7 @@ fn policy() -> RetryPolicy {
         max_attempts: 5,
         backoff: [20, 50, 100].into_iter().map(Duration::from_millis).collect(),
         ack_wait: Duration::from_secs(2),
+        max_in_flight: 16,
     }
 }
 
@@ -222,6 +223,10 @@ on_both_buses!(
     outbox_event_survives_a_crash_on_sqlite,
     outbox_event_survives_a_crash_on_postgres,
     outbox_relay_retries_while_the_bus_is_down,
+    a_subscriber_handles_events_concurrently,
+    a_subscriber_handles_at_most_max_in_flight_at_once,
+    outbox_relay_sends_a_full_batch,
+    outbox_relay_keeps_what_the_bus_did_not_acknowledge,
 );
 
 async fn published_event_reaches_a_subscriber_of_its_kind(which: Which) {
@@ -407,13 +412,15 @@ async fn subscribers_of_one_group_split_the_work(which: Which) {
 }
 
 async fn slow_handlers_within_ack_wait_do_not_cause_redeliveries(which: Which) {
-    // Ten events of 300 ms work each, two subscribers: 1.5 s of work each, more than ack_wait,
-    // though every single handler finishes well within it. ack_wait is a handler's lease, so
-    // no event may start over at another subscriber.
-    let setup = Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(1), ..policy() });
+    // Twenty events of 300 ms work each, two subscribers of two slots: 1.5 s of work per
+    // subscriber (3 s if one gets everything), more than ack_wait, though every single handler
+    // finishes well within it. ack_wait is a handler's lease, so no event may wait for a slot
+    // after the bus handed it out, and none may start over at another subscriber.
+    let setup =
+        Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(1), max_in_flight: 2, ..policy() });
     let bus = setup.open().await;
     let group = unique_name("g");
-    let sent = events(10);
+    let sent = events(20);
     publish_all(&*bus, &sent).await;
     let work = |seen: &Seen| {
         handler(seen, |_| async {
@@ -425,15 +432,15 @@ async fn slow_handlers_within_ack_wait_do_not_cause_redeliveries(which: Which) {
     let running_first = subscribe(&*bus, &group, &[KIND], work(&first)).await;
     let running_second = subscribe(&*bus, &group, &[KIND], work(&second)).await;
 
-    eventually(WAIT, "all 10 events handled", || {
+    eventually(WAIT, "all 20 events handled", || {
         let handled = first.all().len() + second.all().len();
-        async move { (handled >= 10).then_some(()) }
+        async move { (handled >= 20).then_some(()) }
     })
     .await;
     quiet().await;
     let handled: Vec<Delivery> = first.all().into_iter().chain(second.all()).collect();
     println!("{which:?}: first subscriber handled {}, second {}", first.all().len(), second.all().len());
-    assert_eq!(handled.len(), 10, "each event exactly once: {:?}", attempts(&handled));
+    assert_eq!(handled.len(), 20, "each event exactly once: {:?}", attempts(&handled));
     assert!(handled.iter().all(|delivery| delivery.attempt == 1), "no redeliveries: {:?}", attempts(&handled));
 
     running_first.stop().await;
@@ -619,6 +626,179 @@ async fn outbox_relay_retries_while_the_bus_is_down(which: Which) {
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), relay).await.expect("relay did not stop").expect("relay panicked");
+    running.stop().await;
+    setup.finish().await;
+}
+
+async fn a_subscriber_handles_events_concurrently(which: Which) {
+    // Eight handlers that each wait for all eight: they finish only if they overlap.
+    let setup =
+        Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(10), max_in_flight: 8, ..policy() });
+    let bus = setup.open().await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let met = Arc::new(AtomicUsize::new(0));
+    let seen = Seen::default();
+    let rendezvous = {
+        let (barrier, met) = (barrier.clone(), met.clone());
+        handler(&seen, move |_| {
+            let (barrier, met) = (barrier.clone(), met.clone());
+            async move {
+                if tokio::time::timeout(Duration::from_secs(5), barrier.wait()).await.is_ok() {
+                    met.fetch_add(1, Ordering::SeqCst);
+                }
+                Outcome::Ack
+            }
+        })
+    };
+    let running = subscribe(&*bus, &unique_name("g"), &[KIND], rendezvous).await;
+    let started = Instant::now();
+    publish_all(&*bus, &events(8)).await;
+
+    eventually(WAIT, "all eight handlers past the barrier", || {
+        let met = met.load(Ordering::SeqCst);
+        async move { (met == 8).then_some(()) }
+    })
+    .await;
+    println!("{which:?}: eight overlapping handlers done after {:?}", started.elapsed());
+    quiet().await;
+    let got = seen.all();
+    assert_eq!(got.len(), 8, "each event once: {:?}", attempts(&got));
+    assert!(got.iter().all(|delivery| delivery.attempt == 1), "no redeliveries: {:?}", attempts(&got));
+
+    running.stop().await;
+    setup.finish().await;
+}
+
+async fn a_subscriber_handles_at_most_max_in_flight_at_once(which: Which) {
+    let setup = Setup::with_policy(which, RetryPolicy { max_in_flight: 3, ..policy() });
+    let bus = setup.open().await;
+    let (running_now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = Seen::default();
+    let counting = {
+        let (running_now, most) = (running_now.clone(), most.clone());
+        handler(&seen, move |_| {
+            let (running_now, most) = (running_now.clone(), most.clone());
+            async move {
+                let now = running_now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                running_now.fetch_sub(1, Ordering::SeqCst);
+                Outcome::Ack
+            }
+        })
+    };
+    let running = subscribe(&*bus, &unique_name("g"), &[KIND], counting).await;
+    publish_all(&*bus, &events(12)).await;
+
+    seen.wait_for(12, "all 12 events").await;
+    quiet().await;
+    let got = seen.all();
+    assert_eq!(got.len(), 12, "each event once: {:?}", attempts(&got));
+    let most = most.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&most), "handlers at once: {most}, limit 3");
+
+    running.stop().await;
+    setup.finish().await;
+}
+
+async fn enqueue_all(db: &Db, events: &[Event]) {
+    let mut tx = db.begin().await.expect("cannot begin");
+    for event in events {
+        outbox::enqueue(&mut tx, event).await.expect("cannot enqueue");
+    }
+    tx.commit().await.expect("cannot commit");
+}
+
+async fn outbox_relay_sends_a_full_batch(which: Which) {
+    let setup = Setup::new(which);
+    let dir = TempDir::new();
+    let db = connect_db(&sqlite_url(dir.path()), "outbox_test").await;
+    let bus = setup.open().await;
+    let seen = Seen::default();
+    let running = subscribe(&*bus, &unique_name("g"), &[KIND], acking(&seen)).await;
+    let sent = events(100);
+    enqueue_all(&db, &sent).await;
+
+    let relay = OutboxRelay::new(db.clone(), bus.clone(), OutboxWaker::default());
+    assert_eq!(relay.relay_batch().await.expect("cannot relay"), 100, "one batch takes all 100");
+    assert_eq!(outbox_len(&db).await, 0, "every acknowledged event left the outbox");
+    assert_eq!(relay.relay_batch().await.expect("cannot relay"), 0);
+
+    seen.wait_for(100, "the 100 relayed events").await;
+    quiet().await;
+    let got = seen.ids();
+    assert_eq!(got.len(), 100, "each event once");
+    let got: HashSet<Uuid> = got.into_iter().collect();
+    assert_eq!(got, sent.iter().map(|event| event.id).collect::<HashSet<_>>());
+
+    running.stop().await;
+    setup.finish().await;
+}
+
+/// A bus that acknowledges only the first `acknowledges` events of a batch.
+struct Partial {
+    inner: Arc<dyn EventBus>,
+    acknowledges: usize,
+}
+
+#[async_trait::async_trait]
+impl EventBus for Partial {
+    async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        self.inner.publish(event).await
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> Result<usize, BusError> {
+        let take = self.acknowledges.min(events.len());
+        self.inner.publish_batch(&events[..take]).await
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        kinds: &[&str],
+        handler: DynHandler,
+        shutdown: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError> {
+        self.inner.subscribe(group, kinds, handler, shutdown).await
+    }
+
+    async fn check(&self) -> Result<(), BusError> {
+        self.inner.check().await
+    }
+
+    fn retry_policy(&self) -> &RetryPolicy {
+        self.inner.retry_policy()
+    }
+}
+
+async fn outbox_relay_keeps_what_the_bus_did_not_acknowledge(which: Which) {
+    let setup = Setup::new(which);
+    let dir = TempDir::new();
+    let db = connect_db(&sqlite_url(dir.path()), "outbox_test").await;
+    let inner = setup.open().await;
+    let seen = Seen::default();
+    let running = subscribe(&*inner, &unique_name("g"), &[KIND], acking(&seen)).await;
+    let sent = events(10);
+    enqueue_all(&db, &sent).await;
+
+    let partial = Arc::new(Partial { inner: inner.clone(), acknowledges: 4 });
+    let relay = OutboxRelay::new(db.clone(), partial, OutboxWaker::default());
+    assert!(relay.relay_batch().await.is_err(), "a partly acknowledged batch is a failure");
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM outbox WHERE locked_until = 0 ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("cannot read the outbox");
+    let unacknowledged: Vec<String> = sent[4..].iter().map(|event| event.id.to_string()).collect();
+    assert_eq!(left, unacknowledged, "the acknowledged rows are gone, the rest claimable again at once");
+    assert_eq!(outbox_len(&db).await, 6);
+
+    let relay = OutboxRelay::new(db.clone(), inner.clone(), OutboxWaker::default());
+    assert_eq!(relay.relay_batch().await.expect("cannot relay"), 6);
+    assert_eq!(outbox_len(&db).await, 0);
+    seen.wait_for(10, "all ten events").await;
+    quiet().await;
+    assert_eq!(seen.ids().len(), 10, "each event once");
+
     running.stop().await;
     setup.finish().await;
 }

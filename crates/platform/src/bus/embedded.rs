@@ -5,7 +5,14 @@
 //! subscribed to, a delivery is leased to one subscriber while its handler runs, and a failed
 //! or timed-out handler gets it again after the retry policy's backoff. Deliveries live on
 //! disk, so a restart resumes where the process stopped.
+//!
+//! A subscriber leases at most as many due deliveries as it has free slots (the policy's
+//! `max_in_flight`) and starts all their handlers at once, each in a task of its own and bounded
+//! by the lease: a lease of `ack_wait` from when it was taken covers the handler, which starts
+//! right then. As handlers finish, their outcomes are recorded one by one and the freed slots
+//! are filled with the next due deliveries.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -14,7 +21,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{BusError, Delivery, DynHandler, Event, EventBus, Outcome, RetryPolicy, subject_for};
@@ -42,11 +50,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (grp, visible_at, seq);
 ";
-
-/// How many deliveries a subscriber leases at a time. One: a lease lasts `ack_wait` from when it
-/// is taken, and deliveries are handled one after another, so a second leased delivery would
-/// have its lease running out while it waits for the first, and go to another subscriber too.
-const BATCH: i64 = 1;
 
 pub struct EmbeddedBus {
     pool: SqlitePool,
@@ -99,40 +102,56 @@ impl EmbeddedBus {
         }
         tx.commit().await
     }
+
+    /// Stores one event, once, with a delivery for every group subscribed to its subject.
+    async fn store(&self, tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, event: &Event) -> Result<(), sqlx::Error> {
+        let subject = subject_for(&self.prefix, &event.kind);
+        let seq: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO messages (event_id, subject, payload, stored_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+        )
+        .bind(event.id.to_string())
+        .bind(&subject)
+        .bind(event.encode())
+        .bind(now_millis())
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(seq) = seq {
+            sqlx::query(
+                "INSERT INTO deliveries (grp, seq, attempts, visible_at) \
+                 SELECT grp, $1, 0, 0 FROM subscriptions WHERE subject = $2",
+            )
+            .bind(seq)
+            .bind(&subject)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
 impl EventBus for EmbeddedBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        let subject = subject_for(&self.prefix, &event.kind);
+        self.publish_batch(std::slice::from_ref(event)).await.map(drop)
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> Result<usize, BusError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        // One transaction: all of them are stored, or none.
         let result: Result<(), sqlx::Error> = async {
             let mut tx = self.pool.begin().await?;
-            let seq: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO messages (event_id, subject, payload, stored_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-            )
-            .bind(event.id.to_string())
-            .bind(&subject)
-            .bind(event.encode())
-            .bind(now_millis())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(seq) = seq {
-                sqlx::query(
-                    "INSERT INTO deliveries (grp, seq, attempts, visible_at) \
-                     SELECT grp, $1, 0, 0 FROM subscriptions WHERE subject = $2",
-                )
-                .bind(seq)
-                .bind(&subject)
-                .execute(&mut *tx)
-                .await?;
+            for event in events {
+                self.store(&mut tx, event).await?;
             }
             tx.commit().await
         }
         .await;
         result.map_err(|err| BusError::Unavailable(err.into()))?;
         self.published.notify_waiters();
-        Ok(())
+        Ok(events.len())
     }
 
     async fn subscribe(
@@ -143,13 +162,14 @@ impl EventBus for EmbeddedBus {
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, BusError> {
         self.subscribe_group(group, kinds).await.map_err(|err| BusError::Unavailable(err.into()))?;
-        let subscriber = Subscriber {
+        let subscriber = Arc::new(Subscriber {
             pool: self.pool.clone(),
             group: group.to_owned(),
             policy: self.policy.clone(),
             published: self.published.clone(),
+            settled: Arc::new(Notify::new()),
             handler,
-        };
+        });
         Ok(tokio::spawn(async move { subscriber.run(shutdown).await }))
     }
 
@@ -167,18 +187,38 @@ struct Subscriber {
     group: String,
     policy: RetryPolicy,
     published: Arc<Notify>,
+    /// Woken when a handler's outcome is recorded: a slot is free, and a retry may be due soon.
+    settled: Arc<Notify>,
     handler: DynHandler,
 }
 
 impl Subscriber {
-    async fn run(self, shutdown: CancellationToken) {
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.policy.in_flight_limit()));
+        let mut handlers = JoinSet::new();
         let mut failures = 0u32;
         loop {
+            reap(&self.group, &mut handlers);
             // Register for wake-ups before looking, so a publish in between is not missed.
             let published = self.published.notified();
             tokio::pin!(published);
             published.as_mut().enable();
-            let wait = match self.deliver_batch(&shutdown).await {
+            // Wait for a free slot, then take every free one: lease no more than can start now.
+            let mut free = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            };
+            if let Ok(more) = u32::try_from(slots.available_permits())
+                && more > 0
+                && let Ok(more) = slots.clone().try_acquire_many_owned(more)
+            {
+                free.merge(more);
+            }
+            let wait = match self.lease_and_start(free, &mut handlers).await {
                 Ok(Some(wait)) => {
                     failures = 0;
                     wait
@@ -196,15 +236,26 @@ impl Subscriber {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = &mut published => {}
+                () = self.settled.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+        // Each handler is bounded by its lease, so this ends.
+        while let Some(joined) = handlers.join_next().await {
+            log_panic(&self.group, joined);
         }
         tracing::debug!(group = %self.group, "embedded subscriber stopped");
     }
 
-    /// Leases and handles due deliveries. `Ok(None)` means "look again now";
-    /// `Ok(Some(wait))` means nothing is due for `wait`.
-    async fn deliver_batch(&self, shutdown: &CancellationToken) -> Result<Option<Duration>, sqlx::Error> {
+    /// Leases up to `free.num_permits()` due deliveries and starts their handlers. `Ok(None)`
+    /// means "look again now"; `Ok(Some(wait))` means nothing is due for `wait`.
+    async fn lease_and_start(
+        self: &Arc<Self>,
+        mut free: OwnedSemaphorePermit,
+        handlers: &mut JoinSet<()>,
+    ) -> Result<Option<Duration>, sqlx::Error> {
+        // Taken before the lease, so every handler's deadline falls within its lease.
+        let deadline = tokio::time::Instant::now() + self.policy.ack_wait;
         let now = now_millis();
         let lease_until = now + self.policy.ack_wait.as_millis() as i64;
         let leased = sqlx::query(
@@ -215,7 +266,7 @@ impl Subscriber {
         .bind(lease_until)
         .bind(&self.group)
         .bind(now)
-        .bind(BATCH)
+        .bind(free.num_permits() as i64)
         .fetch_all(&self.pool)
         .await?;
         if leased.is_empty() {
@@ -232,58 +283,115 @@ impl Subscriber {
             .map(|row| Ok((row.try_get("seq")?, row.try_get("attempts")?)))
             .collect::<Result<_, sqlx::Error>>()?;
         leased.sort_unstable();
+        // If this fails, the leases run out and the deliveries are made again.
+        let placeholders = (1..=leased.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+        let sql = format!("SELECT seq, payload FROM messages WHERE seq IN ({placeholders})");
+        let mut query = sqlx::query(&sql);
+        for (seq, _) in &leased {
+            query = query.bind(*seq);
+        }
+        let mut payloads: HashMap<i64, Vec<u8>> = query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("seq")?, row.try_get("payload")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
         for (seq, attempts) in leased {
-            if shutdown.is_cancelled() {
-                // The lease runs out and the delivery is made again after restart.
-                break;
-            }
-            let payload: Vec<u8> = sqlx::query_scalar("SELECT payload FROM messages WHERE seq = $1")
-                .bind(seq)
-                .fetch_one(&self.pool)
-                .await?;
+            // As many leased as there were free slots.
+            let Some(slot) = free.split(1) else { break };
             let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
-            let outcome = match Event::decode(&payload) {
-                Ok(event) => {
-                    let delivery = Delivery { event, attempt, is_last_attempt: attempt >= self.policy.max_attempts };
-                    match tokio::time::timeout(self.policy.ack_wait, (self.handler)(delivery)).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Outcome::Retry(anyhow::anyhow!("handler timed out after {:?}", self.policy.ack_wait)),
-                    }
-                }
-                // Same as JetStream: a message nobody can read is not ours to keep retrying.
-                Err(err) => {
-                    tracing::error!(group = %self.group, seq, error = %err, "undecodable message on the embedded bus; dropping it");
-                    Outcome::Ack
-                }
-            };
-            match outcome {
-                Outcome::Ack => {
-                    sqlx::query("DELETE FROM deliveries WHERE grp = $1 AND seq = $2")
-                        .bind(&self.group)
-                        .bind(seq)
-                        .execute(&self.pool)
-                        .await?;
-                }
-                Outcome::Retry(err) if attempt >= self.policy.max_attempts => {
-                    tracing::error!(group = %self.group, seq, attempt, error = %format!("{err:#}"), "delivery failed on its last attempt; it will not be redelivered");
-                    sqlx::query("DELETE FROM deliveries WHERE grp = $1 AND seq = $2")
-                        .bind(&self.group)
-                        .bind(seq)
-                        .execute(&self.pool)
-                        .await?;
-                }
-                Outcome::Retry(err) => {
-                    let delay = self.policy.delay_after(attempt);
-                    tracing::debug!(group = %self.group, seq, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
-                    sqlx::query("UPDATE deliveries SET visible_at = $1 WHERE grp = $2 AND seq = $3")
-                        .bind(now_millis() + delay.as_millis() as i64)
-                        .bind(&self.group)
-                        .bind(seq)
-                        .execute(&self.pool)
-                        .await?;
-                }
-            }
+            self.start(seq, attempt, payloads.remove(&seq), deadline, slot, handlers);
         }
         Ok(None)
+    }
+
+    /// Starts handling one leased delivery in a task of its own, which holds `slot` until the
+    /// outcome is recorded. The handler is called here, so handlers start in `seq` order.
+    fn start(
+        self: &Arc<Self>,
+        seq: i64,
+        attempt: u32,
+        payload: Option<Vec<u8>>,
+        deadline: tokio::time::Instant,
+        slot: OwnedSemaphorePermit,
+        handlers: &mut JoinSet<()>,
+    ) {
+        let decoded = payload
+            .ok_or_else(|| anyhow::anyhow!("the message is missing"))
+            .and_then(|payload| Event::decode(&payload).map_err(anyhow::Error::from));
+        let handling = match decoded {
+            Ok(event) => {
+                let delivery = Delivery { event, attempt, is_last_attempt: attempt >= self.policy.max_attempts };
+                Some((self.handler)(delivery))
+            }
+            // Same as JetStream: a message nobody can read is not ours to keep retrying.
+            Err(err) => {
+                tracing::error!(group = %self.group, seq, error = %format!("{err:#}"), "undecodable message on the embedded bus; dropping it");
+                None
+            }
+        };
+        let this = self.clone();
+        handlers.spawn(async move {
+            let outcome = match handling {
+                Some(handling) => match tokio::time::timeout_at(deadline, handling).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::Retry(anyhow::anyhow!("handler timed out after {:?}", this.policy.ack_wait)),
+                },
+                None => Outcome::Ack,
+            };
+            if let Err(err) = this.settle(seq, attempt, outcome).await {
+                tracing::warn!(group = %this.group, seq, error = %err, "cannot record a delivery's outcome; it is made again when its lease runs out");
+            }
+            drop(slot);
+            this.settled.notify_one();
+        });
+    }
+
+    async fn settle(&self, seq: i64, attempt: u32, outcome: Outcome) -> Result<(), sqlx::Error> {
+        match outcome {
+            Outcome::Ack => {
+                sqlx::query("DELETE FROM deliveries WHERE grp = $1 AND seq = $2")
+                    .bind(&self.group)
+                    .bind(seq)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Outcome::Retry(err) if attempt >= self.policy.max_attempts => {
+                tracing::error!(group = %self.group, seq, attempt, error = %format!("{err:#}"), "delivery failed on its last attempt; it will not be redelivered");
+                sqlx::query("DELETE FROM deliveries WHERE grp = $1 AND seq = $2")
+                    .bind(&self.group)
+                    .bind(seq)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Outcome::Retry(err) => {
+                let delay = self.policy.delay_after(attempt);
+                tracing::debug!(group = %self.group, seq, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
+                // Only while the lease is still this attempt's: if it ran out and another
+                // subscriber took the delivery, its lease must not be cut short.
+                sqlx::query("UPDATE deliveries SET visible_at = $1 WHERE grp = $2 AND seq = $3 AND attempts = $4")
+                    .bind(now_millis() + delay.as_millis() as i64)
+                    .bind(&self.group)
+                    .bind(seq)
+                    .bind(i64::from(attempt))
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects the handler tasks that have finished.
+fn reap(group: &str, handlers: &mut JoinSet<()>) {
+    while let Some(joined) = handlers.try_join_next() {
+        log_panic(group, joined);
+    }
+}
+
+fn log_panic(group: &str, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined {
+        // Its outcome was not recorded, so the delivery is made again when its lease runs out.
+        tracing::error!(%group, error = %err, "event handler task failed");
     }
 }

@@ -53,7 +53,8 @@ pub fn subject_for(prefix: &str, kind: &str) -> String {
     format!("{prefix}.{}", kind.replace(':', "."))
 }
 
-/// How a handler's failure is retried. Shared by both buses so they behave alike.
+/// How a group's events are handed to its handler and how a failure is retried. Shared by both
+/// buses so they behave alike.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Deliveries of one event to one group before the consumer must park it.
@@ -62,6 +63,10 @@ pub struct RetryPolicy {
     pub backoff: Vec<Duration>,
     /// How long a handler may run before its event is redelivered.
     pub ack_wait: Duration,
+    /// How many events one subscriber handles at once. A subscriber never takes more events
+    /// from the bus than it has free slots, so every event it takes starts at once and its
+    /// `ack_wait` runs only while its handler does.
+    pub max_in_flight: usize,
 }
 
 impl Default for RetryPolicy {
@@ -73,11 +78,17 @@ impl Default for RetryPolicy {
                 .map(Duration::from_millis)
                 .collect(),
             ack_wait: Duration::from_secs(30),
+            max_in_flight: 16,
         }
     }
 }
 
 impl RetryPolicy {
+    /// [`Self::max_in_flight`], at least 1.
+    pub fn in_flight_limit(&self) -> usize {
+        self.max_in_flight.max(1)
+    }
+
     /// Delay before the next delivery after `attempt` (1-based) failed.
     pub fn delay_after(&self, attempt: u32) -> Duration {
         let index = (attempt.max(1) as usize - 1).min(self.backoff.len().saturating_sub(1));
@@ -104,7 +115,9 @@ pub enum Outcome {
     Retry(anyhow::Error),
 }
 
-/// A consumer group's handler. Called concurrently for different events.
+/// A consumer group's handler. Called concurrently for different events (up to the policy's
+/// `max_in_flight` per subscriber), in no guaranteed order: a subscriber starts its handlers in
+/// the order the bus hands events out, but they run side by side and redeliveries interleave.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, delivery: Delivery) -> impl Future<Output = Outcome> + Send;
 }
@@ -138,6 +151,24 @@ pub trait EventBus: Send + Sync + 'static {
     /// Stores the event durably and returns once the bus has acknowledged it.
     /// Publishing the same event id twice stores it once.
     async fn publish(&self, event: &Event) -> Result<(), BusError>;
+
+    /// Publishes `events` in order and returns how many of them, counted from the first, the bus
+    /// acknowledged durably: all of them on success, fewer if a publish failed part-way (the
+    /// rest may or may not be stored; publishing them again is harmless). An error means none
+    /// was acknowledged. The default publishes one after the other; buses override it to
+    /// overlap the round trips.
+    async fn publish_batch(&self, events: &[Event]) -> Result<usize, BusError> {
+        for (index, event) in events.iter().enumerate() {
+            if let Err(err) = self.publish(event).await {
+                if index == 0 {
+                    return Err(err);
+                }
+                tracing::warn!(error = %err, acknowledged = index, of = events.len(), "publish failed part-way through a batch");
+                return Ok(index);
+            }
+        }
+        Ok(events.len())
+    }
 
     /// Starts delivering events of `kinds` to `group`, until `shutdown` is cancelled.
     /// Events published before the group first subscribed are delivered too. Calling it

@@ -7,13 +7,20 @@
 //! the group's work is split between them, and an unacknowledged message comes back after
 //! `ack_wait` or after the backoff we ask for with a NAK. `max_deliver` caps the attempts.
 //!
-//! A subscriber pulls one message at a time and handles it before pulling the next: that keeps
-//! a group's events in order per subscriber, and no message waits in a local buffer while its
-//! `ack_wait` runs out. More subscribers, or more instances, give parallelism.
+//! A subscriber handles up to the policy's `max_in_flight` messages at once. It never asks the
+//! server for more messages than it has free slots (one pull request at a time, for exactly the
+//! free slots), so every message it receives starts its handler at once: none waits in a local
+//! buffer while its `ack_wait` runs out. Each message is acknowledged (or NAKed) on its own when
+//! its handler is done. Handlers start in the order the messages arrive but overlap, so a group
+//! must not rely on the order of events (consumers apply the version rule and retry).
 //!
-//! The client reconnects on its own; a subscriber whose message stream fails (server gone,
-//! consumer or stream deleted) backs off and sets its consumer up again, until shutdown.
+//! The client reconnects on its own; a pull request the server forgot (it restarted) runs out
+//! on the client after `PULL_EXPIRES` and a margin, and the next one is made. A subscriber whose
+//! pull fails (consumer or stream deleted) backs off and sets its consumer up again, until
+//! shutdown; handlers already running carry on meanwhile. On shutdown a subscriber stops pulling
+//! and lets the handlers in flight finish and settle their messages.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,6 +31,8 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{BusError, Delivery, DynHandler, Event, EventBus, Outcome, RetryPolicy, subject_for};
@@ -35,11 +44,10 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// `/readyz` must answer quickly even when the server hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one pull request waits on the server for a message.
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
-/// The server proves a waiting pull request is alive this often; two missed ones mean the
-/// connection or the consumer is gone, and the subscriber sets itself up again.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull request waits on the server for messages. Short, because it is also how
+/// soon an idle subscriber notices that the server forgot its request (after a restart): the
+/// client gives up on a request 5 s after it expired and makes a new one.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 pub struct NatsBus {
     client: async_nats::Client,
@@ -107,6 +115,54 @@ impl EventBus for NatsBus {
         Ok(())
     }
 
+    async fn publish_batch(&self, events: &[Event]) -> Result<usize, BusError> {
+        // Send every publish first, in order on the one connection, then collect the acks: one
+        // round trip for the batch rather than one per event.
+        let mut sent = Vec::with_capacity(events.len());
+        let mut failure = None;
+        for event in events {
+            let subject = subject_for(&self.prefix, &event.kind);
+            let message = PublishMessage::build().payload(event.encode().into()).message_id(event.id.to_string());
+            // The outer bound also covers waiting for an in-flight-ack permit.
+            match tokio::time::timeout(REQUEST_TIMEOUT, self.jetstream.send_publish(subject, message)).await {
+                Ok(Ok(ack)) => sent.push((event, ack)),
+                Ok(Err(err)) => {
+                    failure = Some(anyhow::Error::from(err).context("JetStream publish failed"));
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(anyhow::anyhow!("cannot send a publish to JetStream in time"));
+                    break;
+                }
+            }
+        }
+        let mut acknowledged = 0;
+        for (event, ack) in sent {
+            // Each ack is bounded by the context's timeout.
+            match ack.await {
+                Ok(ack) => {
+                    if ack.duplicate {
+                        tracing::debug!(event_id = %event.id, kind = %event.kind, "JetStream already had this event");
+                    }
+                    acknowledged += 1;
+                }
+                Err(err) => {
+                    // The acks after it are not counted: the caller sends those events again.
+                    failure = Some(anyhow::Error::from(err).context("JetStream publish failed"));
+                    break;
+                }
+            }
+        }
+        match failure {
+            None => Ok(acknowledged),
+            Some(err) if acknowledged == 0 => Err(BusError::Unavailable(err)),
+            Some(err) => {
+                tracing::warn!(error = %format!("{err:#}"), acknowledged, of = events.len(), "JetStream acknowledged only part of a batch");
+                Ok(acknowledged)
+            }
+        }
+    }
+
     async fn subscribe(
         &self,
         group: &str,
@@ -114,7 +170,7 @@ impl EventBus for NatsBus {
         handler: DynHandler,
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, BusError> {
-        let subscriber = Subscriber {
+        let subscriber = Arc::new(Subscriber {
             jetstream: self.jetstream.clone(),
             stream: self.stream.clone(),
             consumer: consumer_name(group),
@@ -122,7 +178,7 @@ impl EventBus for NatsBus {
             subjects: kinds.iter().map(|kind| subject_for(&self.prefix, kind)).collect(),
             policy: self.policy.clone(),
             handler,
-        };
+        });
         // Set up once here, so a caller learns at start-up that the group cannot consume.
         let consumer = subscriber.set_up().await.map_err(BusError::Unavailable)?;
         Ok(tokio::spawn(async move { subscriber.run(consumer, shutdown).await }))
@@ -207,16 +263,20 @@ impl Subscriber {
             .with_context(|| format!("cannot create the durable consumer {}", self.consumer))
     }
 
-    async fn run(self, consumer: PullConsumer, shutdown: CancellationToken) {
+    async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+        // Slots and handlers outlive a failed pull, so the limit holds across set-ups and the
+        // handlers running when the pull failed still finish and settle their messages.
+        let slots = Arc::new(Semaphore::new(self.policy.in_flight_limit()));
+        let mut handlers = JoinSet::new();
         let mut consumer = Some(consumer);
         let mut failures = 0u32;
         loop {
             let consumed = match consumer.take() {
-                Some(consumer) => self.consume(consumer, &mut failures, &shutdown).await,
+                Some(consumer) => self.consume(&consumer, &slots, &mut handlers, &mut failures, &shutdown).await,
                 None => tokio::select! {
                     () = shutdown.cancelled() => break,
                     set_up = self.set_up() => match set_up {
-                        Ok(consumer) => self.consume(consumer, &mut failures, &shutdown).await,
+                        Ok(consumer) => self.consume(&consumer, &slots, &mut handlers, &mut failures, &shutdown).await,
                         Err(err) => Err(err),
                     },
                 },
@@ -232,45 +292,78 @@ impl Subscriber {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
             }
+            reap(&self.group, &mut handlers);
+        }
+        // Each handler is bounded by ack_wait, so this ends.
+        while let Some(joined) = handlers.join_next().await {
+            log_panic(&self.group, joined);
         }
         tracing::debug!(group = %self.group, "NATS subscriber stopped");
     }
 
-    /// Handles messages until shutdown (`Ok`) or until the message stream fails (`Err`).
+    /// Handles messages until shutdown (`Ok`) or until pulling fails (`Err`).
     async fn consume(
-        &self,
-        consumer: PullConsumer,
+        self: &Arc<Self>,
+        consumer: &PullConsumer,
+        slots: &Arc<Semaphore>,
+        handlers: &mut JoinSet<()>,
         failures: &mut u32,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(1)
-            .expires(PULL_EXPIRES)
-            .heartbeat(PULL_HEARTBEAT)
-            .messages()
-            .await
-            .context("cannot start pulling messages")?;
         loop {
-            let next = tokio::select! {
+            reap(&self.group, handlers);
+            // Wait for a free slot, then take every free one: the pull asks for no more
+            // messages than can start at once.
+            let mut free = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => next,
+                slot = slots.clone().acquire_owned() => slot.context("the subscriber's slots are closed")?,
             };
-            match next {
-                Some(Ok(message)) => {
-                    *failures = 0;
-                    self.deliver(message).await;
+            if let Ok(more) = u32::try_from(slots.available_permits())
+                && more > 0
+                && let Ok(more) = slots.clone().try_acquire_many_owned(more)
+            {
+                free.merge(more);
+            }
+            let mut messages = consumer
+                .batch()
+                .max_messages(free.num_permits())
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .context("cannot pull messages")?;
+            // Ends when the request is filled or expired; unused slots go back with `free`.
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ok(()),
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        *failures = 0;
+                        match free.split(1) {
+                            Some(slot) => self.start(message, slot, handlers),
+                            // The server never sends more than asked for; if it did, let the
+                            // message go to whoever has room.
+                            None => acknowledge(&self.group, &message, AckKind::Nak(None)).await,
+                        }
+                    }
+                    Some(Err(err)) => {
+                        return Err(anyhow::anyhow!(err).context("pulling messages failed"));
+                    }
+                    None => {
+                        *failures = 0;
+                        break;
+                    }
                 }
-                Some(Err(err)) => {
-                    return Err(anyhow::Error::from(err).context("pulling messages failed"));
-                }
-                None => anyhow::bail!("the message stream ended"),
             }
         }
     }
 
-    async fn deliver(&self, message: jetstream::Message) {
+    /// Starts handling `message` in a task of its own, which holds `slot` until the message is
+    /// settled. The handler is called here, so handlers start in the order messages arrive.
+    fn start(self: &Arc<Self>, message: jetstream::Message, slot: OwnedSemaphorePermit, handlers: &mut JoinSet<()>) {
         let (attempt, stream_sequence) = match message.info() {
             Ok(info) => (u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX), info.stream_sequence),
             Err(err) => {
@@ -283,17 +376,37 @@ impl Subscriber {
             Err(err) => {
                 // A message nobody can read is not ours to keep retrying.
                 tracing::error!(group = %self.group, seq = stream_sequence, error = %err, "undecodable message on the NATS bus; terminating it");
-                acknowledge(&self.group, &message, AckKind::Term).await;
+                let group = self.group.clone();
+                handlers.spawn(async move {
+                    acknowledge(&group, &message, AckKind::Term).await;
+                    drop(slot);
+                });
                 return;
             }
         };
         let event_id = event.id;
         let is_last_attempt = attempt >= self.policy.max_attempts;
-        let delivery = Delivery { event, attempt, is_last_attempt };
-        let (outcome, timed_out) = match tokio::time::timeout(self.policy.ack_wait, (self.handler)(delivery)).await {
-            Ok(outcome) => (outcome, false),
-            Err(_) => (Outcome::Retry(anyhow::anyhow!("handler timed out after {:?}", self.policy.ack_wait)), true),
-        };
+        let handling = (self.handler)(Delivery { event, attempt, is_last_attempt });
+        let this = self.clone();
+        handlers.spawn(async move {
+            let (outcome, timed_out) = match tokio::time::timeout(this.policy.ack_wait, handling).await {
+                Ok(outcome) => (outcome, false),
+                Err(_) => (Outcome::Retry(anyhow::anyhow!("handler timed out after {:?}", this.policy.ack_wait)), true),
+            };
+            this.settle(&message, event_id, attempt, is_last_attempt, outcome, timed_out).await;
+            drop(slot);
+        });
+    }
+
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        event_id: uuid::Uuid,
+        attempt: u32,
+        is_last_attempt: bool,
+        outcome: Outcome,
+        timed_out: bool,
+    ) {
         match outcome {
             Outcome::Ack => {
                 // Confirmed, so a lost ack shows up in the log rather than as a surprise redelivery.
@@ -303,7 +416,7 @@ impl Subscriber {
             }
             Outcome::Retry(err) if is_last_attempt => {
                 tracing::error!(group = %self.group, %event_id, attempt, error = %format!("{err:#}"), "delivery failed on its last attempt; it will not be redelivered");
-                acknowledge(&self.group, &message, AckKind::Term).await;
+                acknowledge(&self.group, message, AckKind::Term).await;
             }
             Outcome::Retry(err) if timed_out => {
                 // The server's ack_wait ran out before ours, so it is already redelivering; a NAK
@@ -313,9 +426,23 @@ impl Subscriber {
             Outcome::Retry(err) => {
                 let delay = self.policy.delay_after(attempt);
                 tracing::debug!(group = %self.group, %event_id, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
-                acknowledge(&self.group, &message, AckKind::Nak(Some(delay))).await;
+                acknowledge(&self.group, message, AckKind::Nak(Some(delay))).await;
             }
         }
+    }
+}
+
+/// Collects the handler tasks that have finished.
+fn reap(group: &str, handlers: &mut JoinSet<()>) {
+    while let Some(joined) = handlers.try_join_next() {
+        log_panic(group, joined);
+    }
+}
+
+fn log_panic(group: &str, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined {
+        // Its message was not settled, so JetStream redelivers it after ack_wait.
+        tracing::error!(%group, error = %err, "event handler task failed");
     }
 }
 
