@@ -1,9 +1,22 @@
 //! Paying for an order, and giving back what must not be kept.
 //!
-//! A payment goes: check the order (known, live, unpaid, not expired, the caller's) → charge
-//! through the [`Gateway`] with an idempotency key derived from the order and the card
-//! token → record it. Recording is one transaction that holds the order's row and re-reads
-//! it, so it is ordered against a cancellation of the same order:
+//! A payment goes: check the order (known, live, unpaid, not expired, the caller's) → write
+//! down the charge attempt → charge through the [`Gateway`] with an idempotency key derived
+//! from the order and the card token → settle the attempt.
+//!
+//! The attempt (`charge_attempts`, status `charging`, with the idempotency key, order, amount,
+//! currency and the card token) is committed on its own before the gateway is asked: it is
+//! the write-ahead record that nothing the gateway charged can go unrecorded. Settling it:
+//! - the gateway charged: the charge is recorded (below) and the attempt becomes `charged`,
+//!   in one transaction;
+//! - the card was declined (or the gateway refused the request): the attempt becomes
+//!   `declined` (or `failed`); nothing was charged and the order can still be paid;
+//! - the gateway is unavailable (no answer, a timeout, its 5xx), or the database fails while
+//!   recording: the attempt stays `charging`, the client gets 503, and the [`Reconciler`]
+//!   settles it later.
+//!
+//! Recording a charge is one transaction that holds the order's row and re-reads it, so it is
+//! ordered against a cancellation of the same order:
 //! - the order was cancelled meanwhile: the charge is recorded `refunding`, then refunded;
 //! - another charge paid the order meanwhile (a concurrent request with another card): the
 //!   same, and the unique index on kept payments is the backstop if two ever got that far;
@@ -12,14 +25,29 @@
 //! - otherwise the payment is recorded `succeeded` and `payment:created` is enqueued.
 //!
 //! A refund owed is recorded (`refunding`) before it is attempted, in the same transaction
-//! that decided it, so a gateway outage or a crash cannot turn it into a kept charge: the
-//! [`RefundSweeper`] retries owed refunds until they go through.
+//! that decided it, so a gateway outage or a crash cannot turn it into a kept charge.
 //!
-//! What remains exposed: a crash (or a database outage) between the gateway's charge and the
-//! recording transaction leaves a charge nobody recorded. The client sees an error and pays
-//! again with the same card, which returns the same charge (same idempotency key) and
-//! records it; a client that never retries leaves it to be found in the gateway's dashboard
-//! by its `metadata[order_id]`.
+//! The [`Reconciler`] runs in every instance. Each round it takes the attempts still
+//! `charging` after a grace period (a crash, a database or gateway outage came between the
+//! attempt and its settlement), claims each one (so two instances do not ask at once), asks
+//! the gateway again with the attempt's own request and idempotency key, and settles the
+//! answer exactly as a request would. Stripe answers a repeated key with the first request's
+//! result, so a charge that went through is returned, not taken twice, and a charge that
+//! never left is made now. Then it retries the refunds still owed. The grace period should
+//! be longer than a gateway call can take, so that it does not ask while the request itself
+//! is still waiting for its answer (harmless, but wasted).
+//!
+//! Limits, written down:
+//! - the card token is stored while the attempt is `charging`, because asking again with the
+//!   same key must repeat the very same request (Stripe refuses a key reused with other
+//!   parameters); it is a single-use token, not card data, and is cleared on settlement;
+//! - Stripe forgets idempotency keys after 24 hours: an attempt left `charging` longer (the
+//!   service down for a day) is answered "token already used" if its charge went through,
+//!   and is settled `failed`, logged as an error naming the order: find its charge in the
+//!   dashboard by `metadata[order_id]`;
+//! - the sandbox keeps its idempotency keys in memory: after a restart, asking again makes a
+//!   new sandbox charge (the first one died with the process). Nothing is charged in the
+//!   sandbox, so this is accepted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +62,12 @@ use uuid::Uuid;
 use crate::gateway::{
     Charge, ChargeRequest, Gateway, GatewayError, Refund, RefundRequest, charge_idempotency_key, refund_idempotency_key,
 };
-use crate::store::{self, OrderRecord, PaymentRecord, payment_status, status};
+use crate::store::{self, ChargeAttempt, OrderRecord, PaymentRecord, attempt_status, payment_status, status};
+
+/// How long Stripe remembers an idempotency key.
+const GATEWAY_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How many unsettled attempts, and owed refunds, one reconciler round takes on.
+const BATCH: i64 = 100;
 
 /// Why a payment was not taken (or not kept).
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +121,20 @@ enum Decision {
     AlreadyRecorded(PayError),
 }
 
+impl ChargeAttempt {
+    /// The request this attempt asks of the gateway, every time: same parameters, same
+    /// idempotency key. `None` once settled (the token is forgotten then).
+    pub fn request(&self) -> Option<ChargeRequest> {
+        Some(ChargeRequest {
+            amount: self.amount,
+            currency: Currency::new(&self.currency),
+            token: self.token.clone()?,
+            order_id: self.order_id,
+            idempotency_key: self.idempotency_key.clone(),
+        })
+    }
+}
+
 /// Takes payments for orders and gives back charges that must not be kept.
 pub struct PaymentService {
     db: Db,
@@ -121,34 +168,94 @@ impl PaymentService {
             }
             order
         };
-        let request = ChargeRequest {
-            amount: order.price,
-            currency: self.currency.clone(),
-            token: token.to_owned(),
-            order_id,
-            idempotency_key: charge_idempotency_key(order_id, token),
-        };
-        let charge = self.gateway.charge(&request).await.inspect_err(|err| match err {
-            GatewayError::Declined(message) => tracing::info!(%order_id, reason = %message, "card declined"),
-            other => tracing::warn!(%order_id, gateway = self.gateway.name(), error = %other, "charge failed"),
-        })?;
-        self.record_charge(&order, &charge).await
+        let attempt = self.begin_charge(&order, token).await?;
+        let request = attempt.request().ok_or_else(|| PayError::Unexpected(anyhow::anyhow!("attempt has no token")))?;
+        let answer = self.gateway.charge(&request).await;
+        self.settle(&attempt, answer).await
     }
 
-    /// Records a charge the gateway took for `order`: kept, or given back if the order was
-    /// cancelled or paid by another charge meanwhile (see the module documentation).
-    pub async fn record_charge(&self, order: &OrderRecord, charge: &Charge) -> Result<Uuid, PayError> {
-        let mut payment = PaymentRecord {
-            id: Uuid::new_v4(),
+    /// Writes down (and commits) the attempt to charge `order` with `token`, before the
+    /// gateway is asked: from here on, whatever the gateway does is settled, by the request
+    /// or by the [`Reconciler`].
+    pub async fn begin_charge(&self, order: &OrderRecord, token: &str) -> Result<ChargeAttempt, PayError> {
+        let now = now_millis();
+        let attempt = ChargeAttempt {
+            idempotency_key: charge_idempotency_key(order.id, token),
             order_id: order.id,
-            charge_id: charge.id.clone(),
             amount: order.price,
             currency: self.currency.code.clone(),
+            token: Some(token.to_owned()),
+            status: attempt_status::CHARGING.to_owned(),
+            charge_id: None,
+            outcome: None,
+            tries: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut conn = self.db.pool.acquire().await?;
+        let stored = store::arm_attempt(&mut conn, &attempt, now).await?;
+        // Already `charged` (a request racing one that has just settled): the gateway returns
+        // that same charge, and recording it finds it recorded. The request is the same.
+        Ok(ChargeAttempt { token: attempt.token, ..stored })
+    }
+
+    /// Settles an attempt with the gateway's answer (see the module documentation).
+    pub async fn settle(
+        &self,
+        attempt: &ChargeAttempt,
+        answer: Result<Charge, GatewayError>,
+    ) -> Result<Uuid, PayError> {
+        let order_id = attempt.order_id;
+        let err = match answer {
+            Ok(charge) => return self.record_charge(attempt, &charge).await,
+            Err(GatewayError::Unavailable(err)) => {
+                tracing::warn!(%order_id, idempotency_key = %attempt.idempotency_key, gateway = self.gateway.name(), error = %format!("{err:#}"), "charge outcome unknown: gateway unavailable; the attempt stays charging for the reconciler");
+                return Err(PayError::Unavailable(err));
+            }
+            Err(err) => err,
+        };
+        let outcome = match &err {
+            GatewayError::Declined(message) => {
+                tracing::info!(%order_id, reason = %message, "card declined");
+                attempt_status::DECLINED
+            }
+            other => {
+                tracing::warn!(%order_id, gateway = self.gateway.name(), error = %other, "charge refused");
+                attempt_status::FAILED
+            }
+        };
+        let age = Duration::from_millis(u64::try_from(now_millis() - attempt.created_at).unwrap_or(0));
+        if attempt.tries > 0 && age > GATEWAY_KEY_LIFETIME && outcome == attempt_status::FAILED {
+            tracing::error!(%order_id, idempotency_key = %attempt.idempotency_key, age = ?age, error = %err, "a charge attempt older than the gateway's idempotency window was refused when asked again: if its first request charged, that charge is unrecorded; look it up by metadata[order_id]");
+        }
+        let marked = async {
+            let mut conn = self.db.pool.acquire().await?;
+            store::mark_attempt_refused(&mut conn, &attempt.idempotency_key, outcome, &err.to_string(), now_millis())
+                .await
+        };
+        if let Err(db_err) = marked.await {
+            // Left `charging`: the reconciler asks again and gets the same answer.
+            tracing::warn!(%order_id, error = %db_err, "cannot record the refused charge attempt; the reconciler will settle it");
+        }
+        Err(err.into())
+    }
+
+    /// Records a charge the gateway took for an attempt, and settles the attempt `charged`:
+    /// the charge is kept, or given back if the order was cancelled or paid by another charge
+    /// meanwhile (see the module documentation).
+    pub async fn record_charge(&self, attempt: &ChargeAttempt, charge: &Charge) -> Result<Uuid, PayError> {
+        let order_id = attempt.order_id;
+        let mut payment = PaymentRecord {
+            id: Uuid::new_v4(),
+            order_id,
+            charge_id: charge.id.clone(),
+            amount: attempt.amount,
+            currency: attempt.currency.clone(),
             status: payment_status::SUCCEEDED.to_owned(),
             refund_id: None,
         };
         let mut tx = self.db.begin().await?;
-        let current = store::lock_order(&mut tx, order.id).await?;
+        let current = store::lock_order(&mut tx, order_id).await?;
         let decision = match store::payment_by_charge(&mut tx, &charge.id).await? {
             Some(recorded) => Decision::AlreadyRecorded(match current.as_ref().map(|order| order.status.as_str()) {
                 Some(status::CANCELLED) if recorded.status != payment_status::SUCCEEDED => PayError::Cancelled,
@@ -157,15 +264,17 @@ impl PaymentService {
             None => match current.as_ref().map(|order| order.status.as_str()) {
                 Some(status::CANCELLED) => Decision::GiveBack(PayError::Cancelled),
                 Some(status::COMPLETE) => Decision::GiveBack(PayError::AlreadyPaid),
-                _ if store::kept_payment(&mut tx, order.id).await?.is_some() => {
+                _ if store::kept_payment(&mut tx, order_id).await?.is_some() => {
                     Decision::GiveBack(PayError::AlreadyPaid)
                 }
                 _ => Decision::Keep,
             },
         };
+        store::mark_attempt_charged(&mut tx, &attempt.idempotency_key, &charge.id, now_millis()).await?;
         match decision {
             Decision::AlreadyRecorded(err) => {
-                tracing::info!(order_id = %order.id, charge_id = %charge.id, "charge recorded already by another request");
+                tx.commit().await?;
+                tracing::info!(%order_id, charge_id = %charge.id, "charge recorded already by another request");
                 Err(err)
             }
             Decision::Keep => {
@@ -175,29 +284,72 @@ impl PaymentService {
                     // insert. Decide again, now that it is visible.
                     Err(err) if platform::db::is_unique_violation(&err) => {
                         drop(tx);
-                        return Box::pin(self.record_charge(order, charge)).await;
+                        return Box::pin(self.record_charge(attempt, charge)).await;
                     }
                     Err(err) => return Err(err.into()),
                 }
-                let event = PaymentCreated { id: payment.id, order_id: order.id, charge_id: charge.id.clone() };
+                let event = PaymentCreated { id: payment.id, order_id, charge_id: charge.id.clone() };
                 outbox::enqueue(&mut tx, &event.to_event()).await?;
                 tx.commit().await?;
                 self.outbox.wake();
-                tracing::info!(order_id = %order.id, payment_id = %payment.id, charge_id = %charge.id, amount = order.price, "payment taken");
+                tracing::info!(%order_id, payment_id = %payment.id, charge_id = %charge.id, amount = attempt.amount, "payment taken");
                 Ok(payment.id)
             }
             Decision::GiveBack(err) => {
                 payment.status = payment_status::REFUNDING.to_owned();
                 store::insert_payment(&mut tx, &payment, now_millis()).await?;
                 tx.commit().await?;
-                tracing::warn!(order_id = %order.id, charge_id = %charge.id, reason = %err, "charge must not be kept: refunding it");
+                tracing::warn!(%order_id, charge_id = %charge.id, reason = %err, "charge must not be kept: refunding it");
                 if let Err(refund_err) = self.refund(&payment).await {
-                    // Recorded as owed: the sweeper gives it back once the gateway answers.
-                    tracing::warn!(order_id = %order.id, charge_id = %charge.id, error = %refund_err, "refund failed; it will be retried");
+                    // Recorded as owed: the reconciler gives it back once the gateway answers.
+                    tracing::warn!(%order_id, charge_id = %charge.id, error = %refund_err, "refund failed; it will be retried");
                 }
                 Err(err)
             }
         }
+    }
+
+    /// Asks the gateway again for every attempt left `charging` for longer than `grace`, and
+    /// settles each answer; how many were settled.
+    pub async fn reconcile_charges(&self, grace: Duration) -> Result<usize, sqlx::Error> {
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let unsettled = {
+            let mut conn = self.db.pool.acquire().await?;
+            store::unsettled_attempts(&mut conn, now_millis().saturating_sub(grace_ms), BATCH).await?
+        };
+        let mut settled = 0;
+        for attempt in unsettled {
+            let claimed = {
+                let mut conn = self.db.pool.acquire().await?;
+                store::claim_attempt(&mut conn, &attempt, now_millis()).await?
+            };
+            if !claimed {
+                continue; // a retried request, or another instance, is on it
+            }
+            let attempt = ChargeAttempt { tries: attempt.tries + 1, ..attempt };
+            let order_id = attempt.order_id;
+            let Some(request) = attempt.request() else {
+                tracing::error!(%order_id, idempotency_key = %attempt.idempotency_key, "unsettled charge attempt has no token: cannot ask the gateway again");
+                continue;
+            };
+            tracing::info!(%order_id, idempotency_key = %attempt.idempotency_key, tries = attempt.tries, "charge attempt left unsettled: asking the gateway again with its idempotency key");
+            let answer = self.gateway.charge(&request).await;
+            let refused = matches!(&answer, Err(err) if !matches!(err, GatewayError::Unavailable(_)));
+            match self.settle(&attempt, answer).await {
+                Ok(payment_id) => {
+                    settled += 1;
+                    tracing::info!(%order_id, %payment_id, "unsettled charge attempt settled: payment taken");
+                }
+                Err(err @ (PayError::Unavailable(_) | PayError::Unexpected(_))) if !refused => {
+                    tracing::warn!(%order_id, error = %err, "charge attempt still unsettled; will ask again");
+                }
+                Err(err) => {
+                    settled += 1;
+                    tracing::info!(%order_id, outcome = %err, "unsettled charge attempt settled: nothing kept");
+                }
+            }
+        }
+        Ok(settled)
     }
 
     /// Asks the gateway to refund a payment's charge. Safe to repeat: the gateway sees the
@@ -224,7 +376,7 @@ impl PaymentService {
     pub async fn retry_owed_refunds(&self) -> Result<usize, sqlx::Error> {
         let owed = {
             let mut conn = self.db.pool.acquire().await?;
-            store::refunds_owed(&mut conn, 100).await?
+            store::refunds_owed(&mut conn, BATCH).await?
         };
         let mut done = 0;
         for payment in &owed {
@@ -249,6 +401,12 @@ impl PaymentService {
         let mut conn = self.db.pool.acquire().await?;
         store::payments_for_order(&mut conn, order_id).await
     }
+
+    /// Every charge attempt of an order, oldest first.
+    pub async fn charge_attempts(&self, order_id: Uuid) -> Result<Vec<ChargeAttempt>, sqlx::Error> {
+        let mut conn = self.db.pool.acquire().await?;
+        store::attempts_for_order(&mut conn, order_id).await
+    }
 }
 
 /// A refund that failed at the gateway, or could not be recorded.
@@ -260,31 +418,50 @@ pub enum RefundError {
     Db(#[from] sqlx::Error),
 }
 
-/// Retries owed refunds until shutdown.
-pub struct RefundSweeper {
+/// Settles charge attempts left unsettled and retries owed refunds, every `every`, until
+/// shutdown (see the module documentation).
+pub struct Reconciler {
     payments: Arc<PaymentService>,
     every: Duration,
+    grace: Duration,
 }
 
-impl RefundSweeper {
-    pub fn new(payments: Arc<PaymentService>, every: Duration) -> Self {
-        Self { payments, every }
+impl Reconciler {
+    /// Runs a round every `every`; asks again for attempts left `charging` for over `grace`.
+    pub fn new(payments: Arc<PaymentService>, every: Duration, grace: Duration) -> Self {
+        Self { payments, every, grace }
+    }
+
+    /// One round: unsettled charge attempts first (a recovered charge may owe a refund), then
+    /// owed refunds.
+    pub async fn run_once(&self) {
+        match self.payments.reconcile_charges(self.grace).await {
+            Ok(0) => {}
+            Ok(settled) => tracing::info!(settled, "unsettled charge attempts settled"),
+            Err(err) => tracing::warn!(error = %err, "cannot look for unsettled charge attempts"),
+        }
+        match self.payments.retry_owed_refunds().await {
+            Ok(0) => {}
+            Ok(done) => tracing::info!(done, "owed refunds went through"),
+            Err(err) => tracing::warn!(error = %err, "cannot look for owed refunds"),
+        }
     }
 
     pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
-                match self.payments.retry_owed_refunds().await {
-                    Ok(0) => {}
-                    Ok(done) => tracing::info!(done, "owed refunds went through"),
-                    Err(err) => tracing::warn!(error = %err, "cannot look for owed refunds"),
+                // A round stopped half-way is safe: an attempt or a refund not settled yet is
+                // still recorded as such, and is taken up again.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.run_once() => {}
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(self.every) => {}
                 }
             }
-            tracing::debug!("refund sweeper stopped");
+            tracing::debug!("payments reconciler stopped");
         })
     }
 }

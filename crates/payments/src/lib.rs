@@ -3,7 +3,9 @@
 //! - [`gateway`]: Stripe, or the offline sandbox (the default without `STRIPE_KEY`);
 //! - [`events`]: the replica of orders payments checks against, and refunds for cancelled
 //!   orders;
-//! - [`domain`]: taking a payment, deciding whether its charge is kept, refunding;
+//! - [`domain`]: taking a payment (charge attempts written down before the gateway is
+//!   asked), deciding whether its charge is kept, refunding, and the reconciler that settles
+//!   what a crash or an outage left unsettled;
 //! - [`routes`]: `POST /api/payments`;
 //! - [`store`]: its tables.
 //!
@@ -36,9 +38,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The service's name: its schema or database file, consumer group and consumer.
 pub const NAME: &str = "payments";
 
-/// How often refunds that could not be made at once are tried again.
-const REFUND_RETRY_EVERY: Duration = Duration::from_secs(5);
-
 /// The payments service's own settings.
 #[derive(Clone, clap::Args)]
 pub struct PaymentsSettings {
@@ -54,6 +53,17 @@ pub struct PaymentsSettings {
     /// Base URL of Stripe's API.
     #[arg(long, env = "STRIPE_API_BASE", default_value = "https://api.stripe.com")]
     pub stripe_api_base: String,
+
+    /// How often the reconciler runs: it settles charge attempts left unsettled and retries
+    /// refunds that could not be made at once.
+    #[arg(long, env = "PAYMENTS_RECONCILE_EVERY_MILLIS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_every_millis: u64,
+
+    /// How long a charge attempt may stay unsettled before the reconciler asks the gateway
+    /// again (same idempotency key). Longer than a gateway call can take (30 s for Stripe),
+    /// so it does not ask while the request itself still waits for the answer.
+    #[arg(long, env = "PAYMENTS_CHARGE_GRACE_MILLIS", default_value_t = 60_000)]
+    pub charge_grace_millis: u64,
 }
 
 impl std::fmt::Debug for PaymentsSettings {
@@ -62,6 +72,8 @@ impl std::fmt::Debug for PaymentsSettings {
             .field("stripe_key", &self.stripe_key.as_ref().map(|_| "<set>"))
             .field("stripe_key_file", &self.stripe_key_file)
             .field("stripe_api_base", &self.stripe_api_base)
+            .field("reconcile_every_millis", &self.reconcile_every_millis)
+            .field("charge_grace_millis", &self.charge_grace_millis)
             .finish()
     }
 }
@@ -83,6 +95,11 @@ impl PaymentsSettings {
         Ok(Some(key))
     }
 
+    /// The reconciler's schedule: how often it runs, and how long an attempt may stay unsettled.
+    pub fn reconcile_schedule(&self) -> (Duration, Duration) {
+        (Duration::from_millis(self.reconcile_every_millis.max(1)), Duration::from_millis(self.charge_grace_millis))
+    }
+
     /// The gateway these settings ask for: Stripe with a key, the sandbox without.
     pub fn gateway(&self) -> anyhow::Result<Arc<dyn Gateway>> {
         Ok(match self.stripe_key()? {
@@ -102,7 +119,7 @@ impl PaymentsSettings {
 
 /// Starts the payments service with the gateway its settings name.
 pub async fn start(ctx: &Context, settings: &PaymentsSettings) -> anyhow::Result<Service> {
-    let (service, _) = start_with_gateway(ctx, settings.gateway()?).await?;
+    let (service, _) = start_with_gateway(ctx, settings, settings.gateway()?).await?;
     Ok(service)
 }
 
@@ -110,6 +127,7 @@ pub async fn start(ctx: &Context, settings: &PaymentsSettings) -> anyhow::Result
 /// callers (tests) that drive it below HTTP.
 pub async fn start_with_gateway(
     ctx: &Context,
+    settings: &PaymentsSettings,
     gateway: Arc<dyn Gateway>,
 ) -> anyhow::Result<(Service, Arc<PaymentService>)> {
     let db = ctx.database(NAME, &MIGRATOR).await?;
@@ -118,13 +136,14 @@ pub async fn start_with_gateway(
     let payments = Arc::new(PaymentService::new(db.clone(), gateway, currency, outbox.clone()));
     let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents { payments: payments.clone() }, Some(outbox));
     let subscription = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(consumer), ctx.shutdown.clone()).await?;
-    let sweeper = domain::RefundSweeper::new(payments.clone(), REFUND_RETRY_EVERY).spawn(ctx.shutdown.clone());
+    let (every, grace) = settings.reconcile_schedule();
+    let reconciler = domain::Reconciler::new(payments.clone(), every, grace).spawn(ctx.shutdown.clone());
     let api = Router::new().route("/api/payments", post(routes::payments::create_payment)).with_state(payments.clone());
     let service = Service {
         name: NAME,
         router: ctx.api_router(api),
         checks: ctx.readiness(&db),
-        tasks: vec![relay, subscription, sweeper],
+        tasks: vec![relay, subscription, reconciler],
     };
     Ok((service, payments))
 }

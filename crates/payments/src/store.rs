@@ -1,4 +1,5 @@
-//! The payments tables: the orders replica and the payments themselves. Portable SQL only.
+//! The payments tables: the orders replica, the charge attempts (the write-ahead record of
+//! what was asked of the gateway) and the payments themselves. Portable SQL only.
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -18,6 +19,18 @@ pub mod payment_status {
     /// The charge must not be kept and its refund has not gone through yet.
     pub const REFUNDING: &str = "refunding";
     pub const REFUNDED: &str = "refunded";
+}
+
+/// Charge attempt statuses (see `migrations/0002_charge_attempts.sql`).
+pub mod attempt_status {
+    /// Asked of the gateway (or about to be); its answer is not recorded yet.
+    pub const CHARGING: &str = "charging";
+    /// The gateway took the charge, and it is recorded in `payments` (kept or given back).
+    pub const CHARGED: &str = "charged";
+    /// The card was declined: nothing was charged.
+    pub const DECLINED: &str = "declined";
+    /// The gateway refused the request otherwise: nothing was charged.
+    pub const FAILED: &str = "failed";
 }
 
 /// What payments knows of an order.
@@ -43,6 +56,30 @@ pub struct PaymentRecord {
     pub currency: String,
     pub status: String,
     pub refund_id: Option<String>,
+}
+
+/// A charge asked of the gateway, recorded before it was asked: the write-ahead record that
+/// lets a charge whose answer was lost be asked for again, with the same idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeAttempt {
+    pub idempotency_key: String,
+    pub order_id: Uuid,
+    /// In minor units.
+    pub amount: i64,
+    pub currency: String,
+    /// The card token, only while `charging` (asking again must repeat the same request).
+    pub token: Option<String>,
+    pub status: String,
+    /// The gateway's charge, once `charged`.
+    pub charge_id: Option<String>,
+    /// Why it was declined or failed.
+    pub outcome: Option<String>,
+    /// How many times the reconciler asked the gateway again.
+    pub tries: i64,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds since the epoch: last (re-)armed or claimed by the reconciler.
+    pub updated_at: i64,
 }
 
 fn uuid(row: &AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
@@ -73,6 +110,24 @@ fn payment_from(row: &AnyRow) -> Result<PaymentRecord, sqlx::Error> {
     })
 }
 
+fn attempt_from(row: &AnyRow) -> Result<ChargeAttempt, sqlx::Error> {
+    Ok(ChargeAttempt {
+        idempotency_key: row.try_get("idempotency_key")?,
+        order_id: uuid(row, "order_id")?,
+        amount: row.try_get("amount")?,
+        currency: row.try_get("currency")?,
+        token: row.try_get("token")?,
+        status: row.try_get("status")?,
+        charge_id: row.try_get("charge_id")?,
+        outcome: row.try_get("outcome")?,
+        tries: row.try_get("tries")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const ATTEMPT_COLUMNS: &str =
+    "idempotency_key, order_id, amount, currency, token, status, charge_id, outcome, tries, created_at, updated_at";
 const ORDER_COLUMNS: &str = "id, user_id, price, status, version, expires_at";
 const PAYMENT_COLUMNS: &str = "id, order_id, charge_id, amount, currency, status, refund_id";
 
@@ -217,4 +272,143 @@ pub async fn mark_refunded(
         .execute(conn)
         .await
         .map(drop)
+}
+
+/// Records that a charge is about to be asked of the gateway: a new attempt, or the same
+/// attempt (same idempotency key) armed again for a retried request. An attempt already
+/// `charged` is left as it is: asking again returns the same charge, which is recorded already.
+/// The attempt as stored.
+pub async fn arm_attempt(
+    conn: &mut AnyConnection,
+    attempt: &ChargeAttempt,
+    now: i64,
+) -> Result<ChargeAttempt, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO charge_attempts \
+           (idempotency_key, order_id, amount, currency, token, status, charge_id, outcome, tries, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, 0, $7, $7) \
+         ON CONFLICT (idempotency_key) DO UPDATE SET \
+           amount = excluded.amount, currency = excluded.currency, token = excluded.token, \
+           status = excluded.status, outcome = NULL, updated_at = excluded.updated_at \
+         WHERE charge_attempts.status <> $8",
+    )
+    .bind(&attempt.idempotency_key)
+    .bind(attempt.order_id.to_string())
+    .bind(attempt.amount)
+    .bind(&attempt.currency)
+    .bind(&attempt.token)
+    .bind(attempt_status::CHARGING)
+    .bind(now)
+    .bind(attempt_status::CHARGED)
+    .execute(&mut *conn)
+    .await?;
+    find_attempt(conn, &attempt.idempotency_key).await?.ok_or_else(|| sqlx::Error::RowNotFound)
+}
+
+pub async fn find_attempt(
+    conn: &mut AnyConnection,
+    idempotency_key: &str,
+) -> Result<Option<ChargeAttempt>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE idempotency_key = $1"))
+        .bind(idempotency_key)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(attempt_from)
+        .transpose()
+}
+
+/// The charge attempts of an order, oldest first.
+pub async fn attempts_for_order(conn: &mut AnyConnection, order_id: Uuid) -> Result<Vec<ChargeAttempt>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE order_id = $1 ORDER BY created_at, idempotency_key"
+    ))
+    .bind(order_id.to_string())
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(attempt_from)
+    .collect()
+}
+
+/// Attempts still `charging` that nobody has touched since `before`, oldest first.
+pub async fn unsettled_attempts(
+    conn: &mut AnyConnection,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<ChargeAttempt>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE status = $1 AND updated_at <= $2 \
+         ORDER BY updated_at, idempotency_key LIMIT $3"
+    ))
+    .bind(attempt_status::CHARGING)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(attempt_from)
+    .collect()
+}
+
+/// Claims an unsettled attempt for the reconciler: only if it is still `charging` and nobody
+/// (a retried request, another instance's reconciler) touched it since it was read. Moving
+/// `updated_at` also keeps the others off it for another grace period.
+pub async fn claim_attempt(conn: &mut AnyConnection, attempt: &ChargeAttempt, now: i64) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "UPDATE charge_attempts SET updated_at = $1, tries = tries + 1 \
+         WHERE idempotency_key = $2 AND status = $3 AND updated_at = $4",
+    )
+    .bind(now)
+    .bind(&attempt.idempotency_key)
+    .bind(attempt_status::CHARGING)
+    .bind(attempt.updated_at)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// Settles an attempt whose charge the gateway took (and that is recorded in `payments`, in
+/// the same transaction). The token is forgotten.
+pub async fn mark_attempt_charged(
+    conn: &mut AnyConnection,
+    idempotency_key: &str,
+    charge_id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE charge_attempts SET status = $1, charge_id = $2, token = NULL, outcome = NULL, updated_at = $3 \
+         WHERE idempotency_key = $4",
+    )
+    .bind(attempt_status::CHARGED)
+    .bind(charge_id)
+    .bind(now)
+    .bind(idempotency_key)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Settles a `charging` attempt the gateway did not charge (`declined` or `failed`, with why).
+/// The token is forgotten.
+pub async fn mark_attempt_refused(
+    conn: &mut AnyConnection,
+    idempotency_key: &str,
+    status: &str,
+    outcome: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE charge_attempts SET status = $1, outcome = $2, token = NULL, updated_at = $3 \
+         WHERE idempotency_key = $4 AND status = $5",
+    )
+    .bind(status)
+    .bind(outcome)
+    .bind(now)
+    .bind(idempotency_key)
+    .bind(attempt_status::CHARGING)
+    .execute(conn)
+    .await
+    .map(drop)
 }

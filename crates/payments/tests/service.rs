@@ -9,8 +9,8 @@ use std::sync::Arc;
 use common::stripe_standin::{KEY, StripeStandIn};
 use common::{Stand, WAIT, field_errors, messages};
 use futures::future::join_all;
-use payments::gateway::{ChargeRequest, Gateway, SandboxGateway, StripeGateway, charge_idempotency_key};
-use payments::store::OrderRecord;
+use payments::gateway::{Charge, Gateway, SandboxGateway, StripeGateway};
+use payments::store::{ChargeAttempt, OrderRecord};
 use platform::events::{OrderCancelled, TicketRef};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -53,6 +53,13 @@ async fn a_payment_charges_once_and_announces_itself(backend: Backend) {
     let event = stand.created.wait_for(order.id).await;
     assert_eq!((event.id, event.charge_id.as_str()), (payment_id, charges[0].id.as_str()));
     assert_eq!(stand.payments_of(order.id).await, vec![("succeeded".into(), charges[0].id.clone(), None)]);
+    let attempts = stand.attempts_of(order.id).await;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(
+        (attempts[0].status.as_str(), attempts[0].charge_id.as_deref(), attempts[0].token.as_deref()),
+        ("charged", Some(charges[0].id.as_str()), None),
+        "settled, and the token forgotten"
+    );
 
     // Paying again, with the same card or another, charges nothing.
     for token in ["tok_visa", "tok_mastercard"] {
@@ -88,6 +95,14 @@ async fn a_declined_card_leaves_the_order_payable(backend: Backend) {
     assert_eq!(field_errors(&body), vec![("token".to_owned(), "No such token: 'tok_bogus'".to_owned())]);
     assert!(sandbox.charges().is_empty());
     assert!(stand.payments_of(order.id).await.is_empty());
+    let mut settled: Vec<_> =
+        stand.attempts_of(order.id).await.into_iter().map(|attempt| (attempt.status, attempt.token)).collect();
+    settled.sort();
+    assert_eq!(settled, vec![("declined".into(), None), ("declined".into(), None), ("failed".into(), None)]);
+    // The same card again: the same attempt (same idempotency key), declined again.
+    let (status, _) = buyer.pay(order.id, "tok_chargeDeclined").await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(stand.attempts_of(order.id).await.len(), 3);
 
     let (status, body) = buyer.pay(order.id, "tok_visa").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -227,9 +242,9 @@ async fn a_charge_that_lands_after_the_cancellation_is_refunded(backend: Backend
 
     // The checks passed and the gateway charged; before the charge is recorded, the order is
     // cancelled.
-    let charge = charge_for(&*sandbox, &record, "tok_visa").await;
+    let (attempt, charge) = charge_for(&stand, &*sandbox, &record, "tok_visa").await;
     stand.cancel(&order).await;
-    let outcome = stand.payments.record_charge(&record, &charge).await;
+    let outcome = stand.payments.record_charge(&attempt, &charge).await;
     assert!(matches!(outcome, Err(payments::domain::PayError::Cancelled)), "{outcome:?}");
 
     assert!(sandbox.kept_charges_for(order.id).is_empty(), "{:?}", sandbox.charges());
@@ -239,7 +254,7 @@ async fn a_charge_that_lands_after_the_cancellation_is_refunded(backend: Backend
     assert!(records[0].2.is_some());
 
     // Recording the same charge again (a retried request) neither keeps nor refunds it twice.
-    let again = stand.payments.record_charge(&record, &charge).await;
+    let again = stand.payments.record_charge(&attempt, &charge).await;
     assert!(matches!(again, Err(payments::domain::PayError::Cancelled)), "{again:?}");
     assert_eq!(stand.payments_of(order.id).await, records);
     assert!(stand.created.for_order(order.id).is_empty());
@@ -247,10 +262,10 @@ async fn a_charge_that_lands_after_the_cancellation_is_refunded(backend: Backend
     // And a charge that lands after another charge paid the order is given back too.
     let order = stand.order(&buyer, 1999, WINDOW).await;
     let record = stand.payments.order(order.id).await.unwrap().unwrap();
-    let late = charge_for(&*sandbox, &record, "tok_mastercard").await;
+    let (late_attempt, late) = charge_for(&stand, &*sandbox, &record, "tok_mastercard").await;
     let (status, _) = buyer.pay(order.id, "tok_visa").await;
     assert_eq!(status, StatusCode::CREATED);
-    let outcome = stand.payments.record_charge(&record, &late).await;
+    let outcome = stand.payments.record_charge(&late_attempt, &late).await;
     assert!(matches!(outcome, Err(payments::domain::PayError::AlreadyPaid)), "{outcome:?}");
     let kept = sandbox.kept_charges_for(order.id);
     assert_eq!(kept.len(), 1);
@@ -258,17 +273,11 @@ async fn a_charge_that_lands_after_the_cancellation_is_refunded(backend: Backend
     stand.stop().await;
 }
 
-async fn charge_for(gateway: &dyn Gateway, order: &OrderRecord, token: &str) -> payments::gateway::Charge {
-    gateway
-        .charge(&ChargeRequest {
-            amount: order.price,
-            currency: platform::money::Currency::new("usd"),
-            token: token.to_owned(),
-            order_id: order.id,
-            idempotency_key: charge_idempotency_key(order.id, token),
-        })
-        .await
-        .unwrap()
+/// What a request does up to the gateway's answer: the attempt written down, the charge taken.
+async fn charge_for(stand: &Stand, gateway: &dyn Gateway, order: &OrderRecord, token: &str) -> (ChargeAttempt, Charge) {
+    let attempt = stand.payments.begin_charge(order, token).await.unwrap();
+    let charge = gateway.charge(&attempt.request().unwrap()).await.unwrap();
+    (attempt, charge)
 }
 
 async fn a_refund_the_gateway_fails_is_retried(backend: Backend) {
@@ -296,10 +305,10 @@ async fn a_refund_the_gateway_fails_is_retried(backend: Backend) {
     let order = stand.order(&buyer, 1999, WINDOW).await;
     let record = stand.payments.order(order.id).await.unwrap().unwrap();
     let gateway = StripeGateway::new(&stripe.base, KEY).unwrap();
-    let charge = charge_for(&gateway, &record, "tok_visa").await;
+    let (attempt, charge) = charge_for(&stand, &gateway, &record, "tok_visa").await;
     stand.cancel(&order).await;
     stripe.fail_next_refunds(1);
-    let outcome = stand.payments.record_charge(&record, &charge).await;
+    let outcome = stand.payments.record_charge(&attempt, &charge).await;
     assert!(matches!(outcome, Err(payments::domain::PayError::Cancelled)), "{outcome:?}");
     eventually(WAIT, "the owed refund to go through", || async {
         let records = stand.payments_of(order.id).await;

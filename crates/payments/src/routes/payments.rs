@@ -74,6 +74,7 @@ impl From<PayError> for ApiError {
 
 /// Pays for one of the caller's orders. The card is charged once however often the request
 /// is repeated; the order becomes `complete` shortly after (orders hears `payment:created`).
+/// A 503 leaves the attempt to the service's reconciler, which settles it.
 #[utoipa::path(post, path = "/api/payments", tag = "payments", request_body = CreatePayment,
     responses(
         (status = 201, description = "Charged", body = PaymentBody),
@@ -81,7 +82,7 @@ impl From<PayError> for ApiError {
         (status = 401, description = "Not signed in, or not the order's owner", body = platform::error::ErrorBody),
         (status = 402, description = "The card was declined; the order can still be paid with another card", body = platform::error::ErrorBody),
         (status = 404, description = "Unknown order", body = platform::error::ErrorBody),
-        (status = 503, description = "The payment gateway is unavailable; retrying charges nothing twice", body = platform::error::ErrorBody),
+        (status = 503, description = "The payment gateway (or the service's database) is unavailable and the outcome of the charge is not known yet. The service settles it on its own: if the card was charged the order completes (or the charge is refunded if the order cannot be kept); retrying with the same card charges nothing twice", body = platform::error::ErrorBody),
     ))]
 pub async fn create_payment(
     State(payments): State<Arc<PaymentService>>,

@@ -1,5 +1,6 @@
-//! What the payments tests share: the Stripe stand-in, and a payments service started on
-//! its own with a bus to speak orders' events into.
+//! What the payments tests share: the Stripe stand-in, a gateway wrapper that records what
+//! it was asked and can fail on demand, and a payments service started on its own with a bus
+//! to speak orders' events into (and restarted on the same database, as after a crash).
 #![allow(dead_code)]
 
 pub mod stripe_standin;
@@ -8,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use payments::{Gateway, PaymentService};
+use payments::gateway::{Charge, ChargeRequest, GatewayError, Refund, RefundRequest};
+use payments::store::ChargeAttempt;
+use payments::{Gateway, PaymentService, PaymentsSettings};
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
@@ -50,6 +53,15 @@ macro_rules! on_both_backends {
 struct Cli {
     #[command(flatten)]
     settings: Settings,
+    #[command(flatten)]
+    payments: PaymentsSettings,
+}
+
+/// Payments settings for tests that want the reconciler quick: it runs every 50 ms and asks
+/// again for attempts unsettled for 300 ms.
+pub fn quick_reconciler(settings: &mut PaymentsSettings) {
+    settings.reconcile_every_millis = 50;
+    settings.charge_grace_millis = 300;
 }
 
 /// A running payments service, its bus and an HTTP address.
@@ -59,18 +71,32 @@ pub struct Stand {
     pub payments: Arc<PaymentService>,
     pub keys: Arc<SessionKeys>,
     pub created: Collected,
+    settings: Settings,
+    /// The whole stand (the bus collector included).
     shutdown: CancellationToken,
+    /// The payments service only: cancelled to "crash" it.
+    service: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _dir: TempDir,
 }
 
 impl Stand {
+    /// With the default payments settings.
     pub async fn start(backend: Backend, gateway: Arc<dyn Gateway>) -> Self {
+        Self::start_with(backend, gateway, |_| {}).await
+    }
+
+    pub async fn start_with(
+        backend: Backend,
+        gateway: Arc<dyn Gateway>,
+        tweak: impl FnOnce(&mut PaymentsSettings),
+    ) -> Self {
         if std::env::var_os("RUST_LOG").is_some() {
             platform::telemetry::init(platform::settings::LogFormat::Human);
         }
         let dir = TempDir::new();
-        let Cli { mut settings } = Cli::parse_from(["payments-test"]);
+        let Cli { mut settings, payments: mut payments_settings } = Cli::parse_from(["payments-test"]);
+        tweak(&mut payments_settings);
         settings.data_dir = dir.path().to_owned();
         let policy = RetryPolicy {
             backoff: [20, 50, 100, 200].into_iter().map(Duration::from_millis).collect(),
@@ -100,16 +126,25 @@ impl Stand {
         )
         .await
         .unwrap();
-        let ctx = Context { settings, keys: keys.clone(), bus: bus.clone(), shutdown: shutdown.clone() };
-        let (service, payments) = payments::start_with_gateway(&ctx, gateway).await.expect("payments starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let stop = shutdown.clone();
-        let mut tasks = service.tasks;
-        tasks.push(tokio::spawn(async move {
-            platform::http::serve(listener, service.router, async move { stop.cancelled().await }).await.unwrap();
-        }));
-        Self { base, bus, payments, keys, created, shutdown, tasks, _dir: dir }
+        let service = shutdown.child_token();
+        let (base, payments, tasks) = launch(&settings, &keys, &bus, &service, &payments_settings, gateway).await;
+        Self { base, bus, payments, keys, created, settings, shutdown, service, tasks, _dir: dir }
+    }
+
+    /// Stops the payments service where it stands (in-flight work is dropped, as in a crash:
+    /// whatever was committed stays, nothing else happens) and starts it again on the same
+    /// database and bus, with `gateway` and tweaked settings.
+    pub async fn restart(mut self, gateway: Arc<dyn Gateway>, tweak: impl FnOnce(&mut PaymentsSettings)) -> Self {
+        self.service.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops promptly").unwrap();
+        }
+        self.service = self.shutdown.child_token();
+        let Cli { payments: mut payments_settings, .. } = Cli::parse_from(["payments-test"]);
+        tweak(&mut payments_settings);
+        (self.base, self.payments, self.tasks) =
+            launch(&self.settings, &self.keys, &self.bus, &self.service, &payments_settings, gateway).await;
+        self
     }
 
     pub async fn stop(self) {
@@ -119,10 +154,19 @@ impl Stand {
         }
     }
 
-    pub fn user(&self) -> Buyer {
-        let id = Uuid::new_v4();
+    /// A client signed in as the user `id` (after a restart, the same buyer).
+    pub fn user_as(&self, id: Uuid) -> Buyer {
         let token = self.keys.issue(id, &format!("{}@example.com", id.simple())).unwrap();
         Buyer { id, token: Some(token), base: self.base.clone(), client: reqwest::Client::new() }
+    }
+
+    /// The charge attempts of an order.
+    pub async fn attempts_of(&self, order_id: Uuid) -> Vec<ChargeAttempt> {
+        self.payments.charge_attempts(order_id).await.unwrap()
+    }
+
+    pub fn user(&self) -> Buyer {
+        self.user_as(Uuid::new_v4())
     }
 
     pub fn anonymous(&self) -> Buyer {
@@ -176,6 +220,29 @@ impl Stand {
             .map(|payment| (payment.status, payment.charge_id, payment.refund_id))
             .collect()
     }
+}
+
+/// Starts the payments service on the stand's database and bus: its address, its core and
+/// its tasks (the HTTP server's included), all stopped by `service`.
+async fn launch(
+    settings: &Settings,
+    keys: &Arc<SessionKeys>,
+    bus: &Arc<dyn EventBus>,
+    service: &CancellationToken,
+    payments_settings: &PaymentsSettings,
+    gateway: Arc<dyn Gateway>,
+) -> (String, Arc<PaymentService>, Vec<tokio::task::JoinHandle<()>>) {
+    let ctx = Context { settings: settings.clone(), keys: keys.clone(), bus: bus.clone(), shutdown: service.clone() };
+    let (started, payments) =
+        payments::start_with_gateway(&ctx, payments_settings, gateway).await.expect("payments starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = service.clone();
+    let mut tasks = started.tasks;
+    tasks.push(tokio::spawn(async move {
+        platform::http::serve(listener, started.router, async move { stop.cancelled().await }).await.unwrap();
+    }));
+    (base, payments, tasks)
 }
 
 /// A client with (or without) a session.
@@ -245,5 +312,69 @@ impl Collected {
             async move { found }
         })
         .await
+    }
+}
+
+/// How a [`TestGateway`] fails charges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Outage {
+    #[default]
+    None,
+    /// Charges fail as unavailable before reaching the gateway: nothing is charged.
+    Down,
+    /// Charges reach the gateway, which charges, but the answer is lost (a timeout): the
+    /// caller sees "unavailable".
+    LosesAnswers,
+}
+
+/// A gateway in front of another one, which records every charge it is asked for and fails
+/// charges on demand.
+pub struct TestGateway {
+    inner: Arc<dyn Gateway>,
+    asked: Mutex<Vec<ChargeRequest>>,
+    outage: Mutex<Outage>,
+}
+
+impl TestGateway {
+    pub fn new(inner: Arc<dyn Gateway>) -> Arc<Self> {
+        Arc::new(Self { inner, asked: Mutex::default(), outage: Mutex::default() })
+    }
+
+    pub fn set_outage(&self, outage: Outage) {
+        *self.outage.lock().unwrap() = outage;
+    }
+
+    /// The idempotency keys of the charges asked for an order, in order.
+    pub fn keys_asked_for(&self, order_id: Uuid) -> Vec<String> {
+        let asked = self.asked.lock().unwrap();
+        asked
+            .iter()
+            .filter(|request| request.order_id == order_id)
+            .map(|request| request.idempotency_key.clone())
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Gateway for TestGateway {
+    async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
+        self.asked.lock().unwrap().push(request.clone());
+        let outage = *self.outage.lock().unwrap();
+        match outage {
+            Outage::None => self.inner.charge(request).await,
+            Outage::Down => Err(GatewayError::Unavailable(anyhow::anyhow!("test outage: gateway unreachable"))),
+            Outage::LosesAnswers => {
+                let charged = self.inner.charge(request).await;
+                Err(GatewayError::Unavailable(anyhow::anyhow!("test outage: the answer was lost ({charged:?})")))
+            }
+        }
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<Refund, GatewayError> {
+        self.inner.refund(request).await
+    }
+
+    fn name(&self) -> &'static str {
+        "test"
     }
 }
