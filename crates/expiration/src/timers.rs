@@ -33,6 +33,9 @@ const MIN_SLEEP: Duration = Duration::from_millis(10);
 /// an order has one timer, and scheduling it again changes nothing. Returns whether a timer
 /// was added.
 pub async fn schedule(tx: &mut Tx, order_id: Uuid, fire_at: i64) -> Result<bool, sqlx::Error> {
+    if has_ended(tx, &order_id.to_string()).await? {
+        return Ok(false);
+    }
     let inserted = sqlx::query(
         "INSERT INTO timers (order_id, fire_at, locked_until) VALUES ($1, $2, 0) \
          ON CONFLICT (order_id) DO NOTHING",
@@ -45,12 +48,31 @@ pub async fn schedule(tx: &mut Tx, order_id: Uuid, fire_at: i64) -> Result<bool,
     Ok(inserted == 1)
 }
 
-/// Drops the timer of an order that no longer needs one (cancelled or paid). Returns whether
-/// there was one.
+/// Drops the timer of an order that no longer needs one (cancelled or paid), and remembers
+/// that it ended, in case its `order:created` is applied after this. Returns whether there
+/// was a timer.
 pub async fn unschedule(tx: &mut Tx, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    let deleted =
-        sqlx::query("DELETE FROM timers WHERE order_id = $1").bind(order_id.to_string()).execute(&mut **tx).await?;
+    let order_id = order_id.to_string();
+    mark_ended(tx, &order_id).await?;
+    let deleted = sqlx::query("DELETE FROM timers WHERE order_id = $1").bind(&order_id).execute(&mut **tx).await?;
     Ok(deleted.rows_affected() == 1)
+}
+
+async fn has_ended(tx: &mut Tx, order_id: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT ended_at FROM ended_orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(found.is_some())
+}
+
+async fn mark_ended(tx: &mut Tx, order_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO ended_orders (order_id, ended_at) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING")
+        .bind(order_id)
+        .bind(now_millis())
+        .execute(&mut **tx)
+        .await
+        .map(drop)
 }
 
 /// Wakes a [`TimerLoop`] so it reconsiders when to fire next (after a timer committed).
@@ -204,6 +226,7 @@ impl TimerLoop {
         if deleted != 1 {
             return Ok(false);
         }
+        mark_ended(&mut tx, order_id).await?;
         outbox::enqueue(&mut tx, &ExpirationComplete { order_id: id }.to_event()).await?;
         tx.commit().await?;
         tracing::info!(order_id = %id, "order's reservation window ended: expiration:complete enqueued");

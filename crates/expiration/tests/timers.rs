@@ -194,8 +194,38 @@ async fn timer_count(db: &Db, order_id: Uuid) -> i64 {
 
 on_both_backends!(
     orders_expire_at_their_window_and_only_live_ones,
-    a_window_that_ends_while_stopped_fires_after_restart
+    a_window_that_ends_while_stopped_fires_after_restart,
+    an_order_that_ended_before_its_creation_was_applied_never_expires
 );
+
+/// Applies one event the way the consumer does, in its own transaction.
+async fn apply(db: &Db, event: &impl ContractEvent) {
+    use platform::consumer::EventHandler;
+    let mut tx = db.begin().await.unwrap();
+    expiration::events::OrderEvents.apply(&mut tx, &event.to_event()).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Consumers handle several events at once, so an order's end can be applied before its
+/// creation; the late `order:created` must not schedule a timer for a dead order.
+async fn an_order_that_ended_before_its_creation_was_applied_never_expires(backend: Backend) {
+    let stand = Stand::new(backend).await;
+    let db = stand.db().await;
+    let cancelled = order_created(in_millis(-1_000));
+    apply(&db, &OrderCancelled { id: cancelled.id, version: 1, ticket: TicketRef { id: cancelled.ticket.id } }).await;
+    apply(&db, &cancelled).await;
+    assert_eq!(timer_count(&db, cancelled.id).await, 0, "a cancelled order got a timer");
+
+    let paid = order_created(in_millis(-1_000));
+    apply(&db, &OrderCompleted { id: paid.id, version: 1, ticket: TicketRef { id: paid.ticket.id } }).await;
+    apply(&db, &paid).await;
+    assert_eq!(timer_count(&db, paid.id).await, 0, "a paid order got a timer");
+
+    // In order, the timer is scheduled as usual.
+    let live = order_created(in_millis(60_000));
+    apply(&db, &live).await;
+    assert_eq!(timer_count(&db, live.id).await, 1);
+}
 
 async fn orders_expire_at_their_window_and_only_live_ones(backend: Backend) {
     let stand = Stand::new(backend).await;

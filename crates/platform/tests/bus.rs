@@ -363,7 +363,10 @@ async fn same_event_published_twice_is_delivered_once(which: Which) {
 
 async fn subscribers_of_one_group_split_the_work(which: Which) {
     // Room for the rendezvous below without any handler running out of time.
-    let setup = Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(5), ..policy() });
+    // One delivery in flight per subscriber: with more, one subscriber's free slots could
+    // drain everything while its first handler waits at the rendezvous below.
+    let setup =
+        Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(5), max_in_flight: 1, ..policy() });
     let bus = setup.open().await;
     let group = unique_name("g");
     // Each subscriber holds its first event until the other has one too (for at most a while),
