@@ -127,7 +127,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         if args.services.is_empty() { ServiceName::ALL.to_vec() } else { args.services.clone() };
     let serves_api = names.iter().any(|name| !matches!(name, ServiceName::Web | ServiceName::Expiration));
     if names.contains(&ServiceName::Web) && !serves_api && args.web.api_url.is_none() {
-        tracing::warn!("the web pages run without the API in this process and API_URL is not set: they will call themselves and find nothing");
+        tracing::warn!(
+            "the web pages run without the API in this process and API_URL is not set: they will call themselves and find nothing"
+        );
     }
     let mut services: Vec<Service> = Vec::new();
     for name in &names {
