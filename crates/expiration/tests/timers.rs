@@ -26,24 +26,6 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn embedded() {
-                    super::$name(testkit::Backend::Embedded).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn distributed() {
-                    super::$name(testkit::Backend::Distributed).await
-                }
-            }
-        )*
-    };
-}
-
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
@@ -192,7 +174,7 @@ async fn timer_count(db: &Db, order_id: Uuid) -> i64 {
         .unwrap()
 }
 
-on_both_backends!(
+testkit::on_both_backends!(
     orders_expire_at_their_window_and_only_live_ones,
     a_window_that_ends_while_stopped_fires_after_restart,
     an_order_that_ended_before_its_creation_was_applied_never_expires

@@ -19,7 +19,7 @@ const WINDOW: Duration = Duration::minutes(15);
 /// Long enough for several reconciler rounds past the grace period of [`quick_reconciler`].
 const SEVERAL_ROUNDS: std::time::Duration = std::time::Duration::from_millis(1000);
 
-on_both_backends!(
+testkit::on_both_backends!(
     a_charge_taken_before_a_crash_is_recorded_after_the_restart,
     an_attempt_that_never_reached_the_gateway_is_charged_after_the_restart,
     a_charge_taken_before_a_crash_for_an_order_cancelled_meanwhile_is_refunded,

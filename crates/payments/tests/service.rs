@@ -25,7 +25,7 @@ async fn sandbox_stand(backend: Backend) -> (Stand, Arc<SandboxGateway>) {
     (Stand::start(backend, sandbox.clone()).await, sandbox)
 }
 
-on_both_backends!(
+testkit::on_both_backends!(
     a_payment_charges_once_and_announces_itself,
     a_declined_card_leaves_the_order_payable,
     requests_are_checked_in_the_contracts_order,

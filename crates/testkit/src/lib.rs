@@ -148,3 +148,24 @@ pub fn host_port(url: &str) -> String {
     let rest = rest.split_once('@').map_or(rest, |(_, rest)| rest);
     rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
 }
+
+/// Runs each named `async fn(Backend)` test body once per backend: a `embedded` and a
+/// `distributed` test in a module named after the function.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name($crate::Backend::Embedded).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn distributed() {
+                    super::$name($crate::Backend::Distributed).await
+                }
+            }
+        )*
+    };
+}

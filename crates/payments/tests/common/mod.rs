@@ -30,25 +30,6 @@ use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn embedded() {
-                    super::$name(testkit::Backend::Embedded).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn distributed() {
-                    super::$name(testkit::Backend::Distributed).await
-                }
-            }
-        )*
-    };
-}
-
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use testkit::Backend;
 
 use crate::helpers::{field_errors, into_parts, messages, spawn_app, spawn_app_with};
-use crate::on_both_backends;
+use testkit::on_both_backends;
 
 on_both_backends!(
     sign_up_creates_a_user_and_a_session,

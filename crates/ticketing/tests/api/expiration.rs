@@ -10,10 +10,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::helpers::{TestApp, User, messages, spawn_app_with};
-use crate::on_both_backends;
 use crate::orders::order_ticket;
 use crate::payments::{order_with_status, ordered, pay};
 use crate::tickets::{EVENTUAL, id, listed};
+use testkit::on_both_backends;
 
 on_both_backends!(
     an_unpaid_order_is_cancelled_when_its_window_ends_and_not_before,

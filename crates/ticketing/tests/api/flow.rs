@@ -9,10 +9,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::helpers::{TestApp, User, messages, spawn_app, spawn_app_with};
-use crate::on_both_backends;
 use crate::orders::{order_ticket, wait_until_orderable};
 use crate::payments::{order_with_status, pay, wait_until_payable};
 use crate::tickets::{EVENTUAL, id, list_ticket, listed, ticket_at_version};
+use testkit::on_both_backends;
 
 on_both_backends!(
     a_ticket_is_listed_bought_paid_and_sold_for_good,

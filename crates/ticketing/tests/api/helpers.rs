@@ -8,26 +8,6 @@ use serde_json::{Value, json};
 use testkit::{Backend, TempDir};
 use ticketing::{Running, ServeArgs};
 
-/// Runs an async test body once per backend.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn embedded() {
-                    super::$name(testkit::Backend::Embedded).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn distributed() {
-                    super::$name(testkit::Backend::Distributed).await
-                }
-            }
-        )*
-    };
-}
-
 #[derive(Parser)]
 struct TestCli {
     #[command(flatten)]

@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::helpers::{TestApp, User, field_errors, into_parts, messages, spawn_app, spawn_app_with};
-use crate::on_both_backends;
 use crate::tickets::{EVENTUAL, id, list_ticket, listed, ticket_at_version};
+use testkit::on_both_backends;
 
 on_both_backends!(
     orders_require_a_session,

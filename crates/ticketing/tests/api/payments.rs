@@ -9,9 +9,9 @@ use ticketing::ServiceName;
 use time::OffsetDateTime;
 
 use crate::helpers::{TestApp, User, field_errors, into_parts, messages, spawn_app, spawn_app_with};
-use crate::on_both_backends;
 use crate::orders::{order_ticket, wait_until_orderable};
 use crate::tickets::{EVENTUAL, id, list_ticket};
+use testkit::on_both_backends;
 
 on_both_backends!(
     paying_completes_the_order,

@@ -7,7 +7,7 @@ use serde_json::json;
 use testkit::Backend;
 
 use crate::helpers::{into_parts, spawn_app};
-use crate::on_both_backends;
+use testkit::on_both_backends;
 
 on_both_backends!(unknown_routes_and_methods_get_the_envelope, health_and_readiness_answer);
 

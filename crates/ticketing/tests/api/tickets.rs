@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use testkit::Backend;
 
 use crate::helpers::{TestApp, User, field_errors, into_parts, messages, spawn_app};
-use crate::on_both_backends;
 use crate::orders::{order_ticket, wait_until_orderable};
+use testkit::on_both_backends;
 
 on_both_backends!(
     listing_and_editing_require_a_session,

@@ -198,7 +198,7 @@ async fn editing_a_ticket_prefills_the_form_and_only_the_seller_may() {
     app.stop().await;
 }
 
-crate::on_both_backends!(buying_reserves_the_ticket_pays_and_completes_the_order);
+testkit::on_both_backends!(buying_reserves_the_ticket_pays_and_completes_the_order);
 
 /// The whole story through the pages, on both storage/bus combinations.
 async fn buying_reserves_the_ticket_pays_and_completes_the_order(backend: Backend) {
