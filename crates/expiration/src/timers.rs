@@ -33,11 +33,9 @@ const MIN_SLEEP: Duration = Duration::from_millis(10);
 /// an order has one timer, and scheduling it again changes nothing. Returns whether a timer
 /// was added.
 pub async fn schedule(tx: &mut Tx, order_id: Uuid, fire_at: i64) -> Result<bool, sqlx::Error> {
-    if has_ended(tx, &order_id.to_string()).await? {
-        return Ok(false);
-    }
+    // An existing row, scheduled or ended, wins: the order's end may have been applied first.
     let inserted = sqlx::query(
-        "INSERT INTO timers (order_id, fire_at, locked_until) VALUES ($1, $2, 0) \
+        "INSERT INTO timers (order_id, fire_at, locked_until, status) VALUES ($1, $2, 0, 'scheduled') \
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id.to_string())
@@ -48,31 +46,24 @@ pub async fn schedule(tx: &mut Tx, order_id: Uuid, fire_at: i64) -> Result<bool,
     Ok(inserted == 1)
 }
 
-/// Drops the timer of an order that no longer needs one (cancelled or paid), and remembers
-/// that it ended, in case its `order:created` is applied after this. Returns whether there
-/// was a timer.
+/// Ends the timer of an order that no longer needs one (cancelled or paid), writing the row
+/// even if its `order:created` has not been applied yet, so that it never schedules. Returns
+/// whether a scheduled timer was dropped.
 pub async fn unschedule(tx: &mut Tx, order_id: Uuid) -> Result<bool, sqlx::Error> {
     let order_id = order_id.to_string();
-    mark_ended(tx, &order_id).await?;
-    let deleted = sqlx::query("DELETE FROM timers WHERE order_id = $1").bind(&order_id).execute(&mut **tx).await?;
-    Ok(deleted.rows_affected() == 1)
-}
-
-async fn has_ended(tx: &mut Tx, order_id: &str) -> Result<bool, sqlx::Error> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT ended_at FROM ended_orders WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(found.is_some())
-}
-
-async fn mark_ended(tx: &mut Tx, order_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO ended_orders (order_id, ended_at) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING")
-        .bind(order_id)
-        .bind(now_millis())
-        .execute(&mut **tx)
-        .await
-        .map(drop)
+    let was_scheduled: Option<i64> =
+        sqlx::query_scalar("SELECT fire_at FROM timers WHERE order_id = $1 AND status = 'scheduled'")
+            .bind(&order_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO timers (order_id, fire_at, locked_until, status) VALUES ($1, 0, 0, 'ended') \
+         ON CONFLICT (order_id) DO UPDATE SET status = 'ended'",
+    )
+    .bind(&order_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(was_scheduled.is_some())
 }
 
 /// Wakes a [`TimerLoop`] so it reconsiders when to fire next (after a timer committed).
@@ -196,7 +187,7 @@ impl TimerLoop {
         sqlx::query_scalar(
             "UPDATE timers SET locked_until = $1 \
              WHERE order_id IN ( \
-                 SELECT order_id FROM timers WHERE fire_at <= $2 AND locked_until < $2 \
+                 SELECT order_id FROM timers WHERE status = 'scheduled' AND fire_at <= $2 AND locked_until < $2 \
                  ORDER BY fire_at LIMIT $3) \
                AND locked_until < $2 \
              RETURNING order_id",
@@ -218,7 +209,7 @@ impl TimerLoop {
             return Ok(false);
         };
         let mut tx = self.db.begin().await?;
-        let deleted = sqlx::query("DELETE FROM timers WHERE order_id = $1")
+        let deleted = sqlx::query("UPDATE timers SET status = 'ended' WHERE order_id = $1 AND status = 'scheduled'")
             .bind(order_id)
             .execute(&mut *tx)
             .await?
@@ -226,7 +217,6 @@ impl TimerLoop {
         if deleted != 1 {
             return Ok(false);
         }
-        mark_ended(&mut tx, order_id).await?;
         outbox::enqueue(&mut tx, &ExpirationComplete { order_id: id }.to_event()).await?;
         tx.commit().await?;
         tracing::info!(order_id = %id, "order's reservation window ended: expiration:complete enqueued");
@@ -237,7 +227,8 @@ impl TimerLoop {
     /// `fire_at`, or just after its lease if another instance holds it).
     async fn next_due_at(&self) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT MIN(CASE WHEN locked_until >= fire_at THEN locked_until + 1 ELSE fire_at END) FROM timers",
+            "SELECT MIN(CASE WHEN locked_until >= fire_at THEN locked_until + 1 ELSE fire_at END) FROM timers \
+             WHERE status = 'scheduled'",
         )
         .fetch_one(&self.db.pool)
         .await

@@ -167,7 +167,7 @@ fn in_millis(ms: i64) -> OffsetDateTime {
 }
 
 async fn timer_count(db: &Db, order_id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE order_id = $1")
+    sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE order_id = $1 AND status = 'scheduled'")
         .bind(order_id.to_string())
         .fetch_one(&db.pool)
         .await
@@ -302,7 +302,10 @@ async fn due_timers_fire_once_across_instances() {
     let shutdown = CancellationToken::new();
     let tasks: Vec<_> = loops.into_iter().map(|timers| timers.spawn(shutdown.clone())).collect();
     eventually(WAIT, "every due timer to fire", || async {
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers").fetch_one(&first.pool).await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE status = 'scheduled'")
+            .fetch_one(&first.pool)
+            .await
+            .unwrap();
         (left == 1).then_some(())
     })
     .await;

@@ -91,7 +91,7 @@ async fn has_timer(app: &TestApp, order_id: &str) -> bool {
     let settings = &app.args.settings;
     let url = platform::db::database_url(settings.database_url.as_deref(), &settings.data_dir, expiration::NAME);
     let db = platform::db::Db::connect(&url, expiration::NAME, &expiration::MIGRATOR).await.unwrap();
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE order_id = $1")
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE order_id = $1 AND status = 'scheduled'")
         .bind(order_id)
         .fetch_one(&db.pool)
         .await
