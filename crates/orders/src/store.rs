@@ -4,6 +4,7 @@
 //! insert and treat a unique violation as the answer, rather than checking first. Ending an
 //! order is one guarded `UPDATE ... RETURNING`, so two endings racing cannot both win.
 
+use platform::db::uuid_column;
 use platform::db::{Tx, from_millis, millis, now_millis};
 use platform::events::{TicketCreated, TicketUpdated};
 use sqlx::Row;
@@ -13,11 +14,6 @@ use uuid::Uuid;
 use crate::domain::{Order, OrderStatus, Ticket};
 
 const ORDER_COLUMNS: &str = "id, user_id, ticket_id, status, expires_at, version";
-
-fn uuid(row: &AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
-    let text: String = row.try_get(column)?;
-    Uuid::parse_str(&text).map_err(|err| sqlx::Error::ColumnDecode { index: column.to_owned(), source: err.into() })
-}
 
 fn status(row: &AnyRow) -> Result<OrderStatus, sqlx::Error> {
     let text: String = row.try_get("status")?;
@@ -29,9 +25,9 @@ fn status(row: &AnyRow) -> Result<OrderStatus, sqlx::Error> {
 
 fn order(row: &AnyRow) -> Result<Order, sqlx::Error> {
     Ok(Order {
-        id: uuid(row, "id")?,
-        user_id: uuid(row, "user_id")?,
-        ticket_id: uuid(row, "ticket_id")?,
+        id: uuid_column(row, "id")?,
+        user_id: uuid_column(row, "user_id")?,
+        ticket_id: uuid_column(row, "ticket_id")?,
         status: status(row)?,
         expires_at: from_millis(row.try_get("expires_at")?),
         version: row.try_get("version")?,
@@ -41,10 +37,10 @@ fn order(row: &AnyRow) -> Result<Order, sqlx::Error> {
 /// A ticket from a row whose ticket columns are prefixed `ticket_`.
 fn ticket(row: &AnyRow) -> Result<Ticket, sqlx::Error> {
     Ok(Ticket {
-        id: uuid(row, "ticket_id")?,
+        id: uuid_column(row, "ticket_id")?,
         title: row.try_get("ticket_title")?,
         price: row.try_get("ticket_price")?,
-        user_id: uuid(row, "ticket_user_id")?,
+        user_id: uuid_column(row, "ticket_user_id")?,
         version: row.try_get("ticket_version")?,
     })
 }

@@ -1,6 +1,7 @@
 //! The payments tables: the orders replica, the charge attempts (the write-ahead record of
 //! what was asked of the gateway) and the payments themselves. Portable SQL only.
 
+use platform::db::uuid_column;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
@@ -82,15 +83,10 @@ pub struct ChargeAttempt {
     pub updated_at: i64,
 }
 
-fn uuid(row: &AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
-    let text: String = row.try_get(column)?;
-    Uuid::parse_str(&text).map_err(|err| sqlx::Error::Decode(Box::new(err)))
-}
-
 fn order_from(row: &AnyRow) -> Result<OrderRecord, sqlx::Error> {
     Ok(OrderRecord {
-        id: uuid(row, "id")?,
-        user_id: uuid(row, "user_id")?,
+        id: uuid_column(row, "id")?,
+        user_id: uuid_column(row, "user_id")?,
         price: row.try_get("price")?,
         status: row.try_get("status")?,
         version: row.try_get("version")?,
@@ -100,8 +96,8 @@ fn order_from(row: &AnyRow) -> Result<OrderRecord, sqlx::Error> {
 
 fn payment_from(row: &AnyRow) -> Result<PaymentRecord, sqlx::Error> {
     Ok(PaymentRecord {
-        id: uuid(row, "id")?,
-        order_id: uuid(row, "order_id")?,
+        id: uuid_column(row, "id")?,
+        order_id: uuid_column(row, "order_id")?,
         charge_id: row.try_get("charge_id")?,
         amount: row.try_get("amount")?,
         currency: row.try_get("currency")?,
@@ -113,7 +109,7 @@ fn payment_from(row: &AnyRow) -> Result<PaymentRecord, sqlx::Error> {
 fn attempt_from(row: &AnyRow) -> Result<ChargeAttempt, sqlx::Error> {
     Ok(ChargeAttempt {
         idempotency_key: row.try_get("idempotency_key")?,
-        order_id: uuid(row, "order_id")?,
+        order_id: uuid_column(row, "order_id")?,
         amount: row.try_get("amount")?,
         currency: row.try_get("currency")?,
         token: row.try_get("token")?,

@@ -159,3 +159,11 @@ CREATE TABLE IF NOT EXISTS parked_events (
     PRIMARY KEY (consumer, event_id)
 );
 ";
+
+/// A UUID stored as `TEXT` (the portable way ids are stored), read from `column`.
+pub fn uuid_column(row: &sqlx::any::AnyRow, column: &str) -> Result<uuid::Uuid, sqlx::Error> {
+    use sqlx::Row;
+    let text: String = row.try_get(column)?;
+    uuid::Uuid::parse_str(&text)
+        .map_err(|err| sqlx::Error::ColumnDecode { index: column.to_owned(), source: err.into() })
+}

@@ -4,6 +4,7 @@
 //! (an edit and a reservation, two reservations) cannot both win, and the returned row, with
 //! its new version, is what the change's event describes.
 
+use platform::db::uuid_column;
 use platform::db::{Tx, now_millis};
 use sqlx::Row;
 use sqlx::any::{AnyExecutor, AnyRow};
@@ -13,21 +14,16 @@ use crate::domain::{Listing, Ticket};
 
 const COLUMNS: &str = "id, title, price, user_id, version, order_id";
 
-fn uuid(row: &AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
-    let text: String = row.try_get(column)?;
-    Uuid::parse_str(&text).map_err(|err| sqlx::Error::ColumnDecode { index: column.to_owned(), source: err.into() })
-}
-
 fn ticket(row: &AnyRow) -> Result<Ticket, sqlx::Error> {
     let order_id = match row.try_get::<Option<String>, _>("order_id")? {
-        Some(_) => Some(uuid(row, "order_id")?),
+        Some(_) => Some(uuid_column(row, "order_id")?),
         None => None,
     };
     Ok(Ticket {
-        id: uuid(row, "id")?,
+        id: uuid_column(row, "id")?,
         title: row.try_get("title")?,
         price: row.try_get("price")?,
-        user_id: uuid(row, "user_id")?,
+        user_id: uuid_column(row, "user_id")?,
         version: row.try_get("version")?,
         order_id,
     })
@@ -181,5 +177,5 @@ pub async fn advance_known_order(
     .bind(version - 1)
     .fetch_optional(&mut **tx)
     .await?;
-    row.as_ref().map(|row| uuid(row, "ticket_id")).transpose()
+    row.as_ref().map(|row| uuid_column(row, "ticket_id")).transpose()
 }
