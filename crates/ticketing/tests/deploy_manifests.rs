@@ -267,8 +267,8 @@ fn nats_is_a_three_node_fsync_cluster_with_per_service_users_reachable_only_by_t
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let env = env_of(container);
-    for service in BUS_SERVICES {
-        let name = format!("NATS_PASSWORD_{}", service.to_uppercase());
+    for user in BUS_SERVICES.iter().chain(&["admin"]) {
+        let name = format!("NATS_PASSWORD_{}", user.to_uppercase());
         assert_eq!(env[&name]["valueFrom"]["secretKeyRef"]["key"], name.as_str(), "{name} from the Secret");
     }
     assert_eq!(env["NATS_SERVER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");

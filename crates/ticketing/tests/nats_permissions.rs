@@ -10,6 +10,7 @@
 //!   ack, the server reports a permissions violation, and the stream never holds it; nor may
 //!   orders pull from or create payments' consumer, or delete the stream;
 //! - a client without credentials, or with a wrong password, is refused at connect;
+//! - the operator's `admin` user may change the stream (as `nats stream edit` does);
 //! - the config holds no password: nats-server refuses to start when one is missing from
 //!   its environment.
 //!
@@ -162,8 +163,8 @@ fn server_command(node: &Node, routes: &str) -> Command {
         .env("NATS_CLUSTER_LISTEN", format!("127.0.0.1:{}", node.route))
         .env("NATS_ROUTES", routes)
         .env("NATS_STORE_DIR", &node.store);
-    for service in SERVICES {
-        command.env(format!("NATS_PASSWORD_{}", service.to_uppercase()), password(service));
+    for user in SERVICES.iter().chain(&["admin"]) {
+        command.env(format!("NATS_PASSWORD_{}", user.to_uppercase()), password(user));
     }
     command
 }
@@ -351,6 +352,16 @@ async fn only_each_service_may_publish_its_own_events_on_the_shipped_nats_cluste
     let consumer_info = payments_consumer.info().await.expect("payments' consumer info");
     assert_eq!(consumer_info.num_pending, 0, "payments' consumer sees no forged event");
 
+    // The operator's admin user may change the stream (what `nats stream edit` does), and
+    // the change sticks: here the retention, which no service may touch.
+    let (admin, admin_errors) = connect_as(&url, "admin", &password("admin")).await.expect("admin connects");
+    let admin_js = jetstream(&admin, Duration::from_secs(5));
+    let mut config = stream_config();
+    config.max_age = Duration::from_secs(3 * 86_400);
+    let updated = admin_js.update_stream(config).await.expect("admin updates the stream");
+    assert_eq!((updated.config.max_age, updated.config.num_replicas), (Duration::from_secs(3 * 86_400), 3));
+    assert!(admin_errors.lock().unwrap().is_empty(), "admin was refused: {:?}", admin_errors.lock().unwrap());
+
     // Anonymous and wrong-password clients are refused at connect.
     let anonymous =
         async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2)).connect(url.clone()).await;
@@ -385,7 +396,7 @@ fn the_nats_config_holds_no_password_and_refuses_to_start_without_one() {
         }
         assert!(!line.contains("no_auth_user"), "auth.conf lets anonymous clients in: {line}");
     }
-    assert_eq!(users, SERVICES.len(), "one user per service");
+    assert_eq!(users, SERVICES.len() + 1, "one user per service, and the operator's admin");
 
     // Every variable set: the configuration is valid (`-t` checks it without starting).
     let dir = TempDir::new();
