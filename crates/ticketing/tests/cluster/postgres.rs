@@ -66,10 +66,6 @@ pub struct ConnectionSampler {
 }
 
 impl ConnectionSampler {
-    pub fn peak(&self) -> i64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-
     /// Waits for the sampler to stop; returns (peak, samples taken).
     pub async fn finish(self) -> (i64, u64) {
         let samples = self.task.await.expect("sampler task");

@@ -67,12 +67,10 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log));
-        let child = command.spawn().unwrap_or_else(|err| panic!("cannot start {} ({}): {err}", self.name, self.program.display()));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {} ({}): {err}", self.name, self.program.display()));
         self.child = Some(child);
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// `kill -9`: the process gets no chance to clean up.
@@ -92,10 +90,6 @@ impl Proc {
     /// `None` while running (or killed on purpose), else how it exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().and_then(|child| child.try_wait().expect("try_wait"))
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.is_some() && self.exited().is_none()
     }
 
     /// The last lines of the log.
@@ -122,9 +116,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 fn setpriv() -> Option<&'static Path> {
     static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
     SETPRIV
-        .get_or_init(|| {
-            ["/usr/bin/setpriv", "/bin/setpriv"].iter().map(PathBuf::from).find(|path| path.exists())
-        })
+        .get_or_init(|| ["/usr/bin/setpriv", "/bin/setpriv"].iter().map(PathBuf::from).find(|path| path.exists()))
         .as_deref()
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::nats::NatsCluster;
 use crate::postgres::TestDatabase;
 use crate::services::{Api, Instance, InstanceInfo, Launch, Svc, probe_ready, ticketing_bin, wait_ready};
-use crate::workload::{self, Intent, Ledger, Step, User, Workload, longest_gap, sign_up};
+use crate::workload::{Intent, Ledger, Step, User, Workload, longest_gap, sign_up};
 
 /// The reservation window: short, so orders expire while the faults happen.
 pub const ORDER_EXPIRATION_SECONDS: u64 = 5;
@@ -173,8 +173,7 @@ async fn survives_losing_the_stream_leader_and_an_instance_of_each_service() {
         contenders: CONTENDERS,
     });
     let ledger = workload.ledger.clone();
-    let completed_since =
-        |since: Instant| ledger.lock().expect("ledger").done_since(Step::Completed, since);
+    let completed_since = |since: Instant| ledger.lock().expect("ledger").done_since(Step::Completed, since);
     let mut lanes = tokio::task::JoinSet::new();
     for lane in 0..PURCHASE_LANES {
         lanes.spawn(workload.clone().purchase_lane(lane));
@@ -188,7 +187,11 @@ async fn survives_losing_the_stream_leader_and_an_instance_of_each_service() {
     let leader = before.leader.clone();
     let t_leader = Instant::now();
     fleet.nats.kill(&leader);
-    fleet.wait(Duration::from_secs(60), "purchases to complete after the leader's death", || completed_since(t_leader) >= 3).await;
+    fleet
+        .wait(Duration::from_secs(60), "purchases to complete after the leader's death", || {
+            completed_since(t_leader) >= 3
+        })
+        .await;
     let mut new_leader = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while new_leader.is_empty() || new_leader == leader {
@@ -229,7 +232,9 @@ async fn survives_losing_the_stream_leader_and_an_instance_of_each_service() {
     }
     let t_restart = Instant::now();
     wait_ready(&mut fleet.instances, Duration::from_secs(60)).await;
-    fleet.wait(Duration::from_secs(60), "purchases through the restarted instances", || completed_since(t_restart) >= 3).await;
+    fleet
+        .wait(Duration::from_secs(60), "purchases through the restarted instances", || completed_since(t_restart) >= 3)
+        .await;
 
     // Stop the workload; let every step still under way finish or give up.
     workload.stop.cancel();
@@ -266,7 +271,9 @@ async fn survives_losing_the_stream_leader_and_an_instance_of_each_service() {
     let stall = longest_gap(&done, t_leader, t_kill);
     let redelivery = pending_at_kill
         .iter()
-        .filter_map(|step| ledger.steps.iter().find(|s| s.step == step.step && s.subject == step.subject && s.started == step.started))
+        .filter_map(|step| {
+            ledger.steps.iter().find(|s| s.step == step.step && s.subject == step.subject && s.started == step.started)
+        })
         .filter_map(|step| step.done)
         .map(|done| done - t_kill)
         .max()
@@ -311,6 +318,9 @@ async fn survives_losing_the_stream_leader_and_an_instance_of_each_service() {
         ledger.contention.len(),
         ledger.contention.iter().filter(|round| round.wins == 0).count()
     );
+    for race in ledger.contention.iter().filter(|race| race.wins > 1) {
+        println!("  race for ticket {}: {} of {} contenders got 201", race.ticket, race.wins, race.contenders);
+    }
     println!(
         "stream leader {leader} killed at +{:.1} s; new leader {new_leader}; {leader} back and the stream at R3 again {:.1} s after its restart",
         (t_leader - t_load).as_secs_f64(),
@@ -344,7 +354,12 @@ async fn survives_losing_the_stream_leader_and_an_instance_of_each_service() {
     for line in ledger.unanswered.iter().take(20) {
         println!("  {line}");
     }
-    println!("lost: {}; doubly applied: {}; other failures: {}", verdict.lost.len(), verdict.double.len(), verdict.failures.len());
+    println!(
+        "lost: {}; doubly applied: {}; other failures: {}",
+        verdict.lost.len(),
+        verdict.double.len(),
+        verdict.failures.len()
+    );
     for line in verdict.lost.iter().chain(&verdict.double).chain(&verdict.failures).take(40) {
         println!("  {line}");
     }
@@ -411,7 +426,8 @@ async fn verify(api: &Api, workload: &Workload, probe: &User) -> Verdict {
     let ledger = workload.ledger.lock().expect("ledger").clone();
     let (orders, unsettled) = settled_orders(api, &workload.buyers).await;
     verdict.failures.extend(unsettled);
-    let by_id: HashMap<&str, &Value> = orders.iter().map(|(_, order)| (order["id"].as_str().unwrap_or(""), order)).collect();
+    let by_id: HashMap<&str, &Value> =
+        orders.iter().map(|(_, order)| (order["id"].as_str().unwrap_or(""), order)).collect();
 
     // No ticket held by two live orders, none sold twice.
     let mut by_ticket: HashMap<String, Vec<&Value>> = HashMap::new();
@@ -426,27 +442,38 @@ async fn verify(api: &Api, workload: &Workload, probe: &User) -> Verdict {
     }
 
     // Every acknowledged order is there, and in the state its acknowledged writes promise.
-    let paid: HashMap<&str, &str> = ledger.payments.iter().map(|(payment, order)| (order.as_str(), payment.as_str())).collect();
+    let paid: HashMap<&str, &str> =
+        ledger.payments.iter().map(|(payment, order)| (order.as_str(), payment.as_str())).collect();
     for order in &ledger.orders {
         let Some(seen) = by_id.get(order.id.as_str()) else {
             verdict.lost.push(format!("order {} (201) is not in its buyer's orders", order.id));
             continue;
         };
         let status = seen["status"].as_str().unwrap_or("");
+        if seen["ticket"]["id"] != order.ticket.as_str() {
+            verdict.failures.push(format!(
+                "order {} is for ticket {}, placed for {}",
+                order.id, seen["ticket"]["id"], order.ticket
+            ));
+        }
         if let Some(payment) = paid.get(order.id.as_str()) {
             if status != "complete" {
                 verdict.lost.push(format!("order {} was paid (payment {payment} 201) but is {status}", order.id));
             }
             if seen["ticket"]["price"].as_f64() != Some(order.price) {
-                verdict.failures.push(format!("order {} shows price {} but was placed at {}", order.id, seen["ticket"]["price"], order.price));
+                verdict.failures.push(format!(
+                    "order {} shows price {} but was placed at {}",
+                    order.id, seen["ticket"]["price"], order.price
+                ));
             }
-        } else if ledger.cancels.contains(&order.id)
+        } else if (ledger.cancels.contains(&order.id)
             || order.intent == Intent::Expire
-            || ledger.expired_before_payment.contains(&order.id)
+            || ledger.expired_before_payment.contains(&order.id))
+            && status != "cancelled"
         {
-            if status != "cancelled" {
-                verdict.failures.push(format!("order {} ({:?}, unpaid) is {status}, not cancelled", order.id, order.intent));
-            }
+            verdict
+                .failures
+                .push(format!("order {} ({:?}, unpaid) is {status}, not cancelled", order.id, order.intent));
         }
     }
 
@@ -465,12 +492,18 @@ async fn verify(api: &Api, workload: &Workload, probe: &User) -> Verdict {
         }
         let body = &reply.body;
         if !ticket.uncertain && (body["title"] != ticket.title || body["price"].as_f64() != Some(ticket.price)) {
-            verdict.lost.push(format!("ticket {} is {} / {}, acknowledged {} / {}", ticket.id, body["title"], body["price"], ticket.title, ticket.price));
+            verdict.lost.push(format!(
+                "ticket {} is {} / {}, acknowledged {} / {}",
+                ticket.id, body["title"], body["price"], ticket.title, ticket.price
+            ));
         }
-        let held = by_ticket.get(&ticket.id).is_some_and(|list| list.iter().any(|order| order["status"] != "cancelled"));
+        let held =
+            by_ticket.get(&ticket.id).is_some_and(|list| list.iter().any(|order| order["status"] != "cancelled"));
         if held {
             if body["orderId"].is_null() {
-                verdict.failures.push(format!("ticket {} has a live order but the tickets service shows it free", ticket.id));
+                verdict
+                    .failures
+                    .push(format!("ticket {} has a live order but the tickets service shows it free", ticket.id));
             }
             continue;
         }
@@ -500,7 +533,8 @@ async fn order_again(api: &Api, probe: &User, ticket: &Value) -> Result<(), Stri
             Ok(reply) if reply.status == StatusCode::CREATED => {
                 let order = reply.body["id"].as_str().unwrap_or("").to_owned();
                 let replica = &reply.body["ticket"];
-                let cancelled = api.call(Method::DELETE, &format!("/api/orders/{order}"), Some(&probe.token), None).await;
+                let cancelled =
+                    api.call(Method::DELETE, &format!("/api/orders/{order}"), Some(&probe.token), None).await;
                 if !matches!(&cancelled, Ok(reply) if reply.status == StatusCode::NO_CONTENT) {
                     return Err(format!("cannot cancel the probe order {order}: {cancelled:?}"));
                 }

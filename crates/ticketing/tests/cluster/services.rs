@@ -115,30 +115,26 @@ impl Launch {
         ]);
         // A process running one service connects as that service's user; the bus refuses
         // anything else it might try to publish.
-        if let [svc] = services {
-            if let Some((_, password)) = self.nats_passwords.iter().find(|(user, _)| user == svc.name()) {
-                if legacy_nats_settings(&self.bin) {
-                    // TEMPORARY until main has NATS_USER and URL lists: one server, credentials in the URL.
-                    let first = self.nats_url.split(',').next().unwrap_or_default();
-                    let _ = password;
-                    let url = first.to_owned();
-                    env.retain(|(key, _)| key != "NATS_URL");
-                    env.push(("NATS_URL".to_owned(), url));
-                } else {
-                    env.push(("NATS_USER".to_owned(), svc.name().to_owned()));
-                    env.push(("NATS_PASSWORD".to_owned(), password.clone()));
-                }
+        if let [svc] = services
+            && let Some((_, password)) = self.nats_passwords.iter().find(|(user, _)| user == svc.name())
+        {
+            if legacy_nats_settings(&self.bin) {
+                // TEMPORARY until main has NATS_USER and URL lists: one server, credentials in the URL.
+                let first = self.nats_url.split(',').next().unwrap_or_default();
+                let _ = password;
+                let url = first.to_owned();
+                env.retain(|(key, _)| key != "NATS_URL");
+                env.push(("NATS_URL".to_owned(), url));
+            } else {
+                env.push(("NATS_USER".to_owned(), svc.name().to_owned()));
+                env.push(("NATS_PASSWORD".to_owned(), password.clone()));
             }
         }
         let mut args = vec!["serve".to_owned()];
         args.extend(services.iter().map(|svc| svc.name().to_owned()));
         let proc = Proc::spawn(label, &self.bin, &args, &env, &self.log_dir);
-        let info = Arc::new(InstanceInfo {
-            svc: services[0],
-            label: label.to_owned(),
-            port,
-            alive: AtomicBool::new(true),
-        });
+        let info =
+            Arc::new(InstanceInfo { svc: services[0], label: label.to_owned(), port, alive: AtomicBool::new(true) });
         Instance { info, proc }
     }
 }
@@ -158,10 +154,10 @@ impl Instance {
 
     /// Fails the test when the process exited on its own.
     pub fn check_running(&mut self) {
-        if self.info.alive.load(Ordering::SeqCst) {
-            if let Some(status) = self.proc.exited() {
-                panic!("{} exited ({status}):\n{}", self.info.label, self.proc.tail());
-            }
+        if self.info.alive.load(Ordering::SeqCst)
+            && let Some(status) = self.proc.exited()
+        {
+            panic!("{} exited ({status}):\n{}", self.info.label, self.proc.tail());
         }
     }
 }
@@ -230,7 +226,13 @@ impl Api {
     /// Sends a request to an instance of the service its path names. `Err` when no instance
     /// answered (every live one refused, or the request failed after it was sent: then
     /// whether it took effect is unknown).
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Result<Reply, String> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
         let svc = Svc::for_path(path);
         let candidates: Vec<&Arc<InstanceInfo>> =
             self.instances.iter().filter(|info| info.svc == svc && info.alive.load(Ordering::SeqCst)).collect();

@@ -21,8 +21,7 @@ async fn five_instances_started_at_once_on_an_empty_database_all_become_ready() 
     let db = TestDatabase::create().await;
     let launch = Launch::new(ticketing_bin(), temp.path(), common_env(&db.url, 1), &nats);
     // Five processes of the same service race for the same schema's migrations.
-    let mut instances: Vec<Instance> =
-        (1..=5).map(|n| launch.start(&format!("orders-{n}"), &[Svc::Orders])).collect();
+    let mut instances: Vec<Instance> = (1..=5).map(|n| launch.start(&format!("orders-{n}"), &[Svc::Orders])).collect();
     wait_ready(&mut instances, Duration::from_secs(90)).await;
 
     // Migrations alone (the Kubernetes Job), on the database the instances migrated: a no-op.
@@ -97,7 +96,12 @@ async fn processes_started_while_nats_is_down_serve_once_it_is_up() {
     let seller = sign_up(&api, "seller").await;
     let buyer = sign_up(&api, "buyer").await;
     let listed = api
-        .call(Method::POST, "/api/tickets", Some(&seller.token), Some(&json!({ "title": "After the outage", "price": 20 })))
+        .call(
+            Method::POST,
+            "/api/tickets",
+            Some(&seller.token),
+            Some(&json!({ "title": "After the outage", "price": 20 })),
+        )
         .await
         .expect("tickets answers");
     assert_eq!(listed.status, StatusCode::CREATED, "{}", listed.body);

@@ -28,8 +28,6 @@ pub const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct User {
-    pub id: String,
-    pub email: String,
     pub token: String,
 }
 
@@ -41,11 +39,8 @@ pub async fn sign_up(api: &Api, label: &str) -> User {
     loop {
         match api.call(Method::POST, "/api/users/signup", None, Some(&body)).await {
             Ok(reply) if reply.status == StatusCode::CREATED => {
-                return User {
-                    id: reply.body["id"].as_str().expect("id").to_owned(),
-                    email,
-                    token: reply.session.expect("sign-up sets the session cookie"),
-                };
+                assert_eq!(reply.body["email"], email.as_str(), "sign-up answer");
+                return User { token: reply.session.expect("sign-up sets the session cookie") };
             }
             other => assert!(Instant::now() < deadline, "cannot sign up {label}: {other:?}"),
         }
@@ -79,7 +74,6 @@ pub enum Intent {
 #[derive(Debug, Clone)]
 pub struct TicketRecord {
     pub id: String,
-    pub seller: usize,
     pub title: String,
     pub price: f64,
     /// An edit whose answer was lost: the final title and price are one of two.
@@ -91,10 +85,8 @@ pub struct TicketRecord {
 pub struct OrderRecord {
     pub id: String,
     pub ticket: String,
-    pub buyer: usize,
     pub intent: Intent,
     pub price: f64,
-    pub expires_at: String,
 }
 
 #[derive(Debug, Clone)]
@@ -182,7 +174,6 @@ impl Workload {
                 let id = reply.body["id"].as_str().expect("ticket id").to_owned();
                 self.ledger().tickets.push(TicketRecord {
                     id: id.clone(),
-                    seller,
                     title,
                     price,
                     uncertain: false,
@@ -226,8 +217,13 @@ impl Workload {
             let ticket = ticket.clone();
             race.spawn(async move { (buyer, this.order_when_known(buyer, &ticket).await) });
         }
-        let mut contention =
-            Contention { ticket: ticket.clone(), contenders: contenders.len(), wins: 0, already_reserved: 0, unanswered: 0 };
+        let mut contention = Contention {
+            ticket: ticket.clone(),
+            contenders: contenders.len(),
+            wins: 0,
+            already_reserved: 0,
+            unanswered: 0,
+        };
         let mut winner = None;
         let mut first_answer: Option<Instant> = None;
         while let Some(result) = race.join_next().await {
@@ -255,10 +251,8 @@ impl Workload {
         self.ledger().orders.push(OrderRecord {
             id: order_id.clone(),
             ticket: ticket.clone(),
-            buyer,
             intent,
             price: order["ticket"]["price"].as_f64().unwrap_or(f64::NAN),
-            expires_at: order["expiresAt"].as_str().unwrap_or("").to_owned(),
         });
         match intent {
             Intent::Pay => self.pay(buyer, &order_id).await,
@@ -268,7 +262,8 @@ impl Workload {
             }
             Intent::Cancel => {
                 let token = &self.buyers[buyer].token;
-                let outcome = self.api.call(Method::DELETE, &format!("/api/orders/{order_id}"), Some(token), None).await;
+                let outcome =
+                    self.api.call(Method::DELETE, &format!("/api/orders/{order_id}"), Some(token), None).await;
                 match outcome {
                     Ok(reply) if reply.status == StatusCode::NO_CONTENT => self.ledger().cancels.push(order_id),
                     other => self.unanswered("DELETE /api/orders/:id", other),
@@ -287,7 +282,9 @@ impl Workload {
             let now = Instant::now();
             match outcome {
                 Ok(reply) if reply.status == StatusCode::CREATED => return (RaceOutcome::Won(reply.body), now),
-                Ok(reply) if reply.status == StatusCode::BAD_REQUEST && reply.message() == "Ticket is already reserved" => {
+                Ok(reply)
+                    if reply.status == StatusCode::BAD_REQUEST && reply.message() == "Ticket is already reserved" =>
+                {
                     return (RaceOutcome::AlreadyReserved, now);
                 }
                 Ok(reply) if reply.status == StatusCode::NOT_FOUND => {}
@@ -325,7 +322,9 @@ impl Workload {
                 }
                 // An earlier attempt whose answer was lost went through: not acknowledged, so
                 // not in the ledger, but the order is to complete all the same.
-                Ok(reply) if reply.status == StatusCode::BAD_REQUEST && reply.message() == "Order has already been paid" => {
+                Ok(reply)
+                    if reply.status == StatusCode::BAD_REQUEST && reply.message() == "Order has already been paid" =>
+                {
                     self.ledger().steps[step].done = Some(now);
                     break;
                 }
@@ -360,16 +359,16 @@ impl Workload {
         loop {
             let outcome = self.api.call(Method::GET, &format!("/api/orders/{order}"), Some(token), None).await;
             let now = Instant::now();
-            if let Ok(reply) = &outcome {
-                if reply.status == StatusCode::OK {
-                    let seen = reply.body["status"].as_str().unwrap_or("");
-                    if seen == status {
-                        return Some(now);
-                    }
-                    if seen == "cancelled" || seen == "complete" {
-                        self.ledger().unanswered.push(format!("order {order} ended {seen}, expected {status}"));
-                        return None;
-                    }
+            if let Ok(reply) = &outcome
+                && reply.status == StatusCode::OK
+            {
+                let seen = reply.body["status"].as_str().unwrap_or("");
+                if seen == status {
+                    return Some(now);
+                }
+                if seen == "cancelled" || seen == "complete" {
+                    self.ledger().unanswered.push(format!("order {order} ended {seen}, expected {status}"));
+                    return None;
                 }
             }
             if now > deadline {
@@ -392,7 +391,12 @@ impl Workload {
                 let body = json!({ "title": title, "price": price });
                 let outcome = self
                     .api
-                    .call(Method::PUT, &format!("/api/tickets/{ticket}"), Some(&self.sellers[seller].token), Some(&body))
+                    .call(
+                        Method::PUT,
+                        &format!("/api/tickets/{ticket}"),
+                        Some(&self.sellers[seller].token),
+                        Some(&body),
+                    )
                     .await;
                 let acknowledged = matches!(&outcome, Ok(reply) if reply.status == StatusCode::OK);
                 let mut ledger = self.ledger();
