@@ -321,9 +321,6 @@ fn generated_config() -> String {
             upper = user.to_uppercase(),
         ));
     }
-    if std::env::var_os("TEMPORARY_NO_NATS_AUTH").is_some() {
-        return "jetstream {\n  store_dir: \"/data/jetstream\"\n  sync_interval: always\n}\n".to_owned();
-    }
     format!(
         "# Written by the scale-out test: the equivalent of the NATS configuration to ship.\n\
          jetstream {{\n  store_dir: \"/data/jetstream\"\n  sync_interval: always\n}}\n\

@@ -118,17 +118,8 @@ impl Launch {
         if let [svc] = services
             && let Some((_, password)) = self.nats_passwords.iter().find(|(user, _)| user == svc.name())
         {
-            if legacy_nats_settings(&self.bin) {
-                // TEMPORARY until main has NATS_USER and URL lists: one server, credentials in the URL.
-                let first = self.nats_url.split(',').next().unwrap_or_default();
-                let _ = password;
-                let url = first.to_owned();
-                env.retain(|(key, _)| key != "NATS_URL");
-                env.push(("NATS_URL".to_owned(), url));
-            } else {
-                env.push(("NATS_USER".to_owned(), svc.name().to_owned()));
-                env.push(("NATS_PASSWORD".to_owned(), password.clone()));
-            }
+            env.push(("NATS_USER".to_owned(), svc.name().to_owned()));
+            env.push(("NATS_PASSWORD".to_owned(), password.clone()));
         }
         let mut args = vec!["serve".to_owned()];
         args.extend(services.iter().map(|svc| svc.name().to_owned()));
@@ -278,13 +269,4 @@ pub fn ticketing_bin() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_ticketing"));
     assert!(Path::new(&bin).exists(), "{} not built", bin.display());
     bin
-}
-
-/// TEMPORARY: whether the binary predates NATS_USER.
-fn legacy_nats_settings(bin: &Path) -> bool {
-    static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LEGACY.get_or_init(|| {
-        let help = std::process::Command::new(bin).args(["serve", "--help"]).output().expect("ticketing --help");
-        !String::from_utf8_lossy(&help.stdout).contains("NATS_USER")
-    })
 }

@@ -29,7 +29,6 @@ async fn five_instances_started_at_once_on_an_empty_database_all_become_ready() 
         .arg("migrate")
         .env_clear()
         .envs(common_env(&db.url, 1))
-        .env("NATS_URL", nats.url())
         .output()
         .expect("ticketing migrate runs");
     assert!(
