@@ -155,7 +155,9 @@ impl NatsCluster {
     /// the servers that are up.
     pub async fn stream(&self) -> Option<StreamView> {
         for node in self.nodes.iter().filter(|node| node.up) {
-            let Some(jsz) = self.get(node, "/jsz?accounts=true&streams=true&consumers=true&config=true").await else { continue };
+            let Some(jsz) = self.get(node, "/jsz?accounts=true&streams=true&consumers=true&config=true").await else {
+                continue;
+            };
             let Some(view) = stream_view(&jsz) else { continue };
             if view.leader == node.name || self.nodes.len() == 1 {
                 return Some(view);
@@ -233,4 +235,3 @@ fn stream_view(jsz: &Value) -> Option<StreamView> {
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
-

@@ -318,7 +318,10 @@ impl Workload {
                 // order expires before payments learns of it, and once it knows, it refuses.
                 Ok(reply)
                     if reply.status == StatusCode::BAD_REQUEST
-                        && matches!(reply.message(), "Order has expired" | "Cannot pay for a cancelled order") =>
+                        && matches!(
+                            reply.message().as_str(),
+                            "Order has expired" | "Cannot pay for a cancelled order"
+                        ) =>
                 {
                     let mut ledger = self.ledger();
                     ledger.steps[step].done = Some(now);
