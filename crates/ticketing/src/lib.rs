@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::response::IntoResponse;
-use platform::bus::embedded::EmbeddedBus;
+use platform::bus::embedded::{DataDirInUse, EmbeddedBus};
 use platform::bus::nats::{NatsBus, NatsConnection, StreamSettings};
 use platform::bus::{EventBus, RetryPolicy};
 use platform::error::ApiError;
@@ -225,6 +225,13 @@ pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow
                 anyhow::bail!("stopped before the services started");
             }
             Some(Ok(started)) => break started,
+            // Another process owns the embedded data dir: retrying cannot help.
+            Some(Err(err)) if err.chain().any(|cause| cause.is::<DataDirInUse>()) => {
+                attempt.cancel();
+                shutdown.cancel();
+                let _ = server.await;
+                return Err(err);
+            }
             Some(Err(err)) => {
                 failures += 1;
                 let pause = Duration::from_millis(250 * 2u64.pow(failures.min(5))).min(Duration::from_secs(5));

@@ -201,6 +201,11 @@ impl EventBus for EmbeddedBus {
     }
 }
 
+/// Another process holds the data dir: waiting will not help, so a caller should stop.
+#[derive(Debug, thiserror::Error)]
+#[error("the data dir is in use by another process ({} is locked); one process per data dir", .0.display())]
+pub struct DataDirInUse(pub std::path::PathBuf);
+
 /// Takes the exclusive lock on `<bus file>.lock`. Waits a little, since a process restarting
 /// in place (or a test reopening the bus) may still be letting go of it.
 async fn lock_beside(path: &Path) -> anyhow::Result<std::fs::File> {
@@ -218,10 +223,7 @@ async fn lock_beside(path: &Path) -> anyhow::Result<std::fs::File> {
             Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "the data dir is in use by another process ({} is locked); one process per data dir",
-                lock_path.display()
-            ),
+            Err(std::fs::TryLockError::WouldBlock) => return Err(DataDirInUse(lock_path).into()),
             Err(std::fs::TryLockError::Error(err)) => {
                 return Err(err).with_context(|| format!("cannot lock {}", lock_path.display()));
             }

@@ -9,7 +9,9 @@
 //! - `scale_out`: workload, kills of the stream leader and of instances, checks and report.
 //! - `startup`: five instances starting at once on an empty database; processes started
 //!   while NATS is down.
+//! - `embedded`: the one-process default killed with `kill -9` and restarted.
 
+mod embedded;
 mod nats;
 mod postgres;
 mod process;
