@@ -157,13 +157,18 @@ impl TimerLoop {
     pub async fn fire_due(&self) -> anyhow::Result<Round> {
         let claimed = self.claim_due().await.context("cannot claim due timers")?;
         let mut round = Round { claimed: claimed.len(), fired: 0 };
-        for (index, order_id) in claimed.iter().enumerate() {
+        for (index, (order_id, fire_at)) in claimed.iter().enumerate() {
             match self.fire(order_id).await {
-                Ok(true) => round.fired += 1,
+                Ok(true) => {
+                    round.fired += 1;
+                    let m = platform::metrics::metrics();
+                    m.timers_fired.inc();
+                    m.timer_lateness.observe((now_millis() - fire_at).max(0) as f64 / 1000.0);
+                }
                 Ok(false) => tracing::debug!(%order_id, "timer already fired or dropped elsewhere"),
                 Err(err) => {
                     // Hand the rest back now rather than after the lease.
-                    for rest in &claimed[index..] {
+                    for (rest, _) in &claimed[index..] {
                         let _ = sqlx::query("UPDATE timers SET locked_until = 0 WHERE order_id = $1")
                             .bind(rest)
                             .execute(&self.db.pool)
@@ -179,18 +184,19 @@ impl TimerLoop {
         Ok(round)
     }
 
-    async fn claim_due(&self) -> Result<Vec<String>, sqlx::Error> {
+    /// Leases due timers; returns their order ids and due times.
+    async fn claim_due(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         let now = now_millis();
         let lease_until = now + LEASE.as_millis() as i64;
         // The outer `locked_until < $2` is re-checked against the row as it is when the
         // UPDATE gets it, so two instances racing for one timer cannot both lease it.
-        sqlx::query_scalar(
+        sqlx::query_as(
             "UPDATE timers SET locked_until = $1 \
              WHERE order_id IN ( \
                  SELECT order_id FROM timers WHERE status = 'scheduled' AND fire_at <= $2 AND locked_until < $2 \
                  ORDER BY fire_at LIMIT $3) \
                AND locked_until < $2 \
-             RETURNING order_id",
+             RETURNING order_id, fire_at",
         )
         .bind(lease_until)
         .bind(now)

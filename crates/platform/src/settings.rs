@@ -133,6 +133,11 @@ pub struct Settings {
     /// Trust X-Forwarded-For from the proxy in front (for per-client rate limits).
     #[arg(long, env = "TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
+
+    /// Admin address serving `/metrics` (Prometheus), e.g. `0.0.0.0:9100`. Off when unset: it
+    /// must not be reachable through the public ingress, so it has its own port.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -163,6 +168,7 @@ impl std::fmt::Debug for Settings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("currency", &self.currency)
             .field("trust_proxy", &self.trust_proxy)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
