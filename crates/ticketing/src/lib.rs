@@ -1,6 +1,8 @@
 //! Composes the services into one HTTP server: all of them (the embedded default) or the
 //! ones named on the command line (one service per process in a cluster).
 
+pub mod admin;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
