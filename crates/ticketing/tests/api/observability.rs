@@ -1,7 +1,6 @@
 //! What operators see: `/metrics` counting what happened, `ticketing admin` over parked events,
 //! the outbox and payments, and one purchase followed by its request id through every service.
 
-use std::io::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use platform::bus::Event;
