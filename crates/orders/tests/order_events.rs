@@ -149,7 +149,7 @@ fn expired(order: Uuid) -> Event {
 }
 
 fn paid(order: Uuid) -> Event {
-    PaymentCreated { id: Uuid::new_v4(), order_id: order, charge_id: "ch_test".into() }.to_event()
+    PaymentCreated { id: Uuid::new_v4(), order_id: order, charge_id: "ch_test".into(), accepted_at: None }.to_event()
 }
 
 /// The same payload in a fresh envelope, as if the publisher had sent it again.

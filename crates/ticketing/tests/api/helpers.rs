@@ -102,9 +102,22 @@ impl TestApp {
     }
 
     pub async fn sign_up(&self, email: &str, password: &str) -> User {
-        let client = self.client();
+        sign_up_at(&self.base, email, password).await
+    }
+}
+
+/// Signs up a fresh user on the marketplace at `base`.
+pub async fn new_user_at(base: &str) -> User {
+    sign_up_at(base, &format!("{}@example.com", uuid::Uuid::new_v4().simple()), "correct horse battery").await
+}
+
+async fn sign_up_at(base: &str, email: &str, password: &str) -> User {
+    {
+        let client =
+            reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client");
+        let url = |path: &str| format!("{base}{path}");
         let response = client
-            .post(self.url("/api/users/signup"))
+            .post(url("/api/users/signup"))
             .json(&json!({ "email": email, "password": password }))
             .send()
             .await
@@ -115,7 +128,7 @@ impl TestApp {
             client,
             id: body["id"].as_str().expect("id").to_owned(),
             email: body["email"].as_str().expect("email").to_owned(),
-            base: self.base.clone(),
+            base: base.to_owned(),
         }
     }
 }

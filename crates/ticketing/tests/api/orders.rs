@@ -316,6 +316,7 @@ async fn record_payment(app: &TestApp, order_id: &str) {
         id: uuid::Uuid::new_v4(),
         order_id: uuid::Uuid::parse_str(order_id).unwrap(),
         charge_id: "ch_test".into(),
+        accepted_at: Some(time::OffsetDateTime::now_utc()),
     };
     let delivery = Delivery { event: payment.to_event(), attempt: 1, is_last_attempt: false };
     assert!(matches!(consumer.handle(delivery).await, Outcome::Ack));
