@@ -143,18 +143,16 @@ impl Order {
         }
     }
 
-    /// Whether a payment accepted at `accepted_at` (ms) came before this order ended, so it
-    /// must win: before `expiresAt` always (expiry ends an order only at that instant), and
-    /// before the buyer's cancellation when the buyer cancelled.
+    /// Whether a payment accepted at `accepted_at` (ms) must win although the order was
+    /// cancelled: only an expiry, and only if accepted before `expiresAt`. A buyer's own
+    /// cancellation that reached orders before the payment wins over it: the payment request
+    /// waits for orders' verdict, so that buyer is told the order is cancelled (and refunded),
+    /// never "paid".
     pub fn paid_in_time(&self, accepted_at: i64) -> bool {
         let in_window = accepted_at <= platform::db::millis(self.expires_at);
         match (self.status, self.end_reason) {
             (OrderStatus::Cancelled, Some(EndReason::Expired)) => in_window,
-            (OrderStatus::Cancelled, Some(EndReason::Buyer)) => {
-                in_window && self.ended_at.is_some_and(|ended| accepted_at < ended)
-            }
-            // Cancelled before reasons were recorded: no evidence the payment came first.
-            (OrderStatus::Cancelled, None) => false,
+            (OrderStatus::Cancelled, _) => false,
             _ => in_window,
         }
     }

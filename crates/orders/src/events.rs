@@ -7,10 +7,11 @@
 //!   reaches the replica as soon as the gap fills, not after the bus's growing retry backoff.
 //!   The replica feeds new orders only: an existing order keeps its own snapshot.
 //! - `expiration:complete` cancels the order unless it already ended (`order:cancelled`).
-//! - `payment:created` completes the order. A payment accepted before the order ended wins
-//!   even when its event comes late: a cancelled order is revived as complete when its ticket
-//!   is still free. Otherwise (the order ended first, or its ticket went to another buyer) the
-//!   payment is rejected with `order:payment-rejected`, and payments owes its refund.
+//! - `payment:created` completes the order. A payment accepted before `expiresAt` wins even
+//!   when its event comes after the expiry was processed: the cancelled order is revived as
+//!   complete when its ticket is still free. Otherwise (the buyer cancelled first, or the
+//!   ticket went to another buyer) the payment is rejected with `order:payment-rejected`, and
+//!   payments owes its refund.
 //! - `refund:created` / `refund:completed` record what the order shows about refunds.
 
 use platform::bus::Event;
@@ -98,7 +99,7 @@ async fn payment_created(tx: &mut Tx, event: &Event, paid: PaymentCreated) -> Re
         }
         OrderStatus::Cancelled => {
             let reason = if !order.paid_in_time(accepted_at) {
-                "the order was cancelled before the payment was accepted"
+                "the order was cancelled before the payment reached it"
             } else if store::ticket_held_by_other(tx, order.ticket_id, order_id).await? {
                 "the ticket went to another buyer before the payment arrived"
             } else {

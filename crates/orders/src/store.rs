@@ -16,8 +16,7 @@ use uuid::Uuid;
 
 use crate::domain::{EndReason, Order, OrderStatus, Refund, Snapshot, Ticket};
 
-const ORDER_COLUMNS: &str =
-    "id, user_id, ticket_id, status, expires_at, version, ticket_title, ticket_price, ticket_version, ended_at, end_reason";
+const ORDER_COLUMNS: &str = "id, user_id, ticket_id, status, expires_at, version, ticket_title, ticket_price, ticket_version, ended_at, end_reason";
 
 fn status(row: &AnyRow) -> Result<OrderStatus, sqlx::Error> {
     let text: String = row.try_get("status")?;

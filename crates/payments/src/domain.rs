@@ -445,7 +445,12 @@ impl PaymentService {
 
     /// Records that a kept payment must be given back (orders rejected it), in the caller's
     /// transaction: the obligation is durable before anything is asked of the gateway.
-    pub async fn owe_refund(&self, tx: &mut platform::db::Tx, payment_id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+    pub async fn owe_refund(
+        &self,
+        tx: &mut platform::db::Tx,
+        payment_id: Uuid,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
         let Some(payment) = store::owe_refund(tx, payment_id).await? else {
             tracing::debug!(%payment_id, "payment not kept (refund owed or made already)");
             return Ok(());
@@ -499,8 +504,13 @@ impl PaymentService {
                         .saturating_mul(2u32.saturating_pow(u32::try_from(tries - 1).unwrap_or(u32::MAX).min(20)))
                         .min(MAX_REFUND_BACKOFF);
                     let mut conn = self.db.pool.acquire().await?;
-                    store::refund_failed(&mut conn, payment.id, now_millis() + pause.as_millis() as i64, &err.to_string())
-                        .await?;
+                    store::refund_failed(
+                        &mut conn,
+                        payment.id,
+                        now_millis() + pause.as_millis() as i64,
+                        &err.to_string(),
+                    )
+                    .await?;
                     tracing::warn!(order_id = %payment.order_id, payment_id = %payment.id, charge_id = %payment.charge_id, tries, retry_in = ?pause, error = %err, "refund failed; it stays owed and will be asked again");
                 }
             }

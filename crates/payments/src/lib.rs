@@ -132,11 +132,14 @@ impl PaymentsSettings {
     /// `db`, the payments database.
     pub fn gateway(&self, db: &platform::db::Db) -> anyhow::Result<Arc<dyn Gateway>> {
         let key = self.stripe_key()?;
-        let choice = self.payment_gateway.unwrap_or(if key.is_some() { GatewayChoice::Stripe } else { GatewayChoice::Sandbox });
+        let choice =
+            self.payment_gateway.unwrap_or(if key.is_some() { GatewayChoice::Stripe } else { GatewayChoice::Sandbox });
         Ok(match choice {
             GatewayChoice::Stripe => {
                 let key = key.ok_or_else(|| {
-                    anyhow::anyhow!("PAYMENT_GATEWAY=stripe needs a Stripe secret key: set STRIPE_KEY or STRIPE_KEY_FILE")
+                    anyhow::anyhow!(
+                        "PAYMENT_GATEWAY=stripe needs a Stripe secret key: set STRIPE_KEY or STRIPE_KEY_FILE"
+                    )
                 })?;
                 anyhow::ensure!(
                     ["sk_live_", "sk_test_", "rk_live_", "rk_test_"].iter().any(|prefix| key.starts_with(prefix)),
@@ -150,7 +153,9 @@ impl PaymentsSettings {
                     key.is_none(),
                     "PAYMENT_GATEWAY=sandbox but a Stripe key is set: choose PAYMENT_GATEWAY=stripe, or remove the key"
                 );
-                tracing::warn!("PAYMENT_GATEWAY=sandbox: payments use the offline sandbox (Stripe test tokens, nothing is charged)");
+                tracing::warn!(
+                    "PAYMENT_GATEWAY=sandbox: payments use the offline sandbox (Stripe test tokens, nothing is charged)"
+                );
                 Arc::new(SandboxGateway::with_ledger(db.clone()))
             }
         })

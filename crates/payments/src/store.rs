@@ -267,16 +267,15 @@ pub async fn claim_refund(
     payment: &PaymentRecord,
     lease_until: i64,
 ) -> Result<bool, sqlx::Error> {
-    let claimed = sqlx::query(
-        "UPDATE payments SET refund_next_at = $1 WHERE id = $2 AND status = $3 AND refund_next_at = $4",
-    )
-    .bind(lease_until)
-    .bind(payment.id.to_string())
-    .bind(payment_status::REFUNDING)
-    .bind(payment.refund_next_at)
-    .execute(conn)
-    .await?
-    .rows_affected();
+    let claimed =
+        sqlx::query("UPDATE payments SET refund_next_at = $1 WHERE id = $2 AND status = $3 AND refund_next_at = $4")
+            .bind(lease_until)
+            .bind(payment.id.to_string())
+            .bind(payment_status::REFUNDING)
+            .bind(payment.refund_next_at)
+            .execute(conn)
+            .await?
+            .rows_affected();
     Ok(claimed == 1)
 }
 

@@ -123,7 +123,7 @@ async fn a_burst_of_edits_reaches_the_orders_replica_promptly(backend: Backend) 
         }))
         .await;
         // Watch the replica: when each version was first seen.
-        let mut seen_at = vec![None; 11];
+        let mut seen_at = [None; 11];
         while seen_at[10].is_none() {
             assert!(started.elapsed() < EVENTUAL, "the replica never reached version 10");
             let version: i64 = sqlx::query_scalar("SELECT version FROM tickets WHERE id = $1")
