@@ -67,7 +67,12 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
         .route("/api/users/signout", post(routes::sign_out))
         .route("/api/users/currentuser", get(routes::current_user))
         .with_state(state);
-    Ok(Service { name: "auth", router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: Vec::new() })
+    Ok(Service {
+        name: "auth",
+        router: ctx.api_router(api),
+        checks: Context::database_readiness(&db),
+        tasks: Vec::new(),
+    })
 }
 
 #[derive(utoipa::OpenApi)]

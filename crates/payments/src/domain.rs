@@ -56,7 +56,7 @@ use platform::db::{Db, now_millis};
 use platform::events::{ContractEvent, PaymentCreated, RefundCompleted, RefundCreated};
 use platform::money::Currency;
 use platform::outbox::{self, OutboxWaker};
-use tokio::sync::Notify;
+use platform::worker::{Job, Step, Waker, Worker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -148,7 +148,7 @@ pub struct PaymentService {
     /// [`MAX_REFUND_BACKOFF`]).
     refund_backoff: Duration,
     /// Wakes the [`Reconciler`] when a refund becomes owed.
-    reconcile: Arc<Notify>,
+    reconcile: Waker,
 }
 
 /// The longest pause between two tries of an owed refund.
@@ -165,7 +165,7 @@ impl PaymentService {
             outbox,
             confirm_wait: Duration::ZERO,
             refund_backoff: Duration::from_secs(1),
-            reconcile: Arc::default(),
+            reconcile: Waker::default(),
         }
     }
 
@@ -179,11 +179,11 @@ impl PaymentService {
 
     /// Wakes the reconciler (a refund is owed).
     pub fn wake_reconciler(&self) {
-        self.reconcile.notify_one();
+        self.reconcile.wake();
     }
 
     /// The reconciler's wake-up.
-    pub fn reconciler_waker(&self) -> Arc<Notify> {
+    pub fn reconciler_waker(&self) -> Waker {
         self.reconcile.clone()
     }
 
@@ -543,14 +543,6 @@ impl PaymentService {
     }
 }
 
-/// What one step of a background job did: work (ask again at once) or nothing (wait).
-/// Shaped like `platform::worker::Step`, which replaces it once on main.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    Busy,
-    Idle,
-}
-
 /// Settles charge attempts left unsettled and gives back every refund owed (see the module
 /// documentation). Each [`Reconciler::step`] is one round; [`Reconciler::spawn`] runs rounds
 /// every `every`, at once when woken (a refund became owed) or when the last round was busy.
@@ -566,13 +558,23 @@ impl Reconciler {
         Self { payments, every, grace }
     }
 
-    pub fn name(&self) -> &'static str {
+    /// Runs rounds in a [`Worker`] until shutdown: every `every`, at once when a refund became
+    /// owed, again at once while busy; a failed round backs off.
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (every, waker) = (self.every, self.payments.reconciler_waker());
+        Worker::new(self).poll_every(every).max_backoff(MAX_REFUND_BACKOFF).woken_by(waker).spawn(shutdown)
+    }
+}
+
+#[async_trait::async_trait]
+impl Job for Reconciler {
+    fn name(&self) -> &'static str {
         "payments-reconciler"
     }
 
     /// One round: unsettled charge attempts first (a recovered charge may owe a refund), then
     /// owed refunds that are due.
-    pub async fn step(&self) -> anyhow::Result<Step> {
+    async fn step(&self) -> anyhow::Result<Step> {
         let settled = self.payments.reconcile_charges(self.grace).await?;
         if settled > 0 {
             tracing::info!(settled, "unsettled charge attempts settled");
@@ -582,35 +584,5 @@ impl Reconciler {
             tracing::info!(refunded, tried, "owed refunds asked of the gateway");
         }
         Ok(if settled + refunded > 0 { Step::Busy } else { Step::Idle })
-    }
-
-    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let wake = self.payments.reconciler_waker();
-        tokio::spawn(async move {
-            let mut failures = 0u32;
-            while !shutdown.is_cancelled() {
-                // A round stopped half-way is safe: an attempt or a refund not settled yet is
-                // still recorded as such, and is taken up again.
-                let pause = tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    stepped = self.step() => match stepped {
-                        Ok(Step::Busy) => { failures = 0; continue }
-                        Ok(Step::Idle) => { failures = 0; self.every }
-                        Err(err) => {
-                            failures += 1;
-                            let pause = self.every.saturating_mul(2u32.saturating_pow(failures.min(6))).min(MAX_REFUND_BACKOFF);
-                            tracing::warn!(job = self.name(), attempt = failures, retry_in = ?pause, error = %format!("{err:#}"), "reconciler round failed");
-                            pause
-                        }
-                    },
-                };
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = wake.notified() => {}
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
-            tracing::debug!("payments reconciler stopped");
-        })
     }
 }

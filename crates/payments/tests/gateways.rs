@@ -136,7 +136,7 @@ async fn stripe_refunds_once() {
 
 #[tokio::test]
 async fn sandbox_knows_stripes_test_tokens() {
-    let sandbox = SandboxGateway::new();
+    let sandbox = SandboxGateway::in_memory().await.unwrap();
     for token in ["tok_visa", "tok_visa_debit", "tok_mastercard", "tok_amex", "tok_discover", "tok_jcb", "tok_unionpay"]
     {
         let charge = sandbox.charge(&charge_request(token, 1999)).await.unwrap();
@@ -180,7 +180,7 @@ async fn sandbox_knows_stripes_test_tokens() {
 
 #[tokio::test]
 async fn sandbox_honours_idempotency_keys_and_refunds_once() {
-    let sandbox = SandboxGateway::new();
+    let sandbox = SandboxGateway::in_memory().await.unwrap();
     let request = charge_request("tok_visa", 1999);
     let first = sandbox.charge(&request).await.unwrap();
     assert_eq!(sandbox.charge(&request).await.unwrap(), first, "same key, same charge");

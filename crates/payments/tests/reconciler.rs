@@ -37,7 +37,7 @@ async fn settled_payment(stand: &Stand, order_id: Uuid, status: &str) -> (String
 
 async fn a_charge_taken_before_a_crash_is_recorded_after_the_restart(backend: Backend) {
     // The sandbox stands for Stripe here: it outlives the crashed process, keys and all.
-    let sandbox = Arc::new(SandboxGateway::new());
+    let sandbox = Arc::new(SandboxGateway::in_memory().await.unwrap());
     let gateway = TestGateway::new(sandbox.clone());
     // Default settings: this instance's reconciler would not touch the attempt for a minute.
     let stand = Stand::start(backend, gateway.clone()).await;
@@ -91,7 +91,7 @@ async fn a_charge_taken_before_a_crash_is_recorded_after_the_restart(backend: Ba
 }
 
 async fn an_attempt_that_never_reached_the_gateway_is_charged_after_the_restart(backend: Backend) {
-    let stand = Stand::start(backend, Arc::new(SandboxGateway::new())).await;
+    let stand = Stand::start(backend, Arc::new(SandboxGateway::in_memory().await.unwrap())).await;
     let buyer = stand.user();
     let order = stand.order(&buyer, 1500, WINDOW).await;
     let record = stand.payments.order(order.id).await.unwrap().unwrap();
@@ -99,7 +99,7 @@ async fn an_attempt_that_never_reached_the_gateway_is_charged_after_the_restart(
     let attempt = stand.payments.begin_charge(&record, "tok_mastercard").await.unwrap();
 
     // A restarted sandbox has forgotten everything (nothing was charged anyway).
-    let sandbox = Arc::new(SandboxGateway::new());
+    let sandbox = Arc::new(SandboxGateway::in_memory().await.unwrap());
     let gateway = TestGateway::new(sandbox.clone());
     let stand = stand.restart(gateway.clone(), quick_reconciler).await;
     let payment = settled_payment(&stand, order.id, "succeeded").await;
@@ -119,7 +119,7 @@ async fn an_attempt_that_never_reached_the_gateway_is_charged_after_the_restart(
 }
 
 async fn a_charge_taken_before_a_crash_for_an_order_cancelled_meanwhile_is_refunded(backend: Backend) {
-    let sandbox = Arc::new(SandboxGateway::new());
+    let sandbox = Arc::new(SandboxGateway::in_memory().await.unwrap());
     let gateway = TestGateway::new(sandbox.clone());
     let stand = Stand::start(backend, gateway.clone()).await;
     let buyer = stand.user();
@@ -149,7 +149,7 @@ async fn a_charge_taken_before_a_crash_for_an_order_cancelled_meanwhile_is_refun
 }
 
 async fn an_unavailable_gateway_answers_503_and_the_reconciler_settles_later(backend: Backend) {
-    let sandbox = Arc::new(SandboxGateway::new());
+    let sandbox = Arc::new(SandboxGateway::in_memory().await.unwrap());
     let gateway = TestGateway::new(sandbox.clone());
     let stand = Stand::start_with(backend, gateway.clone(), quick_reconciler).await;
     let buyer = stand.user();

@@ -21,7 +21,7 @@ use uuid::Uuid;
 const WINDOW: Duration = Duration::minutes(15);
 
 async fn sandbox_stand(backend: Backend) -> (Stand, Arc<SandboxGateway>) {
-    let sandbox = Arc::new(SandboxGateway::new());
+    let sandbox = Arc::new(SandboxGateway::in_memory().await.unwrap());
     (Stand::start(backend, sandbox.clone()).await, sandbox)
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migration, Migrator};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -42,11 +42,29 @@ pub fn database_url(database_url: Option<&str>, data_dir: &Path, service: &str) 
     }
 }
 
+/// PostgreSQL connections per service pool when the process is not told otherwise.
+pub const DEFAULT_POOL_SIZE: u32 = 4;
+
+/// The platform's own tables (outbox, processed and parked events), migrated into every service
+/// database together with the service's migrations.
+static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Key of the PostgreSQL advisory lock that serialises migrations across every process and
+/// service sharing a database ("tickets" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0074_6963_6b65_7473;
+
 impl Db {
-    /// Connects, creates the service's schema (PostgreSQL) and runs its migrations.
+    /// Connects with the default pool size, creates the service's schema (PostgreSQL) and runs
+    /// the platform's and the service's migrations.
     pub async fn connect(url: &str, service: &str, migrator: &Migrator) -> anyhow::Result<Self> {
+        Self::connect_with(url, service, migrator, DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`Db::connect`] with at most `pool_size` PostgreSQL connections (SQLite always has one).
+    pub async fn connect_with(url: &str, service: &str, migrator: &Migrator, pool_size: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        // `sslmode` and the other libpq parameters in the URL are honoured (TLS is rustls).
         let options: AnyConnectOptions = url
             .parse::<AnyConnectOptions>()
             .context("DATABASE_URL is not a valid database URL")?
@@ -67,36 +85,64 @@ impl Db {
             }),
             // No ping before every acquire: it doubled the round trips of a short request. A
             // connection that died meanwhile fails its query once and is then discarded.
-            Backend::Postgres => {
-                AnyPoolOptions::new().max_connections(16).test_before_acquire(false).after_connect(move |conn, _| {
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(pool_size.max(1))
+                .min_connections(0)
+                .idle_timeout(Duration::from_secs(60))
+                .test_before_acquire(false)
+                .after_connect(move |conn, _| {
                     let schema = schema.clone();
                     Box::pin(async move {
                         conn.execute(format!("SET search_path TO \"{schema}\"").as_str()).await?;
                         Ok(())
                     })
-                })
-            }
+                }),
         };
         let pool = pool_options
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await
             .with_context(|| format!("cannot connect to the {service} database"))?;
-        if backend == Backend::Postgres {
-            // Several instances may start at once; IF NOT EXISTS can still race, so tolerate it.
-            if let Err(err) = pool.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{service}\"").as_str()).await {
-                let exists = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM pg_namespace WHERE nspname = $1")
-                    .bind(service)
-                    .fetch_one(&pool)
-                    .await?;
-                if exists == 0 {
-                    return Err(err).context("cannot create the service's schema");
-                }
-            }
+        let db = Self { pool, backend };
+        db.migrate(service, migrator).await?;
+        Ok(db)
+    }
+
+    /// Runs the platform's and the service's migrations. On PostgreSQL the schema is created and
+    /// the migrations run under one advisory lock held on one connection, so any number of
+    /// instances (of any service) can start at once on an empty database: `CREATE ... IF NOT
+    /// EXISTS` alone races there.
+    async fn migrate(&self, service: &str, migrator: &Migrator) -> anyhow::Result<()> {
+        let mut migrations: Vec<Migration> = PLATFORM_MIGRATOR.iter().cloned().collect();
+        migrations.extend(migrator.iter().cloned());
+        let mut combined = Migrator::new(Migrations(migrations)).await.context("invalid migrations")?;
+        // Our own lock covers the schema too, so sqlx's (per database) is not needed.
+        combined.set_locking(false);
+        let mut conn =
+            self.pool.acquire().await.with_context(|| format!("cannot connect to the {service} database"))?;
+        if self.backend == Backend::Sqlite {
+            return combined.run(&mut *conn).await.with_context(|| format!("cannot migrate the {service} database"));
         }
-        pool.execute(PLATFORM_TABLES).await.context("cannot create the platform tables")?;
-        migrator.run(&pool).await.with_context(|| format!("cannot migrate the {service} database"))?;
-        Ok(Self { pool, backend })
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await
+            .context("cannot take the migration lock")?;
+        let migrated = async {
+            conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{service}\"").as_str())
+                .await
+                .context("cannot create the service's schema")?;
+            combined.run(&mut *conn).await.with_context(|| format!("cannot migrate the {service} database"))
+        }
+        .await;
+        // Session-level lock: released here, or by the server if this connection dies.
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await;
+        if let Err(err) = unlocked {
+            // Closing the connection releases the lock.
+            conn.detach();
+            tracing::warn!(error = %err, "cannot release the migration lock; closed its connection instead");
+        }
+        migrated
     }
 
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
@@ -133,32 +179,15 @@ pub fn from_millis(ms: i64) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Tables the platform needs in every service database: outbox, processed and parked events.
-/// Created idempotently at start-up, before the service's own migrations.
-pub const PLATFORM_TABLES: &str = "
-CREATE TABLE IF NOT EXISTS outbox (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    locked_until BIGINT NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS processed_events (
-    consumer TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    processed_at BIGINT NOT NULL,
-    PRIMARY KEY (consumer, event_id)
-);
-CREATE TABLE IF NOT EXISTS parked_events (
-    consumer TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    parked_at BIGINT NOT NULL,
-    PRIMARY KEY (consumer, event_id)
-);
-";
+/// Migrations given as a list, to combine the platform's with a service's.
+#[derive(Debug)]
+struct Migrations(Vec<Migration>);
+
+impl sqlx::migrate::MigrationSource<'static> for Migrations {
+    fn resolve(self) -> futures::future::BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move { Ok(self.0) })
+    }
+}
 
 /// A UUID stored as `TEXT` (the portable way ids are stored), read from `column`.
 pub fn uuid_column(row: &sqlx::any::AnyRow, column: &str) -> Result<uuid::Uuid, sqlx::Error> {

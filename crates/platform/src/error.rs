@@ -54,6 +54,9 @@ pub enum ApiError {
     /// A dependency (database, bus, gateway) is unreachable; the client may retry.
     #[error("service unavailable: {0:#}")]
     Unavailable(anyhow::Error),
+    /// The process is still starting (waiting for its database or bus); the client may retry.
+    #[error("starting")]
+    Starting,
     /// Anything unexpected. Logged with its cause; the client sees `Something went wrong`.
     #[error("unexpected: {0:#}")]
     Unexpected(anyhow::Error),
@@ -76,7 +79,7 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +94,7 @@ impl ApiError {
             Self::PayloadTooLarge => message("Request body is too large"),
             Self::TooManyRequests { .. } => message("Too many requests, try again later"),
             Self::Unavailable(_) => message("Service unavailable, try again later"),
+            Self::Starting => message("Service is starting, try again shortly"),
             Self::Unexpected(_) => message("Something went wrong"),
         }
     }
@@ -107,7 +111,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(ErrorBody { errors: self.items() })).into_response();
         let retry_after = match &self {
             Self::TooManyRequests { retry_after_secs } => Some(*retry_after_secs),
-            Self::Unavailable(_) => Some(1),
+            Self::Unavailable(_) | Self::Starting => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {

@@ -22,8 +22,65 @@ use crate::session::SessionKeys;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Something `/readyz` must find healthy: a database, a bus.
-pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+/// Something `/readyz` looks at: a database, a bus.
+#[derive(Clone)]
+pub struct ReadinessCheck {
+    /// Its key in `/readyz`'s body.
+    pub name: &'static str,
+    /// Whether the process is unready while it fails. A bus outage is reported but does not make
+    /// tickets or orders unready: their writes wait in the outbox, so they can still serve.
+    pub required: bool,
+    pub probe: Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>,
+}
+
+/// What `/readyz` answers: "starting" until the process's services have started (they wait for
+/// their database and bus, retrying), then the result of their checks.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<std::sync::RwLock<Option<Arc<Vec<ReadinessCheck>>>>>);
+
+impl Readiness {
+    /// The services started; from now on `/readyz` runs `checks`.
+    pub fn started(&self, checks: Vec<ReadinessCheck>) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(checks));
+    }
+
+    fn checks(&self) -> Option<Arc<Vec<ReadinessCheck>>> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Runs every check at once and answers 200 unless a required one fails, with each check's
+    /// state in the body. Causes go to the log, not to whoever asked.
+    async fn respond(&self) -> Response {
+        let Some(checks) = self.checks() else {
+            return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "starting" })))
+                .into_response();
+        };
+        let results = futures::future::join_all(checks.iter().map(|check| async move {
+            let result = match tokio::time::timeout(Duration::from_millis(1500), (check.probe)()).await {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!("no answer within 1.5 s")),
+            };
+            (check, result)
+        }))
+        .await;
+        let mut ready = true;
+        let mut body = serde_json::Map::new();
+        for (check, result) in results {
+            let state = match result {
+                Ok(()) => "ok",
+                Err(err) => {
+                    tracing::warn!(check = check.name, required = check.required, error = %format!("{err:#}"), "readiness check failed");
+                    ready &= !check.required;
+                    "unavailable"
+                }
+            };
+            body.insert(check.name.to_owned(), state.into());
+        }
+        let (status, word) =
+            if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
+        (status, axum::Json(serde_json::json!({ "status": word, "checks": body }))).into_response()
+    }
+}
 
 /// Wraps a service's API routes with what every service needs. Services set no fallback:
 /// routers of several services are merged into one app, which answers unknown paths.
@@ -34,14 +91,13 @@ pub fn service_router(api: Router, keys: Arc<SessionKeys>, max_body_bytes: usize
 }
 
 /// The outermost layers: request ids, request logs, health endpoints.
-pub fn with_observability(app: Router, checks: Vec<ReadinessCheck>) -> Router {
-    let checks = Arc::new(checks);
+pub fn with_observability(app: Router, readiness: Readiness) -> Router {
     app.route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(move || {
-                let checks = checks.clone();
-                async move { readiness(&checks).await }
+                let readiness = readiness.clone();
+                async move { readiness.respond().await }
             }),
         )
         // A panicking handler answers 500 in the envelope, and the panic is logged (inside the
@@ -70,23 +126,6 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     ApiError::Unexpected(anyhow::anyhow!("handler panicked: {detail}")).into_response()
-}
-
-async fn readiness(checks: &[ReadinessCheck]) -> Response {
-    for check in checks {
-        match tokio::time::timeout(Duration::from_secs(2), check()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(error = %format!("{err:#}"), "not ready");
-                return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
-            }
-            Err(_) => {
-                tracing::warn!("not ready: readiness check timed out");
-                return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
-            }
-        }
-    }
-    "ready".into_response()
 }
 
 /// axum answers a wrong method (405) with an empty body; give it the envelope too.
@@ -180,7 +219,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_in_the_envelope() {
-        let app = with_observability(Router::new().route("/boom", get(|| async { panic_now("kaboom") })), Vec::new());
+        let app = with_observability(
+            Router::new().route("/boom", get(|| async { panic_now("kaboom") })),
+            Readiness::default(),
+        );
         let response = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(response.headers().contains_key("x-request-id"));

@@ -22,3 +22,4 @@ pub mod service;
 pub mod session;
 pub mod settings;
 pub mod telemetry;
+pub mod worker;

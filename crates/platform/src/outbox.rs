@@ -11,14 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Event, EventBus};
 use crate::db::{Db, Tx, now_millis};
+use crate::worker::{Job, Step, Waker, Worker};
 
 const BATCH: i64 = 100;
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a relay owns the rows it claimed. Short, because it is how long the events of an
+/// instance that died mid-publish wait for another instance; a publish takes far less.
+const LEASE: Duration = Duration::from_secs(5);
 /// How often the relay looks for rows nobody woke it for (another instance crashed).
 const POLL: Duration = Duration::from_millis(500);
 
@@ -35,57 +37,35 @@ pub async fn enqueue(tx: &mut Tx, event: &Event) -> Result<(), sqlx::Error> {
 }
 
 /// Wakes the relay after a commit, so events leave at once instead of at the next poll.
-#[derive(Debug, Clone, Default)]
-pub struct OutboxWaker(Arc<Notify>);
-
-impl OutboxWaker {
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
-}
+pub type OutboxWaker = Waker;
 
 /// Publishes a service's outbox until shutdown.
 pub struct OutboxRelay {
     db: Db,
     bus: Arc<dyn EventBus>,
-    waker: OutboxWaker,
+}
+
+#[async_trait::async_trait]
+impl Job for OutboxRelay {
+    fn name(&self) -> &'static str {
+        "outbox relay"
+    }
+
+    async fn step(&self) -> anyhow::Result<Step> {
+        let sent = self.relay_batch().await?;
+        Ok(if sent as i64 == BATCH { Step::Busy } else { Step::Idle })
+    }
 }
 
 impl OutboxRelay {
-    pub fn new(db: Db, bus: Arc<dyn EventBus>, waker: OutboxWaker) -> Self {
-        Self { db, bus, waker }
+    pub fn new(db: Db, bus: Arc<dyn EventBus>) -> Self {
+        Self { db, bus }
     }
 
-    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move { self.run(shutdown).await })
-    }
-
-    async fn run(self, shutdown: CancellationToken) {
-        let mut failures = 0u32;
-        loop {
-            let pause = match self.relay_batch().await {
-                Ok(sent) if sent as i64 == BATCH => {
-                    failures = 0;
-                    continue;
-                }
-                Ok(_) => {
-                    failures = 0;
-                    POLL
-                }
-                Err(err) => {
-                    failures += 1;
-                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-                    tracing::warn!(error = %format!("{err:#}"), retry_in = ?pause, "outbox relay failed; will retry");
-                    pause
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.waker.0.notified() => {}
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
-        tracing::debug!("outbox relay stopped");
+    /// Runs the relay in a worker woken by `waker`, until shutdown.
+    pub fn spawn(self, waker: OutboxWaker, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        // Retries stay quick: while the bus elects a new leader, events wait here.
+        Worker::new(self).poll_every(POLL).woken_by(waker).max_backoff(Duration::from_secs(1)).spawn(shutdown)
     }
 
     /// Sends one batch (up to `BATCH` rows, published back to back); returns how many events went

@@ -43,7 +43,8 @@ impl Context {
         if url.starts_with("sqlite:") {
             crate::settings::create_private_dir(&self.settings.data_dir)?;
         }
-        Db::connect(&url, service, migrator).await
+        let pool_size = self.settings.database_pool_per_service.unwrap_or(crate::db::DEFAULT_POOL_SIZE);
+        Db::connect_with(&url, service, migrator, pool_size).await
     }
 
     /// Wraps a service's API routes with sessions, the error envelope and body limits.
@@ -54,23 +55,36 @@ impl Context {
     /// Starts the service's outbox relay; wake it after committing events.
     pub fn start_outbox_relay(&self, db: &Db) -> (OutboxWaker, JoinHandle<()>) {
         let waker = OutboxWaker::default();
-        let task = OutboxRelay::new(db.clone(), self.bus.clone(), waker.clone()).spawn(self.shutdown.clone());
+        let task = OutboxRelay::new(db.clone(), self.bus.clone()).spawn(waker.clone(), self.shutdown.clone());
         (waker, task)
     }
 
-    /// Readiness checks for a database and the bus.
+    /// Readiness of a service that uses the bus: ready while its database answers; the bus's
+    /// state is reported beside it, since its events wait in the outbox meanwhile.
     pub fn readiness(&self, db: &Db) -> Vec<ReadinessCheck> {
-        let db = db.clone();
         let bus = self.bus.clone();
-        vec![
-            Arc::new(move || {
-                let db = db.clone();
-                Box::pin(async move { db.check().await.map_err(anyhow::Error::from) })
-            }),
-            Arc::new(move || {
+        let mut checks = Self::database_readiness(db);
+        checks.push(ReadinessCheck {
+            name: "bus",
+            required: false,
+            probe: Arc::new(move || {
                 let bus = bus.clone();
                 Box::pin(async move { bus.check().await.map_err(anyhow::Error::from) })
             }),
-        ]
+        });
+        checks
+    }
+
+    /// Readiness of a service that needs only its database (auth).
+    pub fn database_readiness(db: &Db) -> Vec<ReadinessCheck> {
+        let db = db.clone();
+        vec![ReadinessCheck {
+            name: "database",
+            required: true,
+            probe: Arc::new(move || {
+                let db = db.clone();
+                Box::pin(async move { db.check().await.map_err(anyhow::Error::from) })
+            }),
+        }]
     }
 }

@@ -14,6 +14,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where JetStream keeps the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamStorage {
+    File,
+    Memory,
+}
+
 #[derive(Clone, clap::Args)]
 pub struct Settings {
     /// Address to serve HTTP on.
@@ -29,9 +36,67 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// NATS server URL (nats://...). Without it the embedded bus in the data dir is used.
+    /// PostgreSQL connections this process may open in all, shared by the services it runs
+    /// (each gets an equal part, at least one). Default: 4 per service.
+    #[arg(long, env = "DATABASE_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_pool_size: Option<u32>,
+
+    /// This process's PostgreSQL connections per service: DATABASE_POOL_SIZE divided among
+    /// the services it runs (set by the binary).
+    #[arg(skip)]
+    pub database_pool_per_service: Option<u32>,
+
+    /// NATS servers, comma-separated (`nats://a:4222,nats://b:4222`; `tls://` for TLS). Without
+    /// it the embedded bus in the data dir is used.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
+
+    /// NATS credentials file (user JWT and nkey seed).
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// NATS user name (with NATS_PASSWORD or NATS_PASSWORD_FILE).
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// File holding the NATS password, instead of NATS_PASSWORD.
+    #[arg(long, env = "NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+
+    /// File holding an nkey seed to authenticate to NATS with.
+    #[arg(long, env = "NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
+
+    /// Extra root certificate (PEM) trusted for `tls://` NATS servers.
+    #[arg(long, env = "NATS_TLS_CA_FILE")]
+    pub nats_tls_ca_file: Option<PathBuf>,
+
+    /// Replicas of the stream, used only when a service creates it (an existing stream is
+    /// never changed).
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub nats_stream_replicas: u32,
+
+    /// Longest time the stream keeps an event, in seconds (0: forever); used when creating it.
+    #[arg(long, env = "NATS_STREAM_MAX_AGE_SECONDS", default_value_t = 0)]
+    pub nats_stream_max_age_seconds: u64,
+
+    /// Largest size of the stream in bytes (-1: unlimited); used when creating it.
+    #[arg(long, env = "NATS_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub nats_stream_max_bytes: i64,
+
+    /// Storage of the stream: file or memory; used when creating it.
+    #[arg(long, env = "NATS_STREAM_STORAGE", value_enum, default_value_t = StreamStorage::File)]
+    pub nats_stream_storage: StreamStorage,
+
+    /// Seconds after which an unacknowledged event is delivered again (both buses). Handlers
+    /// that run longer report progress, so this only bounds how long a crashed consumer's
+    /// events wait.
+    #[arg(long, env = "ACK_WAIT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub ack_wait_seconds: u64,
 
     /// JetStream stream holding the marketplace's events.
     #[arg(long, env = "NATS_STREAM", default_value = "TICKETING")]
@@ -76,7 +141,19 @@ impl std::fmt::Debug for Settings {
             .field("addr", &self.addr)
             .field("data_dir", &self.data_dir)
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("database_pool_size", &self.database_pool_size)
             .field("nats_url", &self.nats_url)
+            .field("nats_creds", &self.nats_creds)
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &self.nats_password.as_ref().map(|_| "<set>"))
+            .field("nats_password_file", &self.nats_password_file)
+            .field("nats_nkey_file", &self.nats_nkey_file)
+            .field("nats_tls_ca_file", &self.nats_tls_ca_file)
+            .field("nats_stream_replicas", &self.nats_stream_replicas)
+            .field("nats_stream_max_age_seconds", &self.nats_stream_max_age_seconds)
+            .field("nats_stream_max_bytes", &self.nats_stream_max_bytes)
+            .field("nats_stream_storage", &self.nats_stream_storage)
+            .field("ack_wait_seconds", &self.ack_wait_seconds)
             .field("nats_stream", &self.nats_stream)
             .field("subject_prefix", &self.subject_prefix)
             .field("jwt_key", &self.jwt_key.as_ref().map(|_| "<set>"))
@@ -112,6 +189,19 @@ impl Settings {
             bail!("JWT_KEY (or JWT_KEY_FILE) must be set when DATABASE_URL or NATS_URL is given");
         }
         generated_secret(&self.data_dir)
+    }
+}
+
+impl Settings {
+    /// The NATS password: `NATS_PASSWORD`, else the contents of `NATS_PASSWORD_FILE`.
+    pub fn nats_password(&self) -> anyhow::Result<Option<String>> {
+        if let Some(password) = &self.nats_password {
+            return Ok(Some(password.clone()));
+        }
+        let Some(path) = &self.nats_password_file else { return Ok(None) };
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read NATS_PASSWORD_FILE {}", path.display()))?;
+        String::from_utf8(trim_ascii(bytes)).map(Some).context("NATS_PASSWORD_FILE is not UTF-8")
     }
 }
 

@@ -36,6 +36,7 @@ fn policy() -> RetryPolicy {
         max_attempts: 5,
         backoff: [20, 50, 100].into_iter().map(Duration::from_millis).collect(),
         ack_wait: Duration::from_secs(2),
+        handler_timeout: Duration::from_secs(30),
         max_in_flight: 16,
     }
 }
@@ -159,6 +160,11 @@ struct Running {
 }
 
 impl Running {
+    /// Ends the subscriber at once, with its handlers, settling nothing: a process killed.
+    fn kill(self) {
+        self.task.abort();
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), self.task)
@@ -213,7 +219,9 @@ on_both_buses!(
     published_event_reaches_a_subscriber_of_its_kind,
     events_published_before_the_group_subscribed_are_delivered,
     failed_handler_gets_the_event_again,
-    handler_exceeding_ack_wait_gets_the_event_again,
+    handler_exceeding_its_timeout_gets_the_event_again,
+    handler_slower_than_ack_wait_keeps_its_event_by_reporting_progress,
+    events_of_a_crashed_subscriber_come_back_after_ack_wait,
     last_attempt_is_flagged_and_not_followed_by_another,
     same_event_published_twice_is_delivered_once,
     subscribers_of_one_group_split_the_work,
@@ -293,8 +301,11 @@ async fn failed_handler_gets_the_event_again(which: Which) {
     setup.finish().await;
 }
 
-async fn handler_exceeding_ack_wait_gets_the_event_again(which: Which) {
-    let setup = Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(1), ..policy() });
+async fn handler_exceeding_its_timeout_gets_the_event_again(which: Which) {
+    let setup = Setup::with_policy(
+        which,
+        RetryPolicy { ack_wait: Duration::from_secs(5), handler_timeout: Duration::from_secs(1), ..policy() },
+    );
     let bus = setup.open().await;
     let seen = Seen::default();
     let hang_first = handler(&seen, |delivery| async move {
@@ -308,7 +319,7 @@ async fn handler_exceeding_ack_wait_gets_the_event_again(which: Which) {
     let published_at = Instant::now();
     bus.publish(&sent).await.expect("cannot publish");
 
-    seen.wait_for(2, "the redelivery after ack_wait").await;
+    seen.wait_for(2, "the redelivery after the handler timed out").await;
     let redelivered_after = published_at.elapsed();
     quiet().await;
     let got = seen.all();
@@ -316,8 +327,75 @@ async fn handler_exceeding_ack_wait_gets_the_event_again(which: Which) {
     assert!(got.iter().all(|delivery| delivery.event.id == sent.id));
     assert!(
         redelivered_after >= Duration::from_millis(900),
-        "redelivered before ack_wait ran out: {redelivered_after:?}"
+        "redelivered before the handler's timeout ran out: {redelivered_after:?}"
     );
+
+    running.stop().await;
+    setup.finish().await;
+}
+
+async fn handler_slower_than_ack_wait_keeps_its_event_by_reporting_progress(which: Which) {
+    // A Stripe call can take longer than ack_wait: the bus must not hand its event to anyone
+    // else meanwhile.
+    let setup = Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(1), ..policy() });
+    let bus = setup.open().await;
+    let seen = Seen::default();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let finished = finished.clone();
+        handler(&seen, move |_| {
+            let finished = finished.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2_500)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Outcome::Ack
+            }
+        })
+    };
+    let group = unique_name("g");
+    publish_all(&*bus, &events(4)).await;
+    let running = subscribe(&*bus, &group, &[KIND], slow).await;
+    // The slow subscriber has room for all four and takes them; then a second one stands by, and
+    // would get each event after 1 s if the first did not report progress.
+    seen.wait_for(4, "the slow subscriber to take the events").await;
+    let other = Seen::default();
+    let running_other = subscribe(&*bus, &group, &[KIND], acking(&other)).await;
+    eventually(WAIT, "the slow handlers to finish", || {
+        let finished = finished.load(Ordering::SeqCst);
+        async move { (finished >= 4).then_some(()) }
+    })
+    .await;
+    quiet().await;
+    let handled: Vec<Delivery> = seen.all().into_iter().chain(other.all()).collect();
+    assert_eq!(handled.len(), 4, "each event exactly once: {:?}", attempts(&handled));
+    assert!(handled.iter().all(|delivery| delivery.attempt == 1), "no redeliveries: {:?}", attempts(&handled));
+
+    running.stop().await;
+    running_other.stop().await;
+    setup.finish().await;
+}
+
+async fn events_of_a_crashed_subscriber_come_back_after_ack_wait(which: Which) {
+    let setup = Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(1), ..policy() });
+    let bus = setup.open().await;
+    let group = unique_name("g");
+    let stuck = Seen::default();
+    let hang = handler(&stuck, |_| std::future::pending::<Outcome>());
+    let crashing = subscribe(&*bus, &group, &[KIND], hang).await;
+    let sent = Event::new(KIND, json!({ "n": 1 }));
+    bus.publish(&sent).await.expect("cannot publish");
+    stuck.wait_for(1, "the first delivery").await;
+    // The subscriber dies with its handler mid-way, as in `kill -9`: nothing is settled and no
+    // more progress is reported.
+    crashing.kill();
+    let killed_at = Instant::now();
+    let survivor = Seen::default();
+    let running = subscribe(&*bus, &group, &[KIND], acking(&survivor)).await;
+    survivor.wait_for(1, "the redelivery to the surviving subscriber").await;
+    let after = killed_at.elapsed();
+    println!("{which:?}: redelivered {after:?} after the subscriber died (ack_wait 1 s)");
+    assert_eq!(survivor.all()[0].event.id, sent.id);
+    assert_eq!(survivor.all()[0].attempt, 2);
 
     running.stop().await;
     setup.finish().await;
@@ -538,7 +616,7 @@ async fn outbox_event_survives_a_crash(which: Which, db_url: &str) {
     let seen = Seen::default();
     let running = subscribe(&*bus, &unique_name("g"), &[KIND], acking(&seen)).await;
     let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(db.clone(), bus.clone(), OutboxWaker::default()).spawn(shutdown.clone());
+    let relay = OutboxRelay::new(db.clone(), bus.clone()).spawn(OutboxWaker::default(), shutdown.clone());
 
     let got = seen.wait_for(1, "the outbox event on the bus").await;
     assert_eq!(got[0].event, event);
@@ -602,7 +680,7 @@ async fn outbox_relay_retries_while_the_bus_is_down(which: Which) {
     let running = subscribe(&*bus, &unique_name("g"), &[KIND], acking(&seen)).await;
     let waker = OutboxWaker::default();
     let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(db.clone(), bus.clone(), waker.clone()).spawn(shutdown.clone());
+    let relay = OutboxRelay::new(db.clone(), bus.clone()).spawn(waker.clone(), shutdown.clone());
 
     let event = Event::new(KIND, json!({ "n": 1 }));
     let mut tx = db.begin().await.expect("cannot begin");
@@ -722,7 +800,7 @@ async fn outbox_relay_sends_a_full_batch(which: Which) {
     let sent = events(100);
     enqueue_all(&db, &sent).await;
 
-    let relay = OutboxRelay::new(db.clone(), bus.clone(), OutboxWaker::default());
+    let relay = OutboxRelay::new(db.clone(), bus.clone());
     assert_eq!(relay.relay_batch().await.expect("cannot relay"), 100, "one batch takes all 100");
     assert_eq!(outbox_len(&db).await, 0, "every acknowledged event left the outbox");
     assert_eq!(relay.relay_batch().await.expect("cannot relay"), 0);
@@ -785,7 +863,7 @@ async fn outbox_relay_keeps_what_the_bus_did_not_acknowledge(which: Which) {
     enqueue_all(&db, &sent).await;
 
     let partial = Arc::new(Partial { inner: inner.clone(), acknowledges: 4 });
-    let relay = OutboxRelay::new(db.clone(), partial, OutboxWaker::default());
+    let relay = OutboxRelay::new(db.clone(), partial);
     assert!(relay.relay_batch().await.is_err(), "a partly acknowledged batch is a failure");
     let left: Vec<String> = sqlx::query_scalar("SELECT id FROM outbox WHERE locked_until = 0 ORDER BY id")
         .fetch_all(&db.pool)
@@ -795,7 +873,7 @@ async fn outbox_relay_keeps_what_the_bus_did_not_acknowledge(which: Which) {
     assert_eq!(left, unacknowledged, "the acknowledged rows are gone, the rest claimable again at once");
     assert_eq!(outbox_len(&db).await, 6);
 
-    let relay = OutboxRelay::new(db.clone(), inner.clone(), OutboxWaker::default());
+    let relay = OutboxRelay::new(db.clone(), inner.clone());
     assert_eq!(relay.relay_batch().await.expect("cannot relay"), 6);
     assert_eq!(outbox_len(&db).await, 0);
     seen.wait_for(10, "all ten events").await;
@@ -1016,4 +1094,36 @@ async fn nats_bus_recovers_from_an_outage(wipe: bool) {
 
     running.stop().await;
     server.kill().await;
+}
+
+/// The embedded bus is one process's: a second opener of the same data dir is refused (after a
+/// short wait for a restarting owner), and the next owner releases the leases a dead one held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_bus_has_one_owner_and_its_successor_releases_dead_leases() {
+    let setup = Setup::with_policy(Which::Embedded, RetryPolicy { ack_wait: Duration::from_secs(60), ..policy() });
+    let bus = setup.open().await;
+    let path = setup.dir.path().join("bus.db");
+    let second = EmbeddedBus::open(&path, &setup.prefix, policy()).await;
+    let err = second.err().expect("a second owner is refused").to_string();
+    assert!(err.contains("in use by another process"), "{err}");
+
+    // A handler holds an event under a 60 s lease when its process dies.
+    let group = unique_name("g");
+    let stuck = Seen::default();
+    let crashing = subscribe(&*bus, &group, &[KIND], handler(&stuck, |_| std::future::pending::<Outcome>())).await;
+    let sent = Event::new(KIND, json!({ "n": 1 }));
+    bus.publish(&sent).await.expect("cannot publish");
+    stuck.wait_for(1, "the first delivery").await;
+    crashing.kill();
+    drop(bus);
+
+    // The next process gets the event at once, not after the lease.
+    let reopened = setup.open().await;
+    let survivor = Seen::default();
+    let started = Instant::now();
+    let running = subscribe(&*reopened, &group, &[KIND], acking(&survivor)).await;
+    survivor.wait_for(1, "the redelivery after the restart").await;
+    assert!(started.elapsed() < Duration::from_secs(30), "waited for the dead lease: {:?}", started.elapsed());
+    assert_eq!(survivor.all()[0].event.id, sent.id);
+    running.stop().await;
 }

@@ -2,18 +2,23 @@
 //! ones named on the command line (one service per process in a cluster).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::response::IntoResponse;
 use platform::bus::embedded::EmbeddedBus;
-use platform::bus::nats::NatsBus;
+use platform::bus::nats::{NatsBus, NatsConnection, StreamSettings};
 use platform::bus::{EventBus, RetryPolicy};
+use platform::error::ApiError;
+use platform::http::{Readiness, ReadinessCheck};
 use platform::service::{Context, Service};
 use platform::session::SessionKeys;
 use platform::settings::Settings;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 /// The services this binary can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -66,6 +71,17 @@ pub struct ServeArgs {
     pub web: web::WebSettings,
 }
 
+/// `ticketing migrate`: the services whose migrations to run, and the settings saying where.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// Services to migrate; all of them when none is named.
+    #[arg(value_enum)]
+    pub services: Vec<ServiceName>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
 /// A running marketplace (or part of one).
 pub struct Running {
     pub addr: SocketAddr,
@@ -96,10 +112,39 @@ impl Running {
     }
 }
 
+/// The retry policy of both buses, from the settings.
+fn retry_policy(settings: &Settings) -> RetryPolicy {
+    RetryPolicy { ack_wait: Duration::from_secs(settings.ack_wait_seconds), ..RetryPolicy::default() }
+}
+
+/// The bus named by the settings. NATS connects in the background (the process runs while it is
+/// down); this fails only on settings that cannot work, or when the embedded bus's data dir is
+/// held by another process.
 async fn connect_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
-    let policy = RetryPolicy::default();
+    let policy = retry_policy(settings);
     Ok(match &settings.nats_url {
-        Some(url) => Arc::new(NatsBus::connect(url, &settings.nats_stream, &settings.subject_prefix, policy).await?),
+        Some(url) => {
+            let mut connection = NatsConnection::to(url);
+            connection.creds_file = settings.nats_creds.clone();
+            if let Some(user) = &settings.nats_user {
+                let password = settings.nats_password()?.unwrap_or_default();
+                connection.user_password = Some((user.clone(), password));
+            }
+            if let Some(path) = &settings.nats_nkey_file {
+                let seed = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read NATS_NKEY_FILE {}", path.display()))?;
+                connection.nkey_seed = Some(seed.trim().to_owned());
+            }
+            connection.tls_ca_file = settings.nats_tls_ca_file.clone();
+            let stream = StreamSettings {
+                name: settings.nats_stream.clone(),
+                replicas: settings.nats_stream_replicas as usize,
+                max_age: Duration::from_secs(settings.nats_stream_max_age_seconds),
+                max_bytes: settings.nats_stream_max_bytes,
+                storage: settings.nats_stream_storage,
+            };
+            Arc::new(NatsBus::start(connection, stream, &settings.subject_prefix, policy).await?)
+        }
         None => {
             platform::settings::create_private_dir(&settings.data_dir)?;
             Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db"), &settings.subject_prefix, policy).await?)
@@ -107,8 +152,21 @@ async fn connect_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
     })
 }
 
+/// The services that keep a database, and so share the process's connection budget.
+fn uses_database(name: ServiceName) -> bool {
+    name != ServiceName::Web
+}
+
 /// Starts the requested services and serves them on `args.settings.addr`.
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    start_until(args, CancellationToken::new()).await
+}
+
+/// Like [`start`], stopping when `shutdown` is cancelled. The HTTP server answers at once:
+/// `/healthz` says the process lives and `/readyz` says "starting" while the services wait for
+/// their database and bus, retrying with backoff and saying why in the log, for as long as it
+/// takes (or until `shutdown`).
+pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let mut settings = args.settings.clone();
     // Bind first: services (the web pages calling the API) need the real address when the
     // setting asked for port 0.
@@ -119,29 +177,96 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     settings.addr = addr;
     let keys =
         Arc::new(SessionKeys::new(&settings.session_secret()?, time::Duration::seconds(settings.session_ttl_seconds)));
-    let shutdown = CancellationToken::new();
-    let bus = connect_bus(&settings).await?;
-    let ctx = Context { settings: settings.clone(), keys, bus, shutdown: shutdown.clone() };
 
     let names: Vec<ServiceName> =
         if args.services.is_empty() { ServiceName::ALL.to_vec() } else { args.services.clone() };
+    let with_database = names.iter().filter(|name| uses_database(**name)).count().max(1) as u32;
+    settings.database_pool_per_service = Some(match settings.database_pool_size {
+        Some(total) => (total / with_database).max(1),
+        None => platform::db::DEFAULT_POOL_SIZE,
+    });
     let serves_api = names.iter().any(|name| !matches!(name, ServiceName::Web | ServiceName::Expiration));
     if names.contains(&ServiceName::Web) && !serves_api && args.web.api_url.is_none() {
         tracing::warn!(
             "the web pages run without the API in this process and API_URL is not set: they will call themselves and find nothing"
         );
     }
-    let mut services: Vec<Service> = Vec::new();
-    for name in &names {
-        let service = match name {
-            ServiceName::Auth => auth::start(&ctx, &args.auth).await,
-            ServiceName::Tickets => tickets::start(&ctx, &args.tickets).await,
-            ServiceName::Orders => orders::start(&ctx, &args.orders).await,
-            ServiceName::Expiration => expiration::start(&ctx, &args.expiration).await,
-            ServiceName::Payments => payments::start(&ctx, &args.payments).await,
-            ServiceName::Web => web::start(&ctx, &args.web).await,
+
+    // Until the services are up, every route but the health endpoints answers 503.
+    let services_app: Arc<OnceLock<Router>> = Arc::default();
+    let readiness = Readiness::default();
+    let app = {
+        let services_app = services_app.clone();
+        Router::new().fallback(move |request: axum::extract::Request| {
+            let services_app = services_app.get().cloned();
+            async move {
+                match services_app {
+                    Some(app) => app.oneshot(request).await.into_response(),
+                    None => ApiError::Starting.into_response(),
+                }
+            }
+        })
+    };
+    let app = platform::http::with_observability(app, readiness.clone());
+    let stop = shutdown.clone();
+    let server = tokio::spawn(platform::http::serve(listener, app, async move { stop.cancelled().await }));
+
+    let mut failures = 0u32;
+    let (router, checks, tasks) = loop {
+        let attempt = shutdown.child_token();
+        let started = tokio::select! {
+            () = shutdown.clone().cancelled_owned() => None,
+            started = start_services(args.clone(), names.clone(), settings.clone(), keys.clone(), attempt.clone()) => Some(started),
         };
-        services.push(service.with_context(|| format!("cannot start the {name:?} service"))?);
+        match started {
+            None => {
+                attempt.cancel();
+                let _ = server.await;
+                anyhow::bail!("stopped before the services started");
+            }
+            Some(Ok(started)) => break started,
+            Some(Err(err)) => {
+                failures += 1;
+                let pause = Duration::from_millis(250 * 2u64.pow(failures.min(5))).min(Duration::from_secs(5));
+                tracing::warn!(attempt = failures, error = %format!("{err:#}"), retry_in = ?pause, "cannot start the services yet; retrying");
+                tokio::select! {
+                    () = shutdown.clone().cancelled_owned() => {}
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    };
+    let _ = services_app.set(router);
+    readiness.started(checks);
+    tracing::info!(
+        %addr,
+        services = ?names,
+        storage = if settings.database_url.is_some() { "postgres" } else { "sqlite" },
+        bus = if settings.nats_url.is_some() { "nats" } else { "embedded" },
+        "ticketing is serving http://{addr}"
+    );
+    Ok(Running { addr, shutdown, server, tasks })
+}
+
+/// One attempt at starting the services. On failure the ones already started are stopped (their
+/// loops run under `attempt`), so a retry starts from nothing.
+async fn start_services(
+    args: ServeArgs,
+    names: Vec<ServiceName>,
+    settings: Settings,
+    keys: Arc<SessionKeys>,
+    attempt: CancellationToken,
+) -> anyhow::Result<(Router, Vec<ReadinessCheck>, Vec<JoinHandle<()>>)> {
+    let mut services: Vec<Service> = Vec::new();
+    let started = start_each(&args, &names, &settings, &keys, &attempt, &mut services).await;
+    if let Err(err) = started {
+        attempt.cancel();
+        for service in services {
+            for task in service.tasks {
+                let _ = task.await;
+            }
+        }
+        return Err(err);
     }
 
     let mut app = Router::new();
@@ -161,18 +286,59 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     if !names.contains(&ServiceName::Web) {
         app = app.fallback(platform::error::not_found);
     }
-    let app = platform::http::with_observability(app, checks);
+    Ok((app, checks, tasks))
+}
 
-    let stop = shutdown.clone();
-    let server = tokio::spawn(platform::http::serve(listener, app, async move { stop.cancelled().await }));
-    tracing::info!(
-        %addr,
-        services = ?names,
-        storage = if settings.database_url.is_some() { "postgres" } else { "sqlite" },
-        bus = if settings.nats_url.is_some() { "nats" } else { "embedded" },
-        "ticketing is serving http://{addr}"
-    );
-    Ok(Running { addr, shutdown, server, tasks })
+/// Starts the named services one after the other into `services`, stopping at the first failure.
+async fn start_each(
+    args: &ServeArgs,
+    names: &[ServiceName],
+    settings: &Settings,
+    keys: &Arc<SessionKeys>,
+    attempt: &CancellationToken,
+    services: &mut Vec<Service>,
+) -> anyhow::Result<()> {
+    let bus = connect_bus(settings).await?;
+    let ctx = Context { settings: settings.clone(), keys: keys.clone(), bus, shutdown: attempt.clone() };
+    for name in names {
+        let service = match name {
+            ServiceName::Auth => auth::start(&ctx, &args.auth).await,
+            ServiceName::Tickets => tickets::start(&ctx, &args.tickets).await,
+            ServiceName::Orders => orders::start(&ctx, &args.orders).await,
+            ServiceName::Expiration => expiration::start(&ctx, &args.expiration).await,
+            ServiceName::Payments => payments::start(&ctx, &args.payments).await,
+            ServiceName::Web => web::start(&ctx, &args.web).await,
+        };
+        services.push(service.with_context(|| format!("cannot start the {name:?} service"))?);
+    }
+    Ok(())
+}
+
+/// `ticketing migrate`: runs the migrations of the named services (all when none) and exits, so
+/// a Kubernetes Job can migrate before the services roll out. `serve` migrates too; both take the
+/// same lock, so running them together is safe.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let names: Vec<ServiceName> =
+        if args.services.is_empty() { ServiceName::ALL.to_vec() } else { args.services.clone() };
+    let settings = &args.settings;
+    if settings.database_url.is_none() {
+        platform::settings::create_private_dir(&settings.data_dir)?;
+    }
+    for name in names {
+        let (service, migrator) = match name {
+            ServiceName::Auth => ("auth", &auth::MIGRATOR),
+            ServiceName::Tickets => (tickets::NAME, &tickets::MIGRATOR),
+            ServiceName::Orders => (orders::NAME, &orders::MIGRATOR),
+            ServiceName::Expiration => (expiration::NAME, &expiration::MIGRATOR),
+            ServiceName::Payments => (payments::NAME, &payments::MIGRATOR),
+            ServiceName::Web => continue,
+        };
+        let url = platform::db::database_url(settings.database_url.as_deref(), &settings.data_dir, service);
+        let db = platform::db::Db::connect_with(&url, service, migrator, 1).await?;
+        db.pool.close().await;
+        tracing::info!(service, "migrated");
+    }
+    Ok(())
 }
 
 /// The OpenAPI description of the API this process serves, assembled from each service's

@@ -1,7 +1,8 @@
 //! `ticketing`: the marketplace's one binary.
 
 use clap::{Parser, Subcommand};
-use ticketing::ServeArgs;
+use ticketing::{MigrateArgs, ServeArgs};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "ticketing", version, about = "A ticket resale marketplace")]
@@ -14,6 +15,8 @@ struct Cli {
 enum Command {
     /// Serve the marketplace: every service, or the ones named.
     Serve(Box<ServeArgs>),
+    /// Run the database migrations of every service, or of the ones named, and exit.
+    Migrate(Box<MigrateArgs>),
 }
 
 #[tokio::main]
@@ -22,19 +25,25 @@ async fn main() -> anyhow::Result<()> {
     // `cargo run` with no arguments serves everything with defaults.
     let args = match cli.command {
         Some(Command::Serve(args)) => *args,
+        Some(Command::Migrate(args)) => {
+            platform::telemetry::init(args.settings.log_format);
+            return ticketing::migrate(*args).await;
+        }
         None => match Cli::parse_from(["ticketing", "serve"]).command {
             Some(Command::Serve(args)) => *args,
-            None => unreachable!("serve was given"),
+            _ => unreachable!("serve was given"),
         },
     };
     platform::telemetry::init(args.settings.log_format);
-    let running = ticketing::start(args).await?;
-    let token = running.shutdown_token();
+    // Listen for signals from the start: a process still waiting for its database stops too.
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         token.cancel();
     });
+    let running = ticketing::start_until(args, shutdown).await?;
     running.wait().await
 }
 

@@ -11,13 +11,12 @@
 //! (`sandbox_*` tables), so, like Stripe, it outlives a restart and is shared by every
 //! instance: a charge one instance took can be refunded by another. Each answer is decided in
 //! one transaction that first claims the idempotency key, so two requests with one key charge
-//! once. [`SandboxGateway::new`] keeps the ledger in a private in-memory database instead, for
+//! once. [`SandboxGateway::in_memory`] keeps the ledger in a private in-memory database instead, for
 //! tests that use the gateway on its own. Nothing real is ever charged.
 
 use anyhow::anyhow;
 use platform::db::{Db, now_millis};
 use sqlx::Row;
-use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::{Charge, ChargeRequest, Gateway, GatewayError, Refund, RefundRequest, check_minimum};
@@ -75,9 +74,9 @@ impl SandboxCharge {
 }
 
 /// See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SandboxGateway {
-    ledger: OnceCell<Db>,
+    ledger: Db,
 }
 
 const IDEMPOTENCY_MISMATCH: &str =
@@ -88,21 +87,19 @@ fn unavailable(err: impl Into<anyhow::Error>) -> GatewayError {
 }
 
 impl SandboxGateway {
-    /// A sandbox whose ledger is a private in-memory database (tests of the gateway alone).
-    pub fn new() -> Self {
-        Self::default()
+    /// A sandbox whose ledger is a private in-memory database (tests of the gateway alone;
+    /// one connection, as each SQLite in-memory connection is a database of its own).
+    pub async fn in_memory() -> anyhow::Result<Self> {
+        Ok(Self { ledger: Db::connect("sqlite::memory:", "sandbox", &crate::MIGRATOR).await? })
     }
 
     /// A sandbox whose ledger is in the payments database `db` (migrated by payments).
     pub fn with_ledger(db: Db) -> Self {
-        Self { ledger: OnceCell::new_with(Some(db)) }
+        Self { ledger: db }
     }
 
     async fn db(&self) -> Result<&Db, GatewayError> {
-        self.ledger
-            .get_or_try_init(|| async { Db::connect("sqlite::memory:", "sandbox", &crate::MIGRATOR).await })
-            .await
-            .map_err(unavailable)
+        Ok(&self.ledger)
     }
 
     /// Every charge taken so far, refunded ones included, oldest first.

@@ -7,10 +7,13 @@
 //! disk, so a restart resumes where the process stopped.
 //!
 //! A subscriber leases at most as many due deliveries as it has free slots (the policy's
-//! `max_in_flight`) and starts all their handlers at once, each in a task of its own and bounded
-//! by the lease: a lease of `ack_wait` from when it was taken covers the handler, which starts
-//! right then. As handlers finish, their outcomes are recorded one by one and the freed slots
-//! are filled with the next due deliveries.
+//! `max_in_flight`) and starts all their handlers at once, each in a task of its own. A lease
+//! lasts `ack_wait` and is renewed while its handler runs (bounded by `handler_timeout`), so it
+//! runs out only when its process died. As handlers finish, their outcomes are recorded one by
+//! one and the freed slots are filled with the next due deliveries.
+//!
+//! The bus file is guarded by a lock file beside it: one process per data dir. Whoever takes
+//! the lock releases every lease in the file, since their holder is gone.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -53,14 +56,19 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (grp, visible_at, seq);
 
 pub struct EmbeddedBus {
     pool: SqlitePool,
+    /// Held while the bus is open: one process per data dir.
+    _lock: std::fs::File,
     prefix: String,
     policy: RetryPolicy,
     published: Arc<Notify>,
 }
 
 impl EmbeddedBus {
-    /// Opens (or creates) the bus file.
+    /// Opens (or creates) the bus file, after taking the lock beside it: two processes never share
+    /// a bus. Leases left by a process that died are released at once, so its pending events flow
+    /// again without waiting for them to run out.
     pub async fn open(path: &Path, prefix: &str, policy: RetryPolicy) -> anyhow::Result<Self> {
+        let lock = lock_beside(path).await?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -73,7 +81,18 @@ impl EmbeddedBus {
             .await
             .with_context(|| format!("cannot open the embedded bus at {}", path.display()))?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.context("cannot create the embedded bus tables")?;
-        Ok(Self { pool, prefix: prefix.to_owned(), policy, published: Arc::new(Notify::new()) })
+        // We hold the lock, so no handler of another process runs: every lease in the file is a
+        // dead process's. (Retry delays are released too: that only brings a retry forward.)
+        let released = sqlx::query("UPDATE deliveries SET visible_at = 0 WHERE visible_at > $1")
+            .bind(now_millis())
+            .execute(&pool)
+            .await
+            .context("cannot release the leases of an earlier process")?
+            .rows_affected();
+        if released > 0 {
+            tracing::info!(released, "released deliveries leased by an earlier process");
+        }
+        Ok(Self { pool, _lock: lock, prefix: prefix.to_owned(), policy, published: Arc::new(Notify::new()) })
     }
 
     async fn subscribe_group(&self, group: &str, kinds: &[&str]) -> Result<(), sqlx::Error> {
@@ -182,6 +201,34 @@ impl EventBus for EmbeddedBus {
     }
 }
 
+/// Takes the exclusive lock on `<bus file>.lock`. Waits a little, since a process restarting
+/// in place (or a test reopening the bus) may still be letting go of it.
+async fn lock_beside(path: &Path) -> anyhow::Result<std::fs::File> {
+    let lock_path = path.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "the data dir is in use by another process ({} is locked); one process per data dir",
+                lock_path.display()
+            ),
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("cannot lock {}", lock_path.display()));
+            }
+        }
+    }
+}
+
 struct Subscriber {
     pool: SqlitePool,
     group: String,
@@ -240,7 +287,7 @@ impl Subscriber {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        // Each handler is bounded by its lease, so this ends.
+        // Each handler is bounded by the policy's handler_timeout, so this ends.
         while let Some(joined) = handlers.join_next().await {
             log_panic(&self.group, joined);
         }
@@ -254,8 +301,6 @@ impl Subscriber {
         mut free: OwnedSemaphorePermit,
         handlers: &mut JoinSet<()>,
     ) -> Result<Option<Duration>, sqlx::Error> {
-        // Taken before the lease, so every handler's deadline falls within its lease.
-        let deadline = tokio::time::Instant::now() + self.policy.ack_wait;
         let now = now_millis();
         let lease_until = now + self.policy.ack_wait.as_millis() as i64;
         let leased = sqlx::query(
@@ -300,7 +345,7 @@ impl Subscriber {
             // As many leased as there were free slots.
             let Some(slot) = free.split(1) else { break };
             let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
-            self.start(seq, attempt, payloads.remove(&seq), deadline, slot, handlers);
+            self.start(seq, attempt, payloads.remove(&seq), slot, handlers);
         }
         Ok(None)
     }
@@ -312,7 +357,6 @@ impl Subscriber {
         seq: i64,
         attempt: u32,
         payload: Option<Vec<u8>>,
-        deadline: tokio::time::Instant,
         slot: OwnedSemaphorePermit,
         handlers: &mut JoinSet<()>,
     ) {
@@ -333,10 +377,7 @@ impl Subscriber {
         let this = self.clone();
         handlers.spawn(async move {
             let outcome = match handling {
-                Some(handling) => match tokio::time::timeout_at(deadline, handling).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Outcome::Retry(anyhow::anyhow!("handler timed out after {:?}", this.policy.ack_wait)),
-                },
+                Some(handling) => this.run_handler(seq, attempt, handling).await,
                 None => Outcome::Ack,
             };
             if let Err(err) = this.settle(seq, attempt, outcome).await {
@@ -345,6 +386,41 @@ impl Subscriber {
             drop(slot);
             this.settled.notify_one();
         });
+    }
+
+    /// Runs a handler, bounded by the policy's `handler_timeout`, renewing the delivery's lease
+    /// while it runs, so a lease only runs out when its process died.
+    async fn run_handler(
+        &self,
+        seq: i64,
+        attempt: u32,
+        handling: futures::future::BoxFuture<'static, Outcome>,
+    ) -> Outcome {
+        let timeout = self.policy.handler_timeout;
+        let handling = tokio::time::timeout(timeout, handling);
+        tokio::pin!(handling);
+        let every = self.policy.progress_every();
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                done = &mut handling => {
+                    return done.unwrap_or_else(|_| Outcome::Retry(anyhow::anyhow!("handler timed out after {timeout:?}")));
+                }
+                _ = renew.tick() => {
+                    // Only while the lease is still this attempt's.
+                    let renewed = sqlx::query("UPDATE deliveries SET visible_at = $1 WHERE grp = $2 AND seq = $3 AND attempts = $4")
+                        .bind(now_millis() + self.policy.ack_wait.as_millis() as i64)
+                        .bind(&self.group)
+                        .bind(seq)
+                        .bind(i64::from(attempt))
+                        .execute(&self.pool)
+                        .await;
+                    if let Err(err) = renewed {
+                        tracing::warn!(group = %self.group, seq, error = %err, "cannot renew a delivery's lease; it may be made again");
+                    }
+                }
+            }
+        }
     }
 
     async fn settle(&self, seq: i64, attempt: u32, outcome: Outcome) -> Result<(), sqlx::Error> {
@@ -366,7 +442,7 @@ impl Subscriber {
             }
             Outcome::Retry(err) => {
                 let delay = self.policy.delay_after(attempt);
-                tracing::debug!(group = %self.group, seq, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
+                tracing::warn!(group = %self.group, seq, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
                 // Only while the lease is still this attempt's: if it ran out and another
                 // subscriber took the delivery, its lease must not be cut short.
                 sqlx::query("UPDATE deliveries SET visible_at = $1 WHERE grp = $2 AND seq = $3 AND attempts = $4")

@@ -61,8 +61,12 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Delay before redelivery after the n-th failed attempt (the last entry repeats).
     pub backoff: Vec<Duration>,
-    /// How long a handler may run before its event is redelivered.
+    /// How long a delivery stays unacknowledged before the bus hands it out again. Running
+    /// handlers report progress, so this bounds only how soon a crashed subscriber's events
+    /// come back.
     pub ack_wait: Duration,
+    /// The longest a handler may run; after it the delivery counts as failed.
+    pub handler_timeout: Duration,
     /// How many events one subscriber handles at once. A subscriber never takes more events
     /// from the bus than it has free slots, so every event it takes starts at once and its
     /// `ack_wait` runs only while its handler does.
@@ -77,7 +81,8 @@ impl Default for RetryPolicy {
                 .into_iter()
                 .map(Duration::from_millis)
                 .collect(),
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(5),
+            handler_timeout: Duration::from_secs(60),
             max_in_flight: 16,
         }
     }
@@ -87,6 +92,11 @@ impl RetryPolicy {
     /// [`Self::max_in_flight`], at least 1.
     pub fn in_flight_limit(&self) -> usize {
         self.max_in_flight.max(1)
+    }
+
+    /// How often a running handler's delivery is kept from redelivery: well within `ack_wait`.
+    pub fn progress_every(&self) -> Duration {
+        (self.ack_wait / 3).max(Duration::from_millis(50))
     }
 
     /// Delay before the next delivery after `attempt` (1-based) failed.

@@ -14,13 +14,24 @@
 //! its handler is done. Handlers start in the order the messages arrive but overlap, so a group
 //! must not rely on the order of events (consumers apply the version rule and retry).
 //!
-//! The client reconnects on its own; a pull request the server forgot (it restarted) runs out
-//! on the client after `PULL_EXPIRES` and a margin, and the next one is made. A subscriber whose
-//! pull fails (consumer or stream deleted) backs off and sets its consumer up again, until
-//! shutdown; handlers already running carry on meanwhile. On shutdown a subscriber stops pulling
-//! and lets the handlers in flight finish and settle their messages.
+//! While a handler runs, its message is kept from redelivery by progress acks, so `ack_wait` can
+//! be short: it is how soon the events a crashed process held come back to another subscriber.
+//!
+//! The stream belongs to the operator: a process creates it (with the replicas, limits and
+//! storage of its settings) only when it is missing, and never rewrites an existing one.
+//! Consumers are created without a replica count, so they follow the stream's.
+//!
+//! The client knows every server of the cluster and reconnects on its own, at once and then
+//! with a short capped delay; it also starts while NATS is down. A pull request made on a server
+//! that died or forgot it runs out on the client after `PULL_EXPIRES` and a short margin, and the
+//! next one goes to whichever server the client reached. A subscriber whose pull or set-up fails
+//! (no server, no stream leader yet, consumer deleted) backs off briefly and sets its consumer up
+//! again, until shutdown; handlers already running carry on meanwhile. On shutdown a subscriber
+//! stops pulling and lets the handlers in flight finish and settle their messages.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -40,65 +51,214 @@ use super::{BusError, Delivery, DynHandler, Event, EventBus, Outcome, RetryPolic
 /// How long `Nats-Msg-Id` de-duplication remembers an id. It catches the usual re-send (the
 /// outbox relay retrying after a lost ack); consumers de-duplicate whatever comes later.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// Bounds every JetStream API request, publish ack and double ack.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds every JetStream API request, publish ack and double ack. Short, so a request sent to a
+/// node that just died, or to a stream between two leaders, is retried soon on the new one.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// `/readyz` must answer quickly even when the server hangs.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one pull request waits on the server for messages. Short, because it is also how
-/// soon an idle subscriber notices that the server forgot its request (after a restart): the
-/// client gives up on a request 5 s after it expired and makes a new one.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// soon an idle subscriber notices that its request went to a server that died or forgot it:
+/// the subscriber gives up on a request `PULL_MARGIN` after it expired and makes a new one, on
+/// whichever server the client is connected to by then.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+const PULL_MARGIN: Duration = Duration::from_millis(750);
+/// Reconnect delay after the n-th failed attempt: quick at first (another node of the cluster
+/// is usually there), capped so an outage costs little.
+fn reconnect_delay(attempts: usize) -> Duration {
+    Duration::from_millis((attempts as u64 * 100).min(2_000))
+}
+
+/// The stream as this deployment wants it; applied only when the stream does not exist yet.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub name: String,
+    pub replicas: usize,
+    /// Zero: events are kept for ever.
+    pub max_age: Duration,
+    /// -1: unlimited.
+    pub max_bytes: i64,
+    pub storage: crate::settings::StreamStorage,
+}
+
+impl StreamSettings {
+    /// One replica on file storage, unlimited retention: what a single development server takes.
+    pub fn single(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            replicas: 1,
+            max_age: Duration::ZERO,
+            max_bytes: -1,
+            storage: crate::settings::StreamStorage::File,
+        }
+    }
+}
+
+/// How to reach and authenticate to NATS.
+#[derive(Clone, Default)]
+pub struct NatsConnection {
+    /// One or more server URLs (`nats://`, or `tls://` for TLS).
+    pub servers: Vec<String>,
+    /// A `.creds` file (user JWT + nkey seed).
+    pub creds_file: Option<PathBuf>,
+    pub user_password: Option<(String, String)>,
+    pub nkey_seed: Option<String>,
+    /// An extra root certificate (PEM) for TLS.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl NatsConnection {
+    /// `urls` is one URL or a comma-separated list.
+    pub fn to(urls: &str) -> Self {
+        Self {
+            servers: urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect(),
+            ..Self::default()
+        }
+    }
+}
 
 pub struct NatsBus {
     client: async_nats::Client,
     jetstream: JetStream,
+    /// The stream as we would create it.
     stream: stream::Config,
     prefix: String,
     policy: RetryPolicy,
+    /// Set once the stream was found or created; cleared when a publish finds no stream.
+    stream_known: AtomicBool,
 }
 
 impl NatsBus {
-    /// Connects and creates (or updates) the stream carrying `<prefix>.>`.
+    /// Connects to one server or a comma-separated list of them and makes sure the stream exists
+    /// (one replica when it has to create it). Fails if the servers cannot be reached in time.
     pub async fn connect(url: &str, stream: &str, prefix: &str, policy: RetryPolicy) -> anyhow::Result<Self> {
-        let client = async_nats::ConnectOptions::new()
+        let bus = Self::start(NatsConnection::to(url), StreamSettings::single(stream), prefix, policy).await?;
+        bus.ensure_stream().await?;
+        Ok(bus)
+    }
+
+    /// Starts a client that connects in the background and keeps reconnecting: the process runs
+    /// while NATS is down, publishes wait in the outbox and subscribers set themselves up when it
+    /// returns. Fails only on settings that can never work (bad URL, unreadable credentials).
+    pub async fn start(
+        connection: NatsConnection,
+        stream: StreamSettings,
+        prefix: &str,
+        policy: RetryPolicy,
+    ) -> anyhow::Result<Self> {
+        if connection.servers.is_empty() {
+            anyhow::bail!("NATS_URL names no server");
+        }
+        let servers: Vec<async_nats::ServerAddr> = connection
+            .servers
+            .iter()
+            .map(|url| url.parse().with_context(|| format!("NATS_URL has an invalid server address: {url}")))
+            .collect::<anyhow::Result<_>>()?;
+        let mut options = async_nats::ConnectOptions::new()
             .name(format!("ticketing {prefix} (pid {})", std::process::id()))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
             .connection_timeout(REQUEST_TIMEOUT)
             .request_timeout(Some(REQUEST_TIMEOUT))
+            .ping_interval(Duration::from_secs(5))
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),
                     async_nats::Event::Disconnected => {
                         tracing::warn!("disconnected from NATS; reconnecting")
                     }
-                    // One per failed reconnect attempt: the Disconnected warning said it all.
                     async_nats::Event::ClientError(err) => {
-                        tracing::debug!(error = %err, "NATS client error")
+                        tracing::warn!(error = %err, "NATS client error")
                     }
                     other => tracing::warn!(event = %other, "NATS connection event"),
                 }
-            })
-            .connect(url)
-            .await
-            .with_context(|| format!("cannot connect to NATS at {url}"))?;
+            });
+        if let Some(path) = &connection.creds_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .with_context(|| format!("cannot read the NATS credentials file {}", path.display()))?;
+        }
+        if let Some((user, password)) = &connection.user_password {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(seed) = &connection.nkey_seed {
+            options = options.nkey(seed.clone());
+        }
+        if let Some(path) = &connection.tls_ca_file {
+            options = options.add_root_certificates(path.clone());
+        }
+        let client = options.connect(servers).await.context("cannot start the NATS client")?;
         let jetstream = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
-        let config = stream::Config {
-            name: stream.to_owned(),
+        let stream = stream::Config {
+            name: stream.name,
             subjects: vec![format!("{prefix}.>")],
-            storage: StorageType::File,
+            storage: match stream.storage {
+                crate::settings::StreamStorage::File => StorageType::File,
+                crate::settings::StreamStorage::Memory => StorageType::Memory,
+            },
+            num_replicas: stream.replicas,
+            max_age: stream.max_age,
+            max_bytes: stream.max_bytes,
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
-        jetstream
-            .create_or_update_stream(config.clone())
-            .await
-            .with_context(|| format!("cannot create the JetStream stream {stream}"))?;
-        Ok(Self { client, jetstream, stream: config, prefix: prefix.to_owned(), policy })
+        Ok(Self { client, jetstream, stream, prefix: prefix.to_owned(), policy, stream_known: AtomicBool::new(false) })
     }
+
+    /// Gets the stream, creating it when it is missing (see [`ensure_stream`]).
+    pub async fn ensure_stream(&self) -> anyhow::Result<stream::Stream> {
+        let stream = ensure_stream(&self.jetstream, &self.stream).await?;
+        self.stream_known.store(true, Ordering::Relaxed);
+        Ok(stream)
+    }
+
+    async fn ensure_stream_once(&self) -> Result<(), BusError> {
+        if !self.stream_known.load(Ordering::Relaxed) {
+            self.ensure_stream().await.map_err(BusError::Unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+/// Gets the stream, creating it as `wanted` when it is missing. An existing stream belongs to its
+/// operator: its replicas, limits and storage are never changed here (a difference from our
+/// settings is only logged); the one thing added is our subject, if the stream lacks it.
+async fn ensure_stream(jetstream: &JetStream, wanted: &stream::Config) -> anyhow::Result<stream::Stream> {
+    let mut stream = jetstream
+        .get_or_create_stream(wanted.clone())
+        .await
+        .with_context(|| format!("cannot get or create the JetStream stream {}", wanted.name))?;
+    let config = stream.cached_info().config.clone();
+    if config.num_replicas != wanted.num_replicas
+        || config.max_age != wanted.max_age
+        || config.max_bytes != wanted.max_bytes
+        || config.storage != wanted.storage
+    {
+        tracing::warn!(
+            stream = %wanted.name,
+            replicas = config.num_replicas, wanted_replicas = wanted.num_replicas,
+            max_age = ?config.max_age, wanted_max_age = ?wanted.max_age,
+            max_bytes = config.max_bytes, wanted_max_bytes = wanted.max_bytes,
+            storage = ?config.storage, wanted_storage = ?wanted.storage,
+            "the stream differs from this process's NATS_STREAM_* settings; leaving it as it is"
+        );
+    }
+    let subject = &wanted.subjects[0];
+    if !config.subjects.iter().any(|s| s == subject || s == ">") {
+        let mut updated = config;
+        updated.subjects.push(subject.clone());
+        tracing::warn!(stream = %wanted.name, %subject, "adding our subject to the stream");
+        jetstream.update_stream(updated).await.context("cannot add our subject to the stream")?;
+        stream = jetstream.get_stream(&wanted.name).await.context("cannot get the JetStream stream")?;
+    }
+    Ok(stream)
 }
 
 #[async_trait::async_trait]
 impl EventBus for NatsBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        self.ensure_stream_once().await?;
         let subject = subject_for(&self.prefix, &event.kind);
         let message = PublishMessage::build().payload(event.encode().into()).message_id(event.id.to_string());
         // The context bounds the send and the ack; the outer bound also covers waiting for an
@@ -107,8 +267,11 @@ impl EventBus for NatsBus {
             self.jetstream.send_publish(subject, message).await?.await
         })
         .await
-        .map_err(|_| BusError::Unavailable(anyhow::anyhow!("no publish ack from JetStream in time")))?
-        .map_err(|err| BusError::Unavailable(anyhow::Error::from(err).context("JetStream publish failed")))?;
+        .map_err(|_| BusError::Unavailable(anyhow::anyhow!("no publish ack from JetStream in time")))
+        .and_then(|acked| {
+            acked.map_err(|err| BusError::Unavailable(anyhow::Error::from(err).context("JetStream publish failed")))
+        })
+        .inspect_err(|_| self.stream_known.store(false, Ordering::Relaxed))?;
         if ack.duplicate {
             tracing::debug!(event_id = %event.id, kind = %event.kind, "JetStream already had this event");
         }
@@ -116,6 +279,7 @@ impl EventBus for NatsBus {
     }
 
     async fn publish_batch(&self, events: &[Event]) -> Result<usize, BusError> {
+        self.ensure_stream_once().await?;
         // Send every publish first, in order on the one connection, then collect the acks: one
         // round trip for the batch rather than one per event.
         let mut sent = Vec::with_capacity(events.len());
@@ -153,6 +317,10 @@ impl EventBus for NatsBus {
                 }
             }
         }
+        if failure.is_some() {
+            // Perhaps the stream is gone (a server that lost its data): look again next time.
+            self.stream_known.store(false, Ordering::Relaxed);
+        }
         match failure {
             None => Ok(acknowledged),
             Some(err) if acknowledged == 0 => Err(BusError::Unavailable(err)),
@@ -179,9 +347,9 @@ impl EventBus for NatsBus {
             policy: self.policy.clone(),
             handler,
         });
-        // Set up once here, so a caller learns at start-up that the group cannot consume.
-        let consumer = subscriber.set_up().await.map_err(BusError::Unavailable)?;
-        Ok(tokio::spawn(async move { subscriber.run(consumer, shutdown).await }))
+        // Set up in the background, with retries: the process keeps running while NATS is
+        // down or refuses us, and says why in its log.
+        Ok(tokio::spawn(async move { subscriber.run(shutdown).await }))
     }
 
     async fn check(&self) -> Result<(), BusError> {
@@ -222,11 +390,7 @@ impl Subscriber {
     /// Gets the group's durable consumer, creating it, or widening its filter to our subjects.
     async fn set_up(&self) -> anyhow::Result<PullConsumer> {
         // Creating a missing stream here lets the group recover from a server that lost its data.
-        let stream = self
-            .jetstream
-            .get_or_create_stream(self.stream.clone())
-            .await
-            .with_context(|| format!("cannot get the JetStream stream {}", self.stream.name))?;
+        let stream = ensure_stream(&self.jetstream, &self.stream).await?;
         // Like the embedded bus, a group consumes the union of the kinds it was ever subscribed
         // to: two subscribe calls of one group with different kinds must not undo each other.
         let mut subjects = match stream.consumer_info(&self.consumer).await {
@@ -263,22 +427,18 @@ impl Subscriber {
             .with_context(|| format!("cannot create the durable consumer {}", self.consumer))
     }
 
-    async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         // Slots and handlers outlive a failed pull, so the limit holds across set-ups and the
         // handlers running when the pull failed still finish and settle their messages.
         let slots = Arc::new(Semaphore::new(self.policy.in_flight_limit()));
         let mut handlers = JoinSet::new();
-        let mut consumer = Some(consumer);
         let mut failures = 0u32;
         loop {
-            let consumed = match consumer.take() {
-                Some(consumer) => self.consume(&consumer, &slots, &mut handlers, &mut failures, &shutdown).await,
-                None => tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    set_up = self.set_up() => match set_up {
-                        Ok(consumer) => self.consume(&consumer, &slots, &mut handlers, &mut failures, &shutdown).await,
-                        Err(err) => Err(err),
-                    },
+            let consumed = tokio::select! {
+                () = shutdown.cancelled() => break,
+                set_up = self.set_up() => match set_up {
+                    Ok(consumer) => self.consume(&consumer, &slots, &mut handlers, &mut failures, &shutdown).await,
+                    Err(err) => Err(err),
                 },
             };
             let err = match consumed {
@@ -286,15 +446,16 @@ impl Subscriber {
                 Err(err) => err,
             };
             failures += 1;
-            let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-            tracing::warn!(group = %self.group, error = %format!("{err:#}"), retry_in = ?pause, "NATS subscriber failed; will set it up again");
+            // Quick retries first (a cluster elects a new leader in a second or two), then slower.
+            let pause = Duration::from_millis(100 * 2u64.pow(failures.min(4)));
+            tracing::warn!(group = %self.group, attempt = failures, error = %format!("{err:#}"), retry_in = ?pause, "NATS subscriber failed; will set it up again");
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
             }
             reap(&self.group, &mut handlers);
         }
-        // Each handler is bounded by ack_wait, so this ends.
+        // Each handler is bounded by the policy's handler_timeout, so this ends.
         while let Some(joined) = handlers.join_next().await {
             log_panic(&self.group, joined);
         }
@@ -332,12 +493,16 @@ impl Subscriber {
                 .messages()
                 .await
                 .context("cannot pull messages")?;
-            // Ends when the request is filled or expired; unused slots go back with `free`.
+            // Ends when the request is filled or expired; unused slots go back with `free`. The
+            // client library would wait 5 s past the expiry for a server that died; we give up
+            // sooner and pull again (from another node, once the client reconnected there).
+            let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_MARGIN;
             loop {
                 let next = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return Ok(()),
                     next = messages.next() => next,
+                    () = tokio::time::sleep_until(give_up) => None,
                 };
                 match next {
                     Some(Ok(message)) => {
@@ -389,11 +554,20 @@ impl Subscriber {
         let handling = (self.handler)(Delivery { event, attempt, is_last_attempt });
         let this = self.clone();
         handlers.spawn(async move {
-            let (outcome, timed_out) = match tokio::time::timeout(this.policy.ack_wait, handling).await {
-                Ok(outcome) => (outcome, false),
-                Err(_) => (Outcome::Retry(anyhow::anyhow!("handler timed out after {:?}", this.policy.ack_wait)), true),
+            // While the handler runs, tell JetStream it is still being worked on, so `ack_wait`
+            // can stay short (it only decides how soon a crashed consumer's events come back).
+            let timeout = this.policy.handler_timeout;
+            let handling = tokio::time::timeout(timeout, handling);
+            tokio::pin!(handling);
+            let every = this.policy.progress_every();
+            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let outcome = loop {
+                tokio::select! {
+                    done = &mut handling => break done.unwrap_or_else(|_| Outcome::Retry(anyhow::anyhow!("handler timed out after {timeout:?}"))),
+                    _ = progress.tick() => acknowledge(&this.group, &message, AckKind::Progress).await,
+                }
             };
-            this.settle(&message, event_id, attempt, is_last_attempt, outcome, timed_out).await;
+            this.settle(&message, event_id, attempt, is_last_attempt, outcome).await;
             drop(slot);
         });
     }
@@ -405,7 +579,6 @@ impl Subscriber {
         attempt: u32,
         is_last_attempt: bool,
         outcome: Outcome,
-        timed_out: bool,
     ) {
         match outcome {
             Outcome::Ack => {
@@ -418,14 +591,9 @@ impl Subscriber {
                 tracing::error!(group = %self.group, %event_id, attempt, error = %format!("{err:#}"), "delivery failed on its last attempt; it will not be redelivered");
                 acknowledge(&self.group, message, AckKind::Term).await;
             }
-            Outcome::Retry(err) if timed_out => {
-                // The server's ack_wait ran out before ours, so it is already redelivering; a NAK
-                // now would shorten the lease of that next delivery.
-                tracing::warn!(group = %self.group, %event_id, attempt, error = %format!("{err:#}"), "handler too slow; JetStream redelivers");
-            }
             Outcome::Retry(err) => {
                 let delay = self.policy.delay_after(attempt);
-                tracing::debug!(group = %self.group, %event_id, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
+                tracing::warn!(group = %self.group, %event_id, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
                 acknowledge(&self.group, message, AckKind::Nak(Some(delay))).await;
             }
         }

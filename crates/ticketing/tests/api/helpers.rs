@@ -79,9 +79,19 @@ impl TestApp {
 
     /// Stops the marketplace and starts it again on the same storage and bus.
     pub async fn restart(&mut self) {
+        self.halt().await;
+        self.resume().await;
+    }
+
+    /// Stops the marketplace, keeping its storage for [`TestApp::resume`].
+    pub async fn halt(&mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await.expect("clean stop");
         }
+    }
+
+    /// Starts a halted marketplace again on the same port, storage and bus.
+    pub async fn resume(&mut self) {
         let mut args = self.args.clone();
         // Same port, so clients keep talking to "the same" marketplace.
         args.settings.addr = self.base.trim_start_matches("http://").parse().expect("valid address");
@@ -97,8 +107,13 @@ impl TestApp {
 
     /// Signs up a fresh user and returns a client holding their session.
     pub async fn user(&self) -> User {
+        Self::user_at(&self.base).await
+    }
+
+    /// A fresh signed-up user of the marketplace at `base`.
+    pub async fn user_at(base: &str) -> User {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-        self.sign_up(&email, "correct horse battery").await
+        sign_up_at(base, &email, "correct horse battery").await
     }
 
     pub async fn sign_up(&self, email: &str, password: &str) -> User {
@@ -112,28 +127,24 @@ pub async fn new_user_at(base: &str) -> User {
 }
 
 async fn sign_up_at(base: &str, email: &str, password: &str) -> User {
-    {
-        let client =
-            reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client");
-        let url = |path: &str| format!("{base}{path}");
-        let response = client
-            .post(url("/api/users/signup"))
-            .json(&json!({ "email": email, "password": password }))
-            .send()
-            .await
-            .expect("request sent");
-        assert_eq!(response.status(), StatusCode::CREATED, "sign-up of {email}");
-        let body: Value = response.json().await.expect("JSON body");
-        User {
-            client,
-            id: body["id"].as_str().expect("id").to_owned(),
-            email: body["email"].as_str().expect("email").to_owned(),
-            base: base.to_owned(),
-        }
+    let client =
+        reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client builds");
+    let response = client
+        .post(format!("{base}/api/users/signup"))
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), StatusCode::CREATED, "sign-up of {email}");
+    let body: Value = response.json().await.expect("JSON body");
+    User {
+        client,
+        id: body["id"].as_str().expect("id").to_owned(),
+        email: body["email"].as_str().expect("email").to_owned(),
+        base: base.to_owned(),
     }
 }
 
-/// A signed-in user.
 pub struct User {
     pub client: reqwest::Client,
     pub id: String,

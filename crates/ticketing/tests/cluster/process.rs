@@ -1,0 +1,149 @@
+//! Child processes of the test (nats-server, `ticketing serve`): each writes its output to its
+//! own log file, can be killed with SIGKILL on purpose and started again with the same command,
+//! and is killed when dropped, so a failing or panicking test leaves nothing running. A test
+//! that panics prints the end of every log on the way out.
+//!
+//! When util-linux's `setpriv` is present the child is also started with a parent-death signal,
+//! so even a test process killed from outside (a runner's timeout) takes its children with it.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+/// How many lines of each log a failing test prints.
+const TAIL_LINES: usize = 40;
+
+pub struct Proc {
+    pub name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    pub log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Proc {
+    /// Starts `program args` with exactly `env` (nothing inherited but `PATH`), logging to
+    /// `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, program: &Path, args: &[String], env: &[(String, String)], log_dir: &Path) -> Self {
+        let mut proc = Self {
+            name: name.to_owned(),
+            program: program.to_owned(),
+            args: args.to_vec(),
+            env: env.to_vec(),
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            starts: 0,
+        };
+        proc.start();
+        proc
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|err| panic!("cannot open {}: {err}", self.log.display()));
+        writeln!(log, "=== test harness: start #{} of {}", self.starts, self.name).expect("log writable");
+        let mut command = if let Some(setpriv) = setpriv() {
+            let mut command = Command::new(setpriv);
+            command.arg("--pdeathsig").arg("KILL").arg("--").arg(&self.program);
+            command
+        } else {
+            Command::new(&self.program)
+        };
+        command
+            .args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log handle")))
+            .stderr(Stdio::from(log));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {} ({}): {err}", self.name, self.program.display()));
+        self.child = Some(child);
+    }
+
+    /// `kill -9`: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same command again (after [`Proc::kill9`] or an exit).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    /// `None` while running (or killed on purpose), else how it exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().expect("try_wait"))
+    }
+
+    /// The last lines of the log.
+    pub fn tail(&self) -> String {
+        tail(&self.log, TAIL_LINES)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- last lines of {} ({}) -----\n{}", self.name, self.log.display(), self.tail());
+        }
+        self.kill9();
+    }
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|err| format!("(cannot read: {err})"));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn setpriv() -> Option<&'static Path> {
+    static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SETPRIV
+        .get_or_init(|| ["/usr/bin/setpriv", "/bin/setpriv"].iter().map(PathBuf::from).find(|path| path.exists()))
+        .as_deref()
+}
+
+/// A loopback port nobody listens on now, never handed out twice by this process.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().expect("ports lock");
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A required setting of the test environment; a clear failure when missing, never a skip.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the tests with scripts/test (or `eval \"$(scripts/test-deps)\"` first), \
+             which starts PostgreSQL, installs nats-server 2.12 and sets it"
+        )
+    })
+}
+
+/// Creates a file holding `contents`.
+pub fn write_file(path: &Path, contents: &str) {
+    let mut file = File::create(path).unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
+    file.write_all(contents.as_bytes()).expect("write");
+}
