@@ -56,9 +56,10 @@ impl Readiness {
                 .into_response();
         };
         let results = futures::future::join_all(checks.iter().map(|check| async move {
-            let result = match tokio::time::timeout(Duration::from_millis(1500), (check.probe)()).await {
+            // Well within a probe's usual 1-3 s timeout.
+            let result = match tokio::time::timeout(Duration::from_millis(800), (check.probe)()).await {
                 Ok(result) => result,
-                Err(_) => Err(anyhow::anyhow!("no answer within 1.5 s")),
+                Err(_) => Err(anyhow::anyhow!("no answer within 800 ms")),
             };
             (check, result)
         }))

@@ -7,7 +7,7 @@
 //! so even a test process killed from outside (a runner's timeout) takes its children with it.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -102,6 +102,14 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("----- last lines of {} ({}) -----\n{}", self.name, self.log.display(), self.tail());
+            // The whole log outlives the test's temp dir, for a closer look.
+            let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-logs");
+            if std::fs::create_dir_all(&kept).is_ok()
+                && let Some(file) = self.log.file_name()
+                && std::fs::copy(&self.log, kept.join(file)).is_ok()
+            {
+                eprintln!("(whole log kept in {})", kept.join(file).display());
+            }
         }
         self.kill9();
     }
@@ -140,10 +148,4 @@ pub fn required_env(name: &str) -> String {
              which starts PostgreSQL, installs nats-server 2.12 and sets it"
         )
     })
-}
-
-/// Creates a file holding `contents`.
-pub fn write_file(path: &Path, contents: &str) {
-    let mut file = File::create(path).unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
-    file.write_all(contents.as_bytes()).expect("write");
 }

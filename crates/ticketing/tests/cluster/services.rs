@@ -252,7 +252,16 @@ impl Api {
                         .find_map(|cookie| cookie.strip_prefix("session="))
                         .map(|rest| rest.split(';').next().unwrap_or("").to_owned());
                     let bytes = response.bytes().await.map_err(|err| format!("{}: body: {err}", info.label))?;
-                    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    // An instance still starting did nothing; a load balancer would not have sent
+                    // it the request (it is not ready), so try the next one.
+                    if status == StatusCode::SERVICE_UNAVAILABLE
+                        && body["errors"][0]["message"].as_str().is_some_and(|m| m.contains("starting"))
+                        && i + 1 < candidates.len()
+                    {
+                        last = format!("{}: still starting", info.label);
+                        continue;
+                    }
                     return Ok(Reply { status, body, session });
                 }
                 // Refused before anything was sent: safe to try the next instance.

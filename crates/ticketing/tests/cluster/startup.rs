@@ -46,12 +46,14 @@ async fn five_instances_started_at_once_on_an_empty_database_all_become_ready() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_started_while_nats_is_down_serve_once_it_is_up() {
     let temp = testkit::TempDir::new();
-    let mut nats = NatsCluster::start(1, temp.path());
+    let mut nats = NatsCluster::start(3, temp.path());
     nats.wait_until_ready(Duration::from_secs(30)).await;
     let db = TestDatabase::create().await;
-    let launch = Launch::new(ticketing_bin(), temp.path(), common_env(&db.url, 1), &nats);
-    // The server is gone before any service connects; its port refuses connections.
-    nats.kill("nats-1");
+    let launch = Launch::new(ticketing_bin(), temp.path(), common_env(&db.url, 3), &nats);
+    // The servers are gone before any service connects; their ports refuse connections.
+    for node in ["nats-1", "nats-2", "nats-3"] {
+        nats.kill(node);
+    }
 
     let mut instances: Vec<Instance> =
         [Svc::Auth, Svc::Tickets, Svc::Orders].iter().map(|svc| launch.start(svc.name(), &[*svc])).collect();
@@ -86,7 +88,9 @@ async fn processes_started_while_nats_is_down_serve_once_it_is_up() {
         instance.check_running();
     }
 
-    nats.restart("nats-1");
+    for node in ["nats-1", "nats-2", "nats-3"] {
+        nats.restart(node);
+    }
     nats.wait_until_ready(Duration::from_secs(30)).await;
     wait_ready(&mut instances, Duration::from_secs(60)).await;
 
