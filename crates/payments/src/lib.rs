@@ -127,32 +127,39 @@ impl PaymentsSettings {
         (Duration::from_millis(self.reconcile_every_millis.max(1)), Duration::from_millis(self.charge_grace_millis))
     }
 
-    /// The gateway these settings choose, failing closed: `stripe` needs a usable key, and a
-    /// Stripe key never silently falls back to the sandbox. The sandbox keeps its ledger in
-    /// `db`, the payments database.
-    pub fn gateway(&self, db: &platform::db::Db) -> anyhow::Result<Arc<dyn Gateway>> {
+    /// The gateway these settings choose, failing closed: `stripe` needs a usable secret key,
+    /// and a Stripe key never silently falls back to the sandbox. A configuration error, so
+    /// checked before start-up retries anything (retrying cannot fix it).
+    pub fn check(&self) -> anyhow::Result<GatewayChoice> {
         let key = self.stripe_key()?;
         let choice =
             self.payment_gateway.unwrap_or(if key.is_some() { GatewayChoice::Stripe } else { GatewayChoice::Sandbox });
-        Ok(match choice {
+        match (choice, key) {
+            (GatewayChoice::Stripe, None) => {
+                anyhow::bail!("PAYMENT_GATEWAY=stripe needs a Stripe secret key: set STRIPE_KEY or STRIPE_KEY_FILE")
+            }
+            (GatewayChoice::Stripe, Some(key)) => anyhow::ensure!(
+                ["sk_live_", "sk_test_", "rk_live_", "rk_test_"].iter().any(|prefix| key.starts_with(prefix)),
+                "PAYMENT_GATEWAY=stripe: the Stripe key is not a secret key (it must start with sk_live_, sk_test_, rk_live_ or rk_test_)"
+            ),
+            (GatewayChoice::Sandbox, Some(_)) => anyhow::bail!(
+                "PAYMENT_GATEWAY=sandbox but a Stripe key is set: choose PAYMENT_GATEWAY=stripe, or remove the key"
+            ),
+            (GatewayChoice::Sandbox, None) => {}
+        }
+        Ok(choice)
+    }
+
+    /// The gateway these settings choose (see [`Self::check`]). The sandbox keeps its ledger
+    /// in `db`, the payments database.
+    pub fn gateway(&self, db: &platform::db::Db) -> anyhow::Result<Arc<dyn Gateway>> {
+        Ok(match self.check()? {
             GatewayChoice::Stripe => {
-                let key = key.ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "PAYMENT_GATEWAY=stripe needs a Stripe secret key: set STRIPE_KEY or STRIPE_KEY_FILE"
-                    )
-                })?;
-                anyhow::ensure!(
-                    ["sk_live_", "sk_test_", "rk_live_", "rk_test_"].iter().any(|prefix| key.starts_with(prefix)),
-                    "PAYMENT_GATEWAY=stripe: the Stripe key is not a secret key (it must start with sk_live_, sk_test_, rk_live_ or rk_test_)"
-                );
+                let key = self.stripe_key()?.expect("checked");
                 tracing::info!(api = %self.stripe_api_base, "payments go to Stripe");
                 Arc::new(StripeGateway::new(&self.stripe_api_base, &key)?)
             }
             GatewayChoice::Sandbox => {
-                anyhow::ensure!(
-                    key.is_none(),
-                    "PAYMENT_GATEWAY=sandbox but a Stripe key is set: choose PAYMENT_GATEWAY=stripe, or remove the key"
-                );
                 tracing::warn!(
                     "PAYMENT_GATEWAY=sandbox: payments use the offline sandbox (Stripe test tokens, nothing is charged)"
                 );
@@ -164,11 +171,7 @@ impl PaymentsSettings {
 
 /// Starts the payments service with the gateway its settings name.
 pub async fn start(ctx: &Context, settings: &PaymentsSettings) -> anyhow::Result<Service> {
-    // Checked before anything starts, so a misconfigured gateway stops the process at once.
-    let key = settings.stripe_key()?;
-    if settings.payment_gateway == Some(GatewayChoice::Stripe) && key.is_none() {
-        anyhow::bail!("PAYMENT_GATEWAY=stripe needs a Stripe secret key: set STRIPE_KEY or STRIPE_KEY_FILE");
-    }
+    settings.check()?;
     let db = ctx.database(NAME, &MIGRATOR).await?;
     let gateway = settings.gateway(&db)?;
     let (service, _) = launch(ctx, settings, db, gateway).await?;
