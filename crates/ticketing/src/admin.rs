@@ -226,7 +226,7 @@ async fn replay(args: &AdminArgs, selection: &Selection) -> anyhow::Result<Strin
             ServiceName::Payments => {
                 let service = Arc::new(payments::domain::PaymentService::new(
                     db.clone(),
-                    args.payments.gateway()?,
+                    args.payments.gateway(&db)?,
                     platform::money::Currency::new(&args.settings.currency),
                     platform::outbox::OutboxWaker::default(),
                 ));
@@ -269,9 +269,10 @@ async fn restore(db: &Db, consumer: &str, event: &Event, reason: &str, parked_at
 async fn payments_report(settings: &Settings) -> anyhow::Result<String> {
     let db = open(settings, ServiceName::Payments).await?;
     let now = now_millis();
-    let mut out = String::from("REFUNDS OWED\nORDER\tCHARGE\tAMOUNT\tCURRENCY\tOWED FOR (s)\n");
+    let mut out = String::from("REFUNDS OWED\nORDER\tCHARGE\tAMOUNT\tCURRENCY\tCHARGED (s ago)\tTRIES\tLAST ERROR\n");
     let owed = sqlx::query(
-        "SELECT order_id, charge_id, amount, currency, created_at FROM payments WHERE status = $1 ORDER BY created_at",
+        "SELECT order_id, charge_id, amount, currency, created_at, refund_tries, refund_error FROM payments \
+         WHERE status = $1 ORDER BY created_at",
     )
     .bind(payments::store::payment_status::REFUNDING)
     .fetch_all(&db.pool)
@@ -279,12 +280,14 @@ async fn payments_report(settings: &Settings) -> anyhow::Result<String> {
     for row in owed {
         let since: i64 = row.try_get("created_at")?;
         out.push_str(&format!(
-            "{}\t{}\t{}\t{}\t{:.0}\n",
+            "{}\t{}\t{}\t{}\t{:.0}\t{}\t{}\n",
             row.try_get::<String, _>("order_id")?,
             row.try_get::<String, _>("charge_id")?,
             row.try_get::<i64, _>("amount")?,
             row.try_get::<String, _>("currency")?,
-            (now - since).max(0) as f64 / 1000.0
+            (now - since).max(0) as f64 / 1000.0,
+            row.try_get::<i64, _>("refund_tries")?,
+            row.try_get::<Option<String>, _>("refund_error")?.unwrap_or_default()
         ));
     }
     out.push_str("\nCHARGE ATTEMPTS NOT SETTLED\nORDER\tIDEMPOTENCY KEY\tAMOUNT\tTRIES\tSINCE\n");

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod expiration;
 mod flow;
+mod money;
 mod observability;
 mod orders;
 mod payments;
