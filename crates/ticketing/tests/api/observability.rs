@@ -244,3 +244,76 @@ async fn a_purchase_is_traced_through_every_service(backend: Backend) {
     }
     app.stop().await;
 }
+
+/// Every series the alert rules and the dashboard use is one the processes export (a renamed
+/// metric would silently leave an alert that can never fire).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dashboard_use_series_the_processes_export() {
+    let app = spawn_observed(Backend::Embedded).await;
+    // A family shows in a scrape once it has a series: give each one a series, so the scrape
+    // lists every name the processes register.
+    let m = platform::metrics::metrics();
+    let event = platform::metrics::EventLabels { group: "probe".into(), kind: "probe".into() };
+    let group = platform::metrics::GroupLabels { group: "probe".into() };
+    let http = platform::metrics::HttpLabels { route: "/probe".into(), method: "GET".into(), status: 200 };
+    drop(m.http_requests.get_or_create(&http));
+    drop(m.http_request_duration.get_or_create(&http));
+    for family in [&m.events_handled, &m.events_failed, &m.events_redelivered, &m.events_parked] {
+        drop(family.get_or_create(&event));
+    }
+    drop(m.event_handling_duration.get_or_create(&group));
+    drop(m.event_lag.get_or_create(&group));
+    drop(m.consumer_lag.get_or_create(&group));
+    drop(m.payments_charges.get_or_create(&platform::metrics::OutcomeLabels { outcome: "charged" }));
+    let text = scrape(&app).await;
+    app.stop().await;
+    let exported: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yaml")).expect("alerts");
+    let exprs: Vec<String> = alerts
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr: ").map(str::to_owned))
+        .chain({
+            let dashboard: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(root.join("deploy/grafana/ticketing.json")).expect("dashboard"),
+            )
+            .expect("JSON");
+            dashboard["panels"]
+                .as_array()
+                .expect("panels")
+                .iter()
+                .flat_map(|panel| panel["targets"].as_array().expect("targets").clone())
+                .map(|target| target["expr"].as_str().expect("expr").to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(exprs.len() > 10, "{exprs:?}");
+    for expr in &exprs {
+        // Series names: identifiers outside braces and not followed by `(` (functions).
+        let mut names = Vec::new();
+        let mut depth = 0;
+        let mut word = String::new();
+        for c in expr.chars().chain(std::iter::once(' ')) {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                word.push(c);
+                continue;
+            }
+            if !word.is_empty() && depth == 0 && c != '(' && word.contains('_') && !word.starts_with(char::is_numeric) {
+                names.push(std::mem::take(&mut word));
+            }
+            word.clear();
+            match c {
+                '{' | '[' => depth += 1,
+                '}' | ']' => depth -= 1,
+                _ => {}
+            }
+        }
+        for name in names {
+            let family = ["_bucket", "_count", "_sum", "_total"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            assert!(exported.contains(&family), "{expr}: {name} is not exported (exported: {exported:?})");
+        }
+    }
+}
