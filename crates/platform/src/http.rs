@@ -273,4 +273,40 @@ mod tests {
         let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], br#"{"errors":[{"message":"Something went wrong"}]}"#);
     }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn health_probes_are_logged_at_debug_and_other_requests_at_info() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app =
+            with_observability(Router::new().route("/api/things", get(|| async { "things" })), Readiness::default());
+        for path in ["/healthz", "/readyz", "/api/things"] {
+            let response = app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+            assert!(response.headers().contains_key("x-request-id"), "{path}");
+        }
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let finished: Vec<&str> = logs.lines().filter(|line| line.contains("finished processing request")).collect();
+        assert_eq!(finished.len(), 1, "{logs}");
+        assert!(finished[0].contains("path=/api/things") && finished[0].contains("status=200"), "{logs}");
+    }
 }
