@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use platform::bus::Event;
 use platform::db::{Db, Tx, now_millis};
 use platform::events::{ContractEvent, ExpirationComplete};
 use platform::outbox::{self, OutboxWaker};
@@ -35,11 +36,12 @@ const MIN_SLEEP: Duration = Duration::from_millis(10);
 pub async fn schedule(tx: &mut Tx, order_id: Uuid, fire_at: i64) -> Result<bool, sqlx::Error> {
     // An existing row, scheduled or ended, wins: the order's end may have been applied first.
     let inserted = sqlx::query(
-        "INSERT INTO timers (order_id, fire_at, locked_until, status) VALUES ($1, $2, 0, 'scheduled') \
+        "INSERT INTO timers (order_id, fire_at, locked_until, status, trace_id) VALUES ($1, $2, 0, 'scheduled', $3) \
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id.to_string())
     .bind(fire_at)
+    .bind(platform::telemetry::current_trace_id())
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -194,17 +196,20 @@ impl TimerLoop {
             return Ok(false);
         };
         let mut tx = self.db.begin().await?;
-        let deleted = sqlx::query("UPDATE timers SET status = 'ended' WHERE order_id = $1 AND status = 'scheduled'")
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted != 1 {
+        let ended: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE timers SET status = 'ended' WHERE order_id = $1 AND status = 'scheduled' RETURNING trace_id",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(trace_id) = ended else {
             return Ok(false);
-        }
-        outbox::enqueue(&mut tx, &ExpirationComplete { order_id: id }.to_event()).await?;
+        };
+        // The event carries on the trace of the order that scheduled the timer.
+        let event = Event { trace_id: trace_id.clone(), ..ExpirationComplete { order_id: id }.to_event() };
+        outbox::enqueue(&mut tx, &event).await?;
         tx.commit().await?;
-        tracing::info!(order_id = %id, "order's reservation window ended: expiration:complete enqueued");
+        tracing::info!(order_id = %id, trace_id = %trace_id.as_deref().unwrap_or("-"), "order's reservation window ended: expiration:complete enqueued");
         Ok(true)
     }
 

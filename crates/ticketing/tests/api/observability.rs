@@ -17,7 +17,11 @@ use crate::orders::wait_until_orderable;
 use crate::payments::{order_with_status, wait_until_payable};
 use crate::tickets::{EVENTUAL, id, list_ticket};
 
-on_both_backends!(metrics_and_admin_follow_a_scripted_scenario, a_purchase_is_traced_through_every_service);
+on_both_backends!(
+    metrics_and_admin_follow_a_scripted_scenario,
+    a_purchase_is_traced_through_every_service,
+    an_order_left_unpaid_is_traced_to_its_end,
+);
 
 async fn spawn_observed(backend: Backend) -> TestApp {
     spawn_app_with(backend, |args| args.settings.metrics_addr = Some("127.0.0.1:0".parse().expect("address"))).await
@@ -241,6 +245,36 @@ async fn a_purchase_is_traced_through_every_service(backend: Backend) {
     for consumer in ["tickets", "expiration", "payments"] {
         let group = format!("consumer={consumer}");
         wait_for_log_line(&logs, &[&group, "kind=order:completed", &pay_trace, "event handled"]).await;
+    }
+    app.stop().await;
+}
+
+/// The request that created an order is followed through its timer: expiration:complete and
+/// the order:cancelled it causes carry its id.
+async fn an_order_left_unpaid_is_traced_to_its_end(backend: Backend) {
+    let logs = captured_logs();
+    let app = spawn_app_with(backend, |args| args.orders.order_expiration_seconds = 1).await;
+    let (seller, buyer) = (app.user().await, app.user().await);
+    let ticket = list_ticket(&seller, "Concert", json!(20)).await;
+    wait_until_orderable(&seller, &id(&ticket)).await;
+    let request = format!("lapse-{}", Uuid::new_v4());
+    let response = buyer
+        .client
+        .post(app.url("/api/orders"))
+        .header("x-request-id", &request)
+        .json(&json!({"ticketId": id(&ticket)}))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let order: serde_json::Value = response.json().await.expect("JSON");
+    order_with_status(&buyer, &id(&order), "cancelled").await;
+    let trace = format!("trace_id={request}");
+    wait_for_log_line(&logs, &["expiration:complete enqueued", &trace]).await;
+    wait_for_log_line(&logs, &["consumer=orders", "kind=expiration:complete", &trace, "event handled"]).await;
+    for consumer in ["tickets", "payments"] {
+        let group = format!("consumer={consumer}");
+        wait_for_log_line(&logs, &[&group, "kind=order:cancelled", &trace, "event handled"]).await;
     }
     app.stop().await;
 }
