@@ -43,6 +43,9 @@ pub type OutboxWaker = Waker;
 pub struct OutboxRelay {
     db: Db,
     bus: Arc<dyn EventBus>,
+    /// A SQLite database belongs to this process alone (one process per data dir), so rows a
+    /// killed predecessor had claimed are released at the first step instead of after the lease.
+    release_claims: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -52,6 +55,10 @@ impl Job for OutboxRelay {
     }
 
     async fn step(&self) -> anyhow::Result<Step> {
+        if self.release_claims.load(std::sync::atomic::Ordering::Relaxed) {
+            sqlx::query("UPDATE outbox SET locked_until = 0 WHERE locked_until > 0").execute(&self.db.pool).await?;
+            self.release_claims.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         let sent = self.relay_batch().await?;
         Ok(if sent as i64 == BATCH { Step::Busy } else { Step::Idle })
     }
@@ -59,7 +66,8 @@ impl Job for OutboxRelay {
 
 impl OutboxRelay {
     pub fn new(db: Db, bus: Arc<dyn EventBus>) -> Self {
-        Self { db, bus }
+        let release_claims = (db.backend == crate::db::Backend::Sqlite).into();
+        Self { db, bus, release_claims }
     }
 
     /// Runs the relay in a worker woken by `waker`, until shutdown.
