@@ -9,4 +9,5 @@ mod flow;
 mod orders;
 mod payments;
 mod platform;
+mod security;
 mod tickets;

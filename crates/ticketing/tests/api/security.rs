@@ -1,0 +1,88 @@
+//! Issue 10's findings, each reproduced against the whole marketplace and shown refused.
+//! Behaviour that does not depend on the storage or bus runs on the embedded default only.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use testkit::Backend;
+
+use crate::helpers::{field_errors, into_parts, spawn_app};
+
+/// The raw JSON text, as curl would send it: `json!` would already have rounded the number.
+async fn post_raw(user: &crate::helpers::User, path: &str, body: &str) -> (StatusCode, Value) {
+    let response = user
+        .client
+        .post(user.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request sent");
+    into_parts(response).await
+}
+
+/// Finding: `10.999999999999999999` became 11.00 and `100.0000000000000000001` 100.00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_with_too_many_decimals_are_refused_however_close_to_a_whole_number() {
+    let app = spawn_app(Backend::Embedded).await;
+    let seller = app.user().await;
+    let decimals = vec![("price".to_owned(), "Price must have at most 2 decimals".to_owned())];
+    for price in ["10.999999999999999999", "100.0000000000000000001", r#""10.999999999999999999""#, "1.000e-20"] {
+        let (status, body) = post_raw(&seller, "/api/tickets", &format!(r#"{{"title":"p","price":{price}}}"#)).await;
+        assert_eq!((status, field_errors(&body)), (StatusCode::BAD_REQUEST, decimals.clone()), "{price}");
+    }
+    let (status, _) = seller.get("/api/tickets").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Exact numbers and decimal strings (the reference client sends `"25.00"`) are prices.
+    for (price, expected) in
+        [("19.990000000000000000", json!(19.99)), (r#""25.00""#, json!(25.0)), ("1.5e1", json!(15.0))]
+    {
+        let (status, body) = post_raw(&seller, "/api/tickets", &format!(r#"{{"title":"p","price":{price}}}"#)).await;
+        assert_eq!(status, StatusCode::CREATED, "{price}: {body}");
+        assert_eq!(body["price"], expected, "{price}");
+        let path = format!("/api/tickets/{}", body["id"].as_str().unwrap());
+        let (status, body) = post_raw_put(&seller, &path, r#"{"title":"q","price":"0.999"}"#).await;
+        assert_eq!((status, field_errors(&body)), (StatusCode::BAD_REQUEST, decimals.clone()));
+    }
+    let (status, body) = post_raw(&seller, "/api/tickets", r#"{"title":"p","price":"1e3"}"#).await;
+    assert_eq!(
+        (status, field_errors(&body)),
+        (StatusCode::BAD_REQUEST, vec![("price".to_owned(), "Price must be a number".to_owned())])
+    );
+    app.stop().await;
+}
+
+async fn post_raw_put(user: &crate::helpers::User, path: &str, body: &str) -> (StatusCode, Value) {
+    let response = user
+        .client
+        .put(user.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request sent");
+    into_parts(response).await
+}
+
+/// Finding: `urn:uuid:…`, braces and 32 bare hex digits were accepted in paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_canonical_uuid_spelling_names_a_resource() {
+    let app = spawn_app(Backend::Embedded).await;
+    let seller = app.user().await;
+    let (status, ticket) = seller.post("/api/tickets", json!({"title": "Concert", "price": 10})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id: uuid::Uuid = ticket["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(seller.get(&format!("/api/tickets/{id}")).await.0, StatusCode::OK);
+    for spelling in [
+        id.urn().to_string(),
+        id.braced().to_string(),
+        id.simple().to_string(),
+        id.hyphenated().to_string().to_uppercase(),
+    ] {
+        let (status, _) = seller.get(&format!("/api/tickets/{spelling}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{spelling}");
+        let page = seller.client.get(seller.url(&format!("/tickets/{spelling}"))).send().await.unwrap();
+        assert_eq!(page.status(), StatusCode::NOT_FOUND, "page for {spelling}");
+    }
+    app.stop().await;
+}
