@@ -70,7 +70,7 @@ fn normalize_email(value: &Value) -> Option<String> {
 }
 
 fn client_key(state: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
-    platform::http::client_ip(headers, peer, state.trust_proxy)
+    state.addresses.client_ip(headers, peer)
 }
 
 fn too_many(retry_after: std::time::Duration) -> ApiError {

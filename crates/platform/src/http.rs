@@ -171,28 +171,6 @@ pub async fn serve(
         .await
 }
 
-/// The client's address: the socket peer, or the proxy's `X-Forwarded-For` when trusted.
-/// With a trusted proxy the rightmost entry is the one the proxy itself appended.
-/// A loopback peer is always trusted: it is the web pages calling the API on behalf of a
-/// visitor (in one process or beside it), and counting every visitor as that one peer
-/// would rate-limit them all together.
-pub fn client_ip(headers: &axum::http::HeaderMap, peer: Option<std::net::SocketAddr>, trust_proxy: bool) -> String {
-    let peer_is_loopback = peer.is_some_and(|addr| addr.ip().is_loopback());
-    if trust_proxy || peer_is_loopback {
-        let forwarded = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|v| !v.is_empty());
-        if let Some(ip) = forwarded {
-            return ip.to_owned();
-        }
-    }
-    peer.map_or_else(|| "unknown".to_owned(), |addr| addr.ip().to_string())
-}
-
 /// The socket peer of a request, when the server recorded it (it does when served by
 /// [`serve`]; router tests without a socket get `None`).
 #[derive(Debug, Clone, Copy)]

@@ -10,6 +10,7 @@
 //! - [`http`], [`telemetry`]: the HTTP surface and logs every service shares.
 
 pub mod bus;
+pub mod client_addr;
 pub mod consumer;
 pub mod db;
 pub mod error;

@@ -130,9 +130,16 @@ pub struct Settings {
     #[arg(long, env = "CURRENCY", default_value = "usd")]
     pub currency: String,
 
-    /// Trust X-Forwarded-For from the proxy in front (for per-client rate limits).
+    /// Treat every socket peer as a proxy and take the client address from the rightmost
+    /// X-Forwarded-For entry. Only for a server nobody reaches except through its proxy;
+    /// prefer TRUSTED_PROXIES.
     #[arg(long, env = "TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
+
+    /// Proxies whose X-Forwarded-For is believed (comma-separated CIDRs or addresses, e.g.
+    /// `10.0.0.0/8,fd00::/8`): the client is the rightmost hop outside them.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::client_addr::Cidr>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -163,6 +170,7 @@ impl std::fmt::Debug for Settings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("currency", &self.currency)
             .field("trust_proxy", &self.trust_proxy)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }

@@ -86,3 +86,59 @@ async fn only_the_canonical_uuid_spelling_names_a_resource() {
     }
     app.stop().await;
 }
+
+async fn sign_in_from(app: &crate::helpers::TestApp, email: &str, forwarded: Option<&str>) -> StatusCode {
+    let mut request =
+        app.client().post(app.url("/api/users/signin")).json(&json!({"email": email, "password": "wrong-password"}));
+    if let Some(forwarded) = forwarded {
+        request = request.header("x-forwarded-for", forwarded);
+    }
+    request.send().await.expect("request sent").status()
+}
+
+/// Finding: 30 sign-ins, each with `X-Forwarded-For: 198.51.100.$i`, were 30×400, never 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_forwarded_for_does_not_dodge_the_per_client_limit() {
+    let app = crate::helpers::spawn_app_with(Backend::Embedded, |args| {
+        args.auth.signin_failures_per_client = 20;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 1..=30 {
+        statuses.push(sign_in_from(&app, &format!("victim{i}@example.com"), Some(&format!("198.51.100.{i}"))).await);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::BAD_REQUEST).count(), 20, "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    // A forged signed address is ignored just the same.
+    let response = app
+        .client()
+        .post(app.url("/api/users/signin"))
+        .header(platform::client_addr::SIGNED_HEADER, "198.51.100.99;1700000000;00ff")
+        .json(&json!({"email": "x@example.com", "password": "wrong-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    app.stop().await;
+}
+
+/// With the proxy listed in TRUSTED_PROXIES, each client behind it has a budget of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_behind_a_trusted_proxy_are_told_apart() {
+    let app = crate::helpers::spawn_app_with(Backend::Embedded, |args| {
+        args.auth.signin_failures_per_client = 2;
+        args.settings.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(sign_in_from(&app, "a@example.com", Some("198.51.100.1")).await, StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(sign_in_from(&app, "a@example.com", Some("198.51.100.1")).await, StatusCode::TOO_MANY_REQUESTS);
+    // The client's own prefix to the header does not help: the proxy's hop is the rightmost.
+    assert_eq!(
+        sign_in_from(&app, "a@example.com", Some("203.0.113.5, 198.51.100.1")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(sign_in_from(&app, "a@example.com", Some("198.51.100.2")).await, StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
