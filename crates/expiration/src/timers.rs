@@ -2,21 +2,21 @@
 //!
 //! Why a table and a loop rather than a `sleep` per order: a timer must outlive the process
 //! (a window that ends while the service is down fires right after it starts again) and must
-//! fire once however many instances run. Each instance runs one [`TimerLoop`]. It sleeps
+//! fire once however many instances run. Each instance runs one [`TimerLoop`] in a
+//! [`platform::worker::Worker`]. It sleeps
 //! until the earliest `fire_at` (or until woken because a new timer committed, or at most
 //! `max_sleep`, so timers another instance scheduled are seen too), claims due timers with
 //! a short lease, and fires each in its own transaction: delete the timer and enqueue
 //! `expiration:complete` together. A delete that removes no row means another instance (or
 //! an `order:cancelled`) got there first, and nothing is sent.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use platform::db::{Db, Tx, now_millis};
 use platform::events::{ContractEvent, ExpirationComplete};
 use platform::outbox::{self, OutboxWaker};
-use tokio::sync::Notify;
+use platform::worker::{Job, Step, Worker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -24,7 +24,7 @@ use uuid::Uuid;
 pub const CLAIM_BATCH: i64 = 100;
 /// How long a claimed timer stays with the instance that claimed it. An instance that dies
 /// mid-round leaves its claims to the others after this.
-pub const LEASE: Duration = Duration::from_secs(30);
+pub const LEASE: Duration = Duration::from_secs(5);
 /// The shortest pause between rounds, so a clock that disagrees with the sleep timer by a
 /// millisecond cannot make the loop spin.
 const MIN_SLEEP: Duration = Duration::from_millis(10);
@@ -67,14 +67,7 @@ pub async fn unschedule(tx: &mut Tx, order_id: Uuid) -> Result<bool, sqlx::Error
 }
 
 /// Wakes a [`TimerLoop`] so it reconsiders when to fire next (after a timer committed).
-#[derive(Debug, Clone, Default)]
-pub struct TimerWaker(Arc<Notify>);
-
-impl TimerWaker {
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
-}
+pub type TimerWaker = platform::worker::Waker;
 
 /// What one round of the loop did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,6 +87,18 @@ pub struct TimerLoop {
     max_sleep: Duration,
 }
 
+#[async_trait::async_trait]
+impl Job for TimerLoop {
+    fn name(&self) -> &'static str {
+        "expiration timers"
+    }
+
+    async fn step(&self) -> anyhow::Result<Step> {
+        let pause = self.round_and_pause().await?;
+        Ok(if pause.is_zero() { Step::Busy } else { Step::IdleFor(pause) })
+    }
+}
+
 impl TimerLoop {
     pub fn new(db: Db, outbox: OutboxWaker, max_sleep: Duration) -> Self {
         Self { db, outbox, waker: TimerWaker::default(), max_sleep: max_sleep.max(MIN_SLEEP) }
@@ -104,37 +109,11 @@ impl TimerLoop {
         self.waker.clone()
     }
 
+    /// Runs the loop in a [`Worker`] until shutdown.
     pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move { self.run(shutdown).await })
-    }
-
-    async fn run(self, shutdown: CancellationToken) {
-        tracing::debug!(max_sleep = ?self.max_sleep, "expiration timer loop started");
-        let mut failures = 0u32;
-        while !shutdown.is_cancelled() {
-            let pause = match self.round_and_pause().await {
-                Ok(pause) => {
-                    failures = 0;
-                    pause
-                }
-                Err(err) => {
-                    failures += 1;
-                    let pause =
-                        Duration::from_millis(100 * 2u64.pow(failures.min(5))).min(self.max_sleep.max(MIN_SLEEP));
-                    tracing::warn!(error = %format!("{err:#}"), retry_in = ?pause, "expiration timers failed; will retry");
-                    pause
-                }
-            };
-            if pause.is_zero() {
-                continue;
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.waker.0.notified() => {}
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
-        tracing::debug!("expiration timer loop stopped");
+        let waker = self.waker.clone();
+        let max_backoff = self.max_sleep.max(MIN_SLEEP);
+        Worker::new(self).woken_by(waker).max_backoff(max_backoff).spawn(shutdown)
     }
 
     /// Fires what is due, then says how long to sleep: zero when a full batch was claimed

@@ -59,6 +59,47 @@ pub struct Ticket {
     pub version: i64,
 }
 
+/// The ticket as it was when an order was placed: what the buyer saw, what the buyer is
+/// charged and what the order shows for ever, whatever the ticket becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub title: String,
+    /// Minor units.
+    pub price: i64,
+    pub version: i64,
+}
+
+/// Why an order ended cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its reservation window passed (`expiration:complete`).
+    Expired,
+    /// Its buyer cancelled it.
+    Buyer,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Buyer => "buyer",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Expired, Self::Buyer].into_iter().find(|reason| reason.as_str() == text)
+    }
+}
+
+/// What payments gives back (or owes) for an order's charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refund {
+    /// Some refund is not confirmed by the gateway yet.
+    pub pending: bool,
+    /// Minor units, all refunds of the order together.
+    pub amount: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {
     pub id: Uuid,
@@ -67,22 +108,52 @@ pub struct Order {
     pub status: OrderStatus,
     pub expires_at: OffsetDateTime,
     pub version: i64,
+    pub snapshot: Snapshot,
+    /// Milliseconds since the epoch, once ended.
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<EndReason>,
 }
 
 impl Order {
-    /// A new order by `user_id`, holding the ticket until `expires_at`.
-    pub fn new(user_id: Uuid, ticket_id: Uuid, expires_at: OffsetDateTime) -> Self {
-        Self { id: Uuid::now_v7(), user_id, ticket_id, status: OrderStatus::Created, expires_at, version: 0 }
+    /// A new order by `user_id` for `ticket` as the replica knows it now, holding the ticket
+    /// until `expires_at`.
+    pub fn new(user_id: Uuid, ticket: &Ticket, expires_at: OffsetDateTime) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            user_id,
+            ticket_id: ticket.id,
+            status: OrderStatus::Created,
+            expires_at,
+            version: 0,
+            snapshot: Snapshot { title: ticket.title.clone(), price: ticket.price, version: ticket.version },
+            ended_at: None,
+            end_reason: None,
+        }
     }
 
-    pub fn created_event(&self, ticket: &Ticket) -> OrderCreated {
+    /// `order:created`, priced from the order's own snapshot (what the buyer is charged).
+    pub fn created_event(&self) -> OrderCreated {
         OrderCreated {
             id: self.id,
             version: self.version,
             status: self.status.as_str().to_owned(),
             user_id: self.user_id,
             expires_at: self.expires_at,
-            ticket: PricedTicketRef { id: ticket.id, price: ticket.price },
+            ticket: PricedTicketRef { id: self.ticket_id, price: self.snapshot.price },
+        }
+    }
+
+    /// Whether a payment accepted at `accepted_at` (ms) must win although the order was
+    /// cancelled: only an expiry, and only if accepted before `expiresAt`. A buyer's own
+    /// cancellation that reached orders before the payment wins over it: the payment request
+    /// waits for orders' verdict, so that buyer is told the order is cancelled (and refunded),
+    /// never "paid".
+    pub fn paid_in_time(&self, accepted_at: i64) -> bool {
+        let in_window = accepted_at <= platform::db::millis(self.expires_at);
+        match (self.status, self.end_reason) {
+            (OrderStatus::Cancelled, Some(EndReason::Expired)) => in_window,
+            (OrderStatus::Cancelled, _) => false,
+            _ => in_window,
         }
     }
 }
@@ -104,17 +175,28 @@ pub enum Ended {
 }
 
 /// Cancels a live order (`order:cancelled`); a cancelled or complete order stays as it is.
-pub async fn cancel_order(tx: &mut Tx, order_id: Uuid) -> Result<Ended, sqlx::Error> {
-    end_order(tx, order_id, OrderStatus::Cancelled).await
+pub async fn cancel_order(tx: &mut Tx, order_id: Uuid, reason: EndReason) -> Result<Ended, sqlx::Error> {
+    end_order(tx, order_id, OrderStatus::Cancelled, Some(reason)).await
 }
 
 /// Completes a live order (`order:completed`); a cancelled or complete order stays as it is.
 pub async fn complete_order(tx: &mut Tx, order_id: Uuid) -> Result<Ended, sqlx::Error> {
-    end_order(tx, order_id, OrderStatus::Complete).await
+    end_order(tx, order_id, OrderStatus::Complete, None).await
 }
 
-async fn end_order(tx: &mut Tx, order_id: Uuid, status: OrderStatus) -> Result<Ended, sqlx::Error> {
-    let Some(order) = store::end_live_order(tx, order_id, status).await? else {
+/// Enqueues `order:completed` for an order that just became complete.
+pub async fn announce_completed(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
+    let event = OrderCompleted { id: order.id, version: order.version, ticket: TicketRef { id: order.ticket_id } };
+    outbox::enqueue(tx, &event.to_event()).await
+}
+
+async fn end_order(
+    tx: &mut Tx,
+    order_id: Uuid,
+    status: OrderStatus,
+    reason: Option<EndReason>,
+) -> Result<Ended, sqlx::Error> {
+    let Some(order) = store::end_live_order(tx, order_id, status, reason).await? else {
         return Ok(store::order_status(tx, order_id).await?.map_or(Ended::Unknown, Ended::Already));
     };
     let ticket = TicketRef { id: order.ticket_id };

@@ -68,6 +68,7 @@ pub async fn start(ctx: &Context, settings: &OrdersSettings) -> anyhow::Result<S
         routes::NewOrder,
         routes::OrderBody,
         routes::OrderTicketBody,
+        routes::RefundBody,
         domain::OrderStatus,
         platform::error::ErrorBody,
         platform::error::ErrorItem

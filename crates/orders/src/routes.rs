@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::domain::{self, ALREADY_RESERVED, COMPLETED, Ended, OWN_TICKET, Order, OrderStatus, Ticket};
+use crate::domain::{self, ALREADY_RESERVED, COMPLETED, EndReason, Ended, OWN_TICKET, Order, OrderStatus, Refund};
 use crate::store;
 
 /// `{ticketId}`. Taken as raw JSON so a missing or mistyped id is reported against the field.
@@ -44,7 +44,23 @@ pub struct OrderBody {
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
     pub version: i64,
+    /// The ticket as it was when the order was placed: the price charged, whatever the ticket
+    /// became since.
     pub ticket: OrderTicketBody,
+    /// Money given back (or owed back) for this order's charges; `null` when none. **(ours)**
+    #[schema(required = true)]
+    pub refund: Option<RefundBody>,
+}
+
+/// A refund of an order's charge: `pending` until the gateway confirmed it, then `refunded`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RefundBody {
+    /// `pending` or `refunded`.
+    #[schema(example = "refunded")]
+    pub status: &'static str,
+    /// In major units.
+    #[schema(value_type = f64, example = 12.5)]
+    pub amount: Value,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -58,7 +74,7 @@ pub struct OrderTicketBody {
 }
 
 impl OrderBody {
-    fn new(order: Order, ticket: Ticket, currency: &Currency) -> Self {
+    fn new(order: Order, refund: Option<Refund>, currency: &Currency) -> Self {
         Self {
             id: order.id,
             user_id: order.user_id,
@@ -66,11 +82,15 @@ impl OrderBody {
             expires_at: order.expires_at,
             version: order.version,
             ticket: OrderTicketBody {
-                id: ticket.id,
-                title: ticket.title,
-                price: currency.to_major(ticket.price),
-                version: ticket.version,
+                id: order.ticket_id,
+                title: order.snapshot.title,
+                price: currency.to_major(order.snapshot.price),
+                version: order.snapshot.version,
             },
+            refund: refund.map(|refund| RefundBody {
+                status: if refund.pending { "pending" } else { "refunded" },
+                amount: currency.to_major(refund.amount),
+            }),
         }
     }
 }
@@ -96,18 +116,18 @@ pub async fn create_order(
     }
     // Whole milliseconds, as stored, so every later read shows the same instant.
     let expires_at = from_millis(now_millis().saturating_add(state.expiration_millis));
-    let order = Order::new(user.id, ticket.id, expires_at);
+    let order = Order::new(user.id, &ticket, expires_at);
     let mut tx = state.db.begin().await?;
     // No check first: the partial unique index decides, even between instances.
     match store::insert_order(&mut tx, &order).await {
         Err(err) if is_unique_violation(&err) => return Err(ApiError::bad_request(ALREADY_RESERVED)),
         inserted => inserted?,
     }
-    outbox::enqueue(&mut tx, &order.created_event(&ticket).to_event()).await?;
+    outbox::enqueue(&mut tx, &order.created_event().to_event()).await?;
     tx.commit().await?;
     state.outbox.wake();
     tracing::info!(order_id = %order.id, ticket_id = %ticket.id, user_id = %user.id, "ticket ordered");
-    Ok((StatusCode::CREATED, Json(OrderBody::new(order, ticket, &state.currency))))
+    Ok((StatusCode::CREATED, Json(OrderBody::new(order, None, &state.currency))))
 }
 
 /// The caller's orders, any status, newest first.
@@ -121,7 +141,12 @@ pub async fn list_orders(
     RequireUser(user): RequireUser,
 ) -> ApiResult<Json<Vec<OrderBody>>> {
     let orders = store::list_orders(&state.db.pool, user.id).await?;
-    Ok(Json(orders.into_iter().map(|(order, ticket)| OrderBody::new(order, ticket, &state.currency)).collect()))
+    let mut bodies = Vec::with_capacity(orders.len());
+    for order in orders {
+        let refund = store::refund_of(&state.db.pool, order.id).await?;
+        bodies.push(OrderBody::new(order, refund, &state.currency));
+    }
+    Ok(Json(bodies))
 }
 
 /// One of the caller's orders.
@@ -137,11 +162,12 @@ pub async fn show_order(
     RequireUser(user): RequireUser,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<OrderBody>> {
-    let (order, ticket) = store::find_order(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
+    let order = store::find_order(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
     if order.user_id != user.id {
         return Err(ApiError::Unauthorized);
     }
-    Ok(Json(OrderBody::new(order, ticket, &state.currency)))
+    let refund = store::refund_of(&state.db.pool, order.id).await?;
+    Ok(Json(OrderBody::new(order, refund, &state.currency)))
 }
 
 /// Cancel an order, releasing its ticket. Cancelling a cancelled order changes nothing.
@@ -158,7 +184,7 @@ pub async fn cancel_order(
     RequireUser(user): RequireUser,
     IdPath(id): IdPath,
 ) -> ApiResult<StatusCode> {
-    let (order, _) = store::find_order(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
+    let order = store::find_order(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
     if order.status == OrderStatus::Complete {
         return Err(ApiError::bad_request(COMPLETED));
     }
@@ -166,7 +192,7 @@ pub async fn cancel_order(
         return Err(ApiError::Unauthorized);
     }
     let mut tx = state.db.begin().await?;
-    match domain::cancel_order(&mut tx, id).await? {
+    match domain::cancel_order(&mut tx, id, EndReason::Buyer).await? {
         Ended::Now => {
             tx.commit().await?;
             state.outbox.wake();

@@ -53,9 +53,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use platform::db::{Db, now_millis};
-use platform::events::{ContractEvent, PaymentCreated};
+use platform::events::{ContractEvent, PaymentCreated, RefundCompleted, RefundCreated};
 use platform::money::Currency;
 use platform::outbox::{self, OutboxWaker};
+use platform::worker::{Job, Step, Waker, Worker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -141,11 +142,49 @@ pub struct PaymentService {
     gateway: Arc<dyn Gateway>,
     currency: Currency,
     outbox: OutboxWaker,
+    /// How long `POST /api/payments` waits for orders' verdict on an accepted payment.
+    confirm_wait: Duration,
+    /// The first pause before an owed refund is asked again (doubling, up to
+    /// [`MAX_REFUND_BACKOFF`]).
+    refund_backoff: Duration,
+    /// Wakes the [`Reconciler`] when a refund becomes owed.
+    reconcile: Waker,
 }
+
+/// The longest pause between two tries of an owed refund.
+pub const MAX_REFUND_BACKOFF: Duration = Duration::from_secs(300);
+/// How long an instance holds an owed refund it is asking the gateway for.
+const REFUND_LEASE: Duration = Duration::from_secs(60);
 
 impl PaymentService {
     pub fn new(db: Db, gateway: Arc<dyn Gateway>, currency: Currency, outbox: OutboxWaker) -> Self {
-        Self { db, gateway, currency, outbox }
+        Self {
+            db,
+            gateway,
+            currency,
+            outbox,
+            confirm_wait: Duration::ZERO,
+            refund_backoff: Duration::from_secs(1),
+            reconcile: Waker::default(),
+        }
+    }
+
+    /// How long a payment request waits for orders to complete the order (see [`Self::pay`]),
+    /// and the first pause before a failed refund is asked again.
+    pub fn with_timing(mut self, confirm_wait: Duration, refund_backoff: Duration) -> Self {
+        self.confirm_wait = confirm_wait;
+        self.refund_backoff = refund_backoff.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Wakes the reconciler (a refund is owed).
+    pub fn wake_reconciler(&self) {
+        self.reconcile.wake();
+    }
+
+    /// The reconciler's wake-up.
+    pub fn reconciler_waker(&self) -> Waker {
+        self.reconcile.clone()
     }
 
     /// Pays `order_id` for `user_id` with a card `token`; the new payment's id.
@@ -171,7 +210,38 @@ impl PaymentService {
         let attempt = self.begin_charge(&order, token).await?;
         let request = attempt.request().ok_or_else(|| PayError::Unexpected(anyhow::anyhow!("attempt has no token")))?;
         let answer = self.gateway.charge(&request).await;
-        self.settle(&attempt, answer).await
+        let payment_id = self.settle(&attempt, answer).await?;
+        self.await_verdict(order_id, payment_id).await
+    }
+
+    /// Waits (at most `confirm_wait`) until orders has completed the order with this payment,
+    /// so that the buyer told "paid" finds the order complete, and a cancellation asked after
+    /// this answer is refused. If orders rejected the payment meanwhile (the buyer's cancel
+    /// reached orders first), the charge is being refunded: the answer says the order is
+    /// cancelled. On timeout (the bus is slow) the payment stands as accepted: orders completes
+    /// the order, reviving it if needed, when the event arrives.
+    async fn await_verdict(&self, order_id: Uuid, payment_id: Uuid) -> Result<Uuid, PayError> {
+        if self.confirm_wait.is_zero() {
+            return Ok(payment_id);
+        }
+        let deadline = tokio::time::Instant::now() + self.confirm_wait;
+        loop {
+            {
+                let mut conn = self.db.pool.acquire().await?;
+                if store::find_order(&mut conn, order_id).await?.is_some_and(|order| order.status == status::COMPLETE) {
+                    return Ok(payment_id);
+                }
+                let payment = store::find_payment(&mut conn, payment_id).await?;
+                if payment.is_some_and(|payment| payment.status != payment_status::SUCCEEDED) {
+                    return Err(PayError::Cancelled);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(%order_id, %payment_id, wait = ?self.confirm_wait, "payment accepted; orders has not confirmed it yet");
+                return Ok(payment_id);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Writes down (and commits) the attempt to charge `order` with `token`, before the
@@ -253,6 +323,10 @@ impl PaymentService {
             currency: attempt.currency.clone(),
             status: payment_status::SUCCEEDED.to_owned(),
             refund_id: None,
+            // Accepted when the request that armed the attempt passed its checks (in time).
+            accepted_at: Some(attempt.created_at),
+            refund_tries: 0,
+            refund_next_at: 0,
         };
         let mut tx = self.db.begin().await?;
         let current = store::lock_order(&mut tx, order_id).await?;
@@ -261,8 +335,9 @@ impl PaymentService {
                 Some(status::CANCELLED) if recorded.status != payment_status::SUCCEEDED => PayError::Cancelled,
                 _ => PayError::AlreadyPaid,
             }),
+            // A cancelled order is orders' to decide: a payment accepted before it ended wins
+            // (see docs/purchase-flow.md); one that did not is rejected, then refunded.
             None => match current.as_ref().map(|order| order.status.as_str()) {
-                Some(status::CANCELLED) => Decision::GiveBack(PayError::Cancelled),
                 Some(status::COMPLETE) => Decision::GiveBack(PayError::AlreadyPaid),
                 _ if store::kept_payment(&mut tx, order_id).await?.is_some() => {
                     Decision::GiveBack(PayError::AlreadyPaid)
@@ -288,7 +363,12 @@ impl PaymentService {
                     }
                     Err(err) => return Err(err.into()),
                 }
-                let event = PaymentCreated { id: payment.id, order_id, charge_id: charge.id.clone() };
+                let event = PaymentCreated {
+                    id: payment.id,
+                    order_id,
+                    charge_id: charge.id.clone(),
+                    accepted_at: Some(platform::db::from_millis(attempt.created_at)),
+                };
                 outbox::enqueue(&mut tx, &event.to_event()).await?;
                 tx.commit().await?;
                 self.outbox.wake();
@@ -298,12 +378,12 @@ impl PaymentService {
             Decision::GiveBack(err) => {
                 payment.status = payment_status::REFUNDING.to_owned();
                 store::insert_payment(&mut tx, &payment, now_millis()).await?;
+                let owed = RefundCreated { payment_id: payment.id, order_id, amount: payment.amount };
+                outbox::enqueue(&mut tx, &owed.to_event()).await?;
                 tx.commit().await?;
-                tracing::warn!(%order_id, charge_id = %charge.id, reason = %err, "charge must not be kept: refunding it");
-                if let Err(refund_err) = self.refund(&payment).await {
-                    // Recorded as owed: the reconciler gives it back once the gateway answers.
-                    tracing::warn!(%order_id, charge_id = %charge.id, error = %refund_err, "refund failed; it will be retried");
-                }
+                self.outbox.wake();
+                self.wake_reconciler();
+                tracing::warn!(%order_id, charge_id = %charge.id, reason = %err, "charge must not be kept: refund owed");
                 Err(err)
             }
         }
@@ -363,31 +443,85 @@ impl PaymentService {
             .await
     }
 
-    /// Refunds a payment's charge and records it refunded.
-    pub async fn refund(&self, payment: &PaymentRecord) -> Result<(), RefundError> {
-        let refund = self.refund_charge(payment).await?;
-        let mut conn = self.db.pool.acquire().await?;
-        store::mark_refunded(&mut conn, payment.id, refund.id.as_deref(), now_millis()).await?;
-        tracing::info!(order_id = %payment.order_id, charge_id = %payment.charge_id, refund_id = ?refund.id, "charge refunded");
+    /// Records that a kept payment must be given back (orders rejected it), in the caller's
+    /// transaction: the obligation is durable before anything is asked of the gateway.
+    pub async fn owe_refund(
+        &self,
+        tx: &mut platform::db::Tx,
+        payment_id: Uuid,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        let Some(payment) = store::owe_refund(tx, payment_id).await? else {
+            tracing::debug!(%payment_id, "payment not kept (refund owed or made already)");
+            return Ok(());
+        };
+        let owed = RefundCreated { payment_id, order_id: payment.order_id, amount: payment.amount };
+        outbox::enqueue(tx, &owed.to_event()).await?;
+        tracing::warn!(order_id = %payment.order_id, %payment_id, charge_id = %payment.charge_id, amount = payment.amount, reason, "refund owed");
         Ok(())
     }
 
-    /// Retries refunds still owed; how many went through.
-    pub async fn retry_owed_refunds(&self) -> Result<usize, sqlx::Error> {
-        let owed = {
+    /// Asks the gateway for every owed refund that is due, and records each one confirmed
+    /// (with `refund:completed`); a failure is recorded with the next try after a doubling
+    /// pause. Never given up. How many were confirmed, and how many were tried.
+    pub async fn refund_due(&self) -> Result<(usize, usize), sqlx::Error> {
+        let due = {
             let mut conn = self.db.pool.acquire().await?;
-            store::refunds_owed(&mut conn, BATCH).await?
+            store::refunds_due(&mut conn, now_millis(), BATCH).await?
         };
-        let mut done = 0;
-        for payment in &owed {
-            match self.refund(payment).await {
-                Ok(()) => done += 1,
+        let (mut done, mut tried) = (0, 0);
+        for payment in due {
+            let claimed = {
+                let mut conn = self.db.pool.acquire().await?;
+                let lease_until = now_millis() + REFUND_LEASE.as_millis() as i64;
+                store::claim_refund(&mut conn, &payment, lease_until).await?
+            };
+            if !claimed {
+                continue; // another instance is on it
+            }
+            tried += 1;
+            // No connection is held while the gateway is asked.
+            match self.refund_charge(&payment).await {
+                Ok(refund) => {
+                    let mut tx = self.db.begin().await?;
+                    store::mark_refunded(&mut tx, payment.id, refund.id.as_deref(), now_millis()).await?;
+                    let event = RefundCompleted {
+                        payment_id: payment.id,
+                        order_id: payment.order_id,
+                        amount: payment.amount,
+                        refund_id: refund.id.clone(),
+                    };
+                    outbox::enqueue(&mut tx, &event.to_event()).await?;
+                    tx.commit().await?;
+                    self.outbox.wake();
+                    done += 1;
+                    tracing::info!(order_id = %payment.order_id, payment_id = %payment.id, charge_id = %payment.charge_id, refund_id = ?refund.id, amount = payment.amount, tries = payment.refund_tries + 1, "refunded");
+                }
                 Err(err) => {
-                    tracing::warn!(order_id = %payment.order_id, charge_id = %payment.charge_id, error = %err, "owed refund failed again; will retry")
+                    let tries = payment.refund_tries + 1;
+                    let pause = self
+                        .refund_backoff
+                        .saturating_mul(2u32.saturating_pow(u32::try_from(tries - 1).unwrap_or(u32::MAX).min(20)))
+                        .min(MAX_REFUND_BACKOFF);
+                    let mut conn = self.db.pool.acquire().await?;
+                    store::refund_failed(
+                        &mut conn,
+                        payment.id,
+                        now_millis() + pause.as_millis() as i64,
+                        &err.to_string(),
+                    )
+                    .await?;
+                    tracing::warn!(order_id = %payment.order_id, payment_id = %payment.id, charge_id = %payment.charge_id, tries, retry_in = ?pause, error = %err, "refund failed; it stays owed and will be asked again");
                 }
             }
         }
-        Ok(done)
+        Ok((done, tried))
+    }
+
+    /// Every refund still owed.
+    pub async fn refunds_owed(&self) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+        let mut conn = self.db.pool.acquire().await?;
+        store::refunds_owed(&mut conn).await
     }
 
     /// What payments knows of an order, if anything yet.
@@ -409,17 +543,9 @@ impl PaymentService {
     }
 }
 
-/// A refund that failed at the gateway, or could not be recorded.
-#[derive(Debug, thiserror::Error)]
-pub enum RefundError {
-    #[error(transparent)]
-    Gateway(#[from] GatewayError),
-    #[error("cannot record the refund: {0}")]
-    Db(#[from] sqlx::Error),
-}
-
-/// Settles charge attempts left unsettled and retries owed refunds, every `every`, until
-/// shutdown (see the module documentation).
+/// Settles charge attempts left unsettled and gives back every refund owed (see the module
+/// documentation). Each [`Reconciler::step`] is one round; [`Reconciler::spawn`] runs rounds
+/// every `every`, at once when woken (a refund became owed) or when the last round was busy.
 pub struct Reconciler {
     payments: Arc<PaymentService>,
     every: Duration,
@@ -432,36 +558,31 @@ impl Reconciler {
         Self { payments, every, grace }
     }
 
-    /// One round: unsettled charge attempts first (a recovered charge may owe a refund), then
-    /// owed refunds.
-    pub async fn run_once(&self) {
-        match self.payments.reconcile_charges(self.grace).await {
-            Ok(0) => {}
-            Ok(settled) => tracing::info!(settled, "unsettled charge attempts settled"),
-            Err(err) => tracing::warn!(error = %err, "cannot look for unsettled charge attempts"),
-        }
-        match self.payments.retry_owed_refunds().await {
-            Ok(0) => {}
-            Ok(done) => tracing::info!(done, "owed refunds went through"),
-            Err(err) => tracing::warn!(error = %err, "cannot look for owed refunds"),
-        }
+    /// Runs rounds in a [`Worker`] until shutdown: every `every`, at once when a refund became
+    /// owed, again at once while busy; a failed round backs off.
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (every, waker) = (self.every, self.payments.reconciler_waker());
+        Worker::new(self).poll_every(every).max_backoff(MAX_REFUND_BACKOFF).woken_by(waker).spawn(shutdown)
+    }
+}
+
+#[async_trait::async_trait]
+impl Job for Reconciler {
+    fn name(&self) -> &'static str {
+        "payments-reconciler"
     }
 
-    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                // A round stopped half-way is safe: an attempt or a refund not settled yet is
-                // still recorded as such, and is taken up again.
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = self.run_once() => {}
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(self.every) => {}
-                }
-            }
-            tracing::debug!("payments reconciler stopped");
-        })
+    /// One round: unsettled charge attempts first (a recovered charge may owe a refund), then
+    /// owed refunds that are due.
+    async fn step(&self) -> anyhow::Result<Step> {
+        let settled = self.payments.reconcile_charges(self.grace).await?;
+        if settled > 0 {
+            tracing::info!(settled, "unsettled charge attempts settled");
+        }
+        let (refunded, tried) = self.payments.refund_due().await?;
+        if tried > 0 {
+            tracing::info!(refunded, tried, "owed refunds asked of the gateway");
+        }
+        Ok(if settled + refunded > 0 { Step::Busy } else { Step::Idle })
     }
 }

@@ -1,5 +1,9 @@
 //! What payments hears from orders: the replica of orders it checks payments against, and
-//! the cancellations that oblige it to give a kept charge back.
+//! the payments orders rejected, which oblige it to give their charge back. The refund owed
+//! is recorded here, in the event's transaction; the gateway is asked by the [`Reconciler`]
+//! outside any transaction.
+//!
+//! [`Reconciler`]: crate::domain::Reconciler
 //!
 //! The replica follows the version rule: `order:created` adds the order at version 0; a
 //! change applies only on top of the version just before it; an older event is old news;
@@ -9,15 +13,16 @@ use std::sync::Arc;
 
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
-use platform::db::{Tx, millis, now_millis};
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated};
+use platform::db::{Tx, millis};
+use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderPaymentRejected};
 use uuid::Uuid;
 
 use crate::domain::PaymentService;
-use crate::store::{self, OrderRecord, payment_status, status};
+use crate::store::{self, OrderRecord, status};
 
 /// The event kinds payments consumes.
-pub const KINDS: &[&str] = &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND];
+pub const KINDS: &[&str] =
+    &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND, OrderPaymentRejected::KIND];
 
 pub struct OrderEvents {
     pub payments: Arc<PaymentService>,
@@ -46,22 +51,6 @@ impl OrderEvents {
         }
         Ok(Step::Applied)
     }
-
-    /// Gives back the kept charge of a cancelled order, inside the transaction that applies
-    /// the cancellation: if the gateway fails, the whole event is retried.
-    async fn refund_kept_payment(&self, tx: &mut Tx, order_id: Uuid) -> Result<(), HandleError> {
-        let cancelled = store::find_order(tx, order_id).await?.is_some_and(|order| order.status == status::CANCELLED);
-        let Some(payment) = store::kept_payment(tx, order_id).await?.filter(|_| cancelled) else {
-            return Ok(());
-        };
-        tracing::warn!(%order_id, charge_id = %payment.charge_id, "paid order was cancelled: refunding its charge");
-        let refund = self.payments.refund_charge(&payment).await.map_err(|err| {
-            HandleError::Retry(anyhow::Error::from(err).context(format!("cannot refund charge {}", payment.charge_id)))
-        })?;
-        store::mark_refunded(tx, payment.id, refund.id.as_deref(), now_millis()).await?;
-        tracing::info!(%order_id, charge_id = %payment.charge_id, refund_id = ?refund.id, status = payment_status::REFUNDED, "charge of a cancelled order refunded");
-        Ok(())
-    }
 }
 
 impl EventHandler for OrderEvents {
@@ -86,8 +75,12 @@ impl EventHandler for OrderEvents {
                 if let Step::Applied = self.change_status(tx, order.id, status::CANCELLED, order.version).await? {
                     tracing::debug!(order_id = %order.id, "order cancelled");
                 }
-                // Also for old news: a cancelled order never keeps a charge.
-                self.refund_kept_payment(tx, order.id).await?;
+                // A payment of the order is not refunded here: one accepted before the order
+                // ended still wins. Orders rejects the others (`order:payment-rejected`).
+            }
+            OrderPaymentRejected::KIND => {
+                let rejected: OrderPaymentRejected = payload(event)?;
+                self.payments.owe_refund(tx, rejected.payment_id, &rejected.reason).await?;
             }
             OrderCompleted::KIND => {
                 let order: OrderCompleted = payload(event)?;
@@ -98,5 +91,23 @@ impl EventHandler for OrderEvents {
             other => return Err(HandleError::Malformed(anyhow::anyhow!("payments does not consume {other}"))),
         }
         Ok(())
+    }
+}
+
+/// The consumer, plus a wake-up for the reconciler once an event's effect has committed, so a
+/// refund that became owed is asked for at once rather than at the reconciler's next round.
+pub struct WakeReconcilerAfter<H> {
+    pub consumer: Arc<platform::consumer::Consumer<H>>,
+    pub payments: Arc<PaymentService>,
+}
+
+impl<H: EventHandler> platform::bus::Handler for WakeReconcilerAfter<H> {
+    async fn handle(&self, delivery: platform::bus::Delivery) -> platform::bus::Outcome {
+        let rejection = delivery.event.kind == OrderPaymentRejected::KIND;
+        let outcome = self.consumer.handle(delivery).await;
+        if rejection && matches!(outcome, platform::bus::Outcome::Ack) {
+            self.payments.wake_reconciler();
+        }
+        outcome
     }
 }

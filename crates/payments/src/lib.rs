@@ -1,6 +1,7 @@
 //! The payments service: charges orders, and never keeps a charge it should not.
 //!
-//! - [`gateway`]: Stripe, or the offline sandbox (the default without `STRIPE_KEY`);
+//! - [`gateway`]: Stripe, or the offline sandbox, chosen by `PAYMENT_GATEWAY` (fail closed:
+//!   `stripe` without a usable key refuses to start);
 //! - [`events`]: the replica of orders payments checks against, and refunds for cancelled
 //!   orders;
 //! - [`domain`]: taking a payment (charge attempts written down before the gateway is
@@ -38,11 +39,24 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The service's name: its schema or database file, consumer group and consumer.
 pub const NAME: &str = "payments";
 
+/// Which payment gateway charges cards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GatewayChoice {
+    /// The offline sandbox: Stripe's test tokens, nothing is charged.
+    Sandbox,
+    /// Stripe, with STRIPE_KEY or STRIPE_KEY_FILE (required).
+    Stripe,
+}
+
 /// The payments service's own settings.
 #[derive(Clone, clap::Args)]
 pub struct PaymentsSettings {
-    /// Stripe secret key (`sk_live_...` or `sk_test_...`). Without it (or STRIPE_KEY_FILE)
-    /// payments go to the offline sandbox, which takes Stripe's test tokens and charges nothing.
+    /// The payment gateway: `sandbox` or `stripe`. Unset: `stripe` when a Stripe key is given,
+    /// else the sandbox (the embedded default). `stripe` without a usable key refuses to start.
+    #[arg(long, env = "PAYMENT_GATEWAY", value_enum)]
+    pub payment_gateway: Option<GatewayChoice>,
+
+    /// Stripe secret key (`sk_live_...`, `sk_test_...` or a restricted `rk_...` key).
     #[arg(long, env = "STRIPE_KEY", hide_env_values = true)]
     pub stripe_key: Option<String>,
 
@@ -64,6 +78,16 @@ pub struct PaymentsSettings {
     /// so it does not ask while the request itself still waits for the answer.
     #[arg(long, env = "PAYMENTS_CHARGE_GRACE_MILLIS", default_value_t = 60_000)]
     pub charge_grace_millis: u64,
+
+    /// How long `POST /api/payments` waits for orders to complete the order before answering
+    /// 201 anyway (the payment stands accepted either way).
+    #[arg(long, env = "PAYMENTS_CONFIRM_WAIT_MILLIS", default_value_t = 5000)]
+    pub confirm_wait_millis: u64,
+
+    /// The first pause before a failed refund is asked again; it doubles on each failure, up
+    /// to 5 minutes, for as long as it takes. A refund owed is never given up.
+    #[arg(long, env = "PAYMENTS_REFUND_BACKOFF_MILLIS", default_value_t = 1000)]
+    pub refund_backoff_millis: u64,
 }
 
 impl std::fmt::Debug for PaymentsSettings {
@@ -74,6 +98,9 @@ impl std::fmt::Debug for PaymentsSettings {
             .field("stripe_api_base", &self.stripe_api_base)
             .field("reconcile_every_millis", &self.reconcile_every_millis)
             .field("charge_grace_millis", &self.charge_grace_millis)
+            .field("payment_gateway", &self.payment_gateway)
+            .field("confirm_wait_millis", &self.confirm_wait_millis)
+            .field("refund_backoff_millis", &self.refund_backoff_millis)
             .finish()
     }
 }
@@ -100,18 +127,43 @@ impl PaymentsSettings {
         (Duration::from_millis(self.reconcile_every_millis.max(1)), Duration::from_millis(self.charge_grace_millis))
     }
 
-    /// The gateway these settings ask for: Stripe with a key, the sandbox without.
-    pub fn gateway(&self) -> anyhow::Result<Arc<dyn Gateway>> {
-        Ok(match self.stripe_key()? {
-            Some(key) => {
+    /// The gateway these settings choose, failing closed: `stripe` needs a usable secret key,
+    /// and a Stripe key never silently falls back to the sandbox. A configuration error, so
+    /// checked before start-up retries anything (retrying cannot fix it).
+    pub fn check(&self) -> anyhow::Result<GatewayChoice> {
+        let key = self.stripe_key()?;
+        let choice =
+            self.payment_gateway.unwrap_or(if key.is_some() { GatewayChoice::Stripe } else { GatewayChoice::Sandbox });
+        match (choice, key) {
+            (GatewayChoice::Stripe, None) => {
+                anyhow::bail!("PAYMENT_GATEWAY=stripe needs a Stripe secret key: set STRIPE_KEY or STRIPE_KEY_FILE")
+            }
+            (GatewayChoice::Stripe, Some(key)) => anyhow::ensure!(
+                ["sk_live_", "sk_test_", "rk_live_", "rk_test_"].iter().any(|prefix| key.starts_with(prefix)),
+                "PAYMENT_GATEWAY=stripe: the Stripe key is not a secret key (it must start with sk_live_, sk_test_, rk_live_ or rk_test_)"
+            ),
+            (GatewayChoice::Sandbox, Some(_)) => anyhow::bail!(
+                "PAYMENT_GATEWAY=sandbox but a Stripe key is set: choose PAYMENT_GATEWAY=stripe, or remove the key"
+            ),
+            (GatewayChoice::Sandbox, None) => {}
+        }
+        Ok(choice)
+    }
+
+    /// The gateway these settings choose (see [`Self::check`]). The sandbox keeps its ledger
+    /// in `db`, the payments database.
+    pub fn gateway(&self, db: &platform::db::Db) -> anyhow::Result<Arc<dyn Gateway>> {
+        Ok(match self.check()? {
+            GatewayChoice::Stripe => {
+                let key = self.stripe_key()?.expect("checked");
                 tracing::info!(api = %self.stripe_api_base, "payments go to Stripe");
                 Arc::new(StripeGateway::new(&self.stripe_api_base, &key)?)
             }
-            None => {
+            GatewayChoice::Sandbox => {
                 tracing::warn!(
-                    "STRIPE_KEY is not set: payments use the offline sandbox (Stripe test tokens, nothing is charged)"
+                    "PAYMENT_GATEWAY=sandbox: payments use the offline sandbox (Stripe test tokens, nothing is charged)"
                 );
-                Arc::new(SandboxGateway::new())
+                Arc::new(SandboxGateway::with_ledger(db.clone()))
             }
         })
     }
@@ -119,7 +171,10 @@ impl PaymentsSettings {
 
 /// Starts the payments service with the gateway its settings name.
 pub async fn start(ctx: &Context, settings: &PaymentsSettings) -> anyhow::Result<Service> {
-    let (service, _) = start_with_gateway(ctx, settings, settings.gateway()?).await?;
+    settings.check()?;
+    let db = ctx.database(NAME, &MIGRATOR).await?;
+    let gateway = settings.gateway(&db)?;
+    let (service, _) = launch(ctx, settings, db, gateway).await?;
     Ok(service)
 }
 
@@ -131,11 +186,25 @@ pub async fn start_with_gateway(
     gateway: Arc<dyn Gateway>,
 ) -> anyhow::Result<(Service, Arc<PaymentService>)> {
     let db = ctx.database(NAME, &MIGRATOR).await?;
+    launch(ctx, settings, db, gateway).await
+}
+
+async fn launch(
+    ctx: &Context,
+    settings: &PaymentsSettings,
+    db: platform::db::Db,
+    gateway: Arc<dyn Gateway>,
+) -> anyhow::Result<(Service, Arc<PaymentService>)> {
     let (outbox, relay) = ctx.start_outbox_relay(&db);
     let currency = Currency::new(&ctx.settings.currency);
-    let payments = Arc::new(PaymentService::new(db.clone(), gateway, currency, outbox.clone()));
+    let payments = Arc::new(PaymentService::new(db.clone(), gateway, currency, outbox.clone()).with_timing(
+        Duration::from_millis(settings.confirm_wait_millis),
+        Duration::from_millis(settings.refund_backoff_millis),
+    ));
     let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents { payments: payments.clone() }, Some(outbox));
-    let subscription = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(consumer), ctx.shutdown.clone()).await?;
+    let handler = events::WakeReconcilerAfter { consumer, payments: payments.clone() };
+    let subscription =
+        ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(Arc::new(handler)), ctx.shutdown.clone()).await?;
     let (every, grace) = settings.reconcile_schedule();
     let reconciler = domain::Reconciler::new(payments.clone(), every, grace).spawn(ctx.shutdown.clone());
     let api = Router::new().route("/api/payments", post(routes::payments::create_payment)).with_state(payments.clone());

@@ -57,6 +57,12 @@ pub struct PaymentRecord {
     pub currency: String,
     pub status: String,
     pub refund_id: Option<String>,
+    /// When the payment was accepted (ms since the epoch): its charge attempt's first arming.
+    pub accepted_at: Option<i64>,
+    /// How often the gateway failed its refund so far.
+    pub refund_tries: i64,
+    /// When its owed refund is next due (ms since the epoch).
+    pub refund_next_at: i64,
 }
 
 /// A charge asked of the gateway, recorded before it was asked: the write-ahead record that
@@ -103,6 +109,9 @@ fn payment_from(row: &AnyRow) -> Result<PaymentRecord, sqlx::Error> {
         currency: row.try_get("currency")?,
         status: row.try_get("status")?,
         refund_id: row.try_get("refund_id")?,
+        accepted_at: row.try_get("accepted_at")?,
+        refund_tries: row.try_get("refund_tries")?,
+        refund_next_at: row.try_get("refund_next_at")?,
     })
 }
 
@@ -125,7 +134,8 @@ fn attempt_from(row: &AnyRow) -> Result<ChargeAttempt, sqlx::Error> {
 const ATTEMPT_COLUMNS: &str =
     "idempotency_key, order_id, amount, currency, token, status, charge_id, outcome, tries, created_at, updated_at";
 const ORDER_COLUMNS: &str = "id, user_id, price, status, version, expires_at";
-const PAYMENT_COLUMNS: &str = "id, order_id, charge_id, amount, currency, status, refund_id";
+const PAYMENT_COLUMNS: &str =
+    "id, order_id, charge_id, amount, currency, status, refund_id, accepted_at, refund_tries, refund_next_at";
 
 pub async fn find_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<OrderRecord>, sqlx::Error> {
     sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
@@ -224,10 +234,25 @@ pub async fn payment_by_charge(
 }
 
 /// Payments whose refund is still owed, oldest first.
-pub async fn refunds_owed(conn: &mut AnyConnection, limit: i64) -> Result<Vec<PaymentRecord>, sqlx::Error> {
-    sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = $1 ORDER BY created_at, id LIMIT $2"))
+pub async fn refunds_due(conn: &mut AnyConnection, now: i64, limit: i64) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = $1 AND refund_next_at <= $2 \
+         ORDER BY refund_next_at, id LIMIT $3"
+    ))
+    .bind(payment_status::REFUNDING)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(payment_from)
+    .collect()
+}
+
+/// Every refund still owed, due or not.
+pub async fn refunds_owed(conn: &mut AnyConnection) -> Result<Vec<PaymentRecord>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = $1 ORDER BY created_at, id"))
         .bind(payment_status::REFUNDING)
-        .bind(limit)
         .fetch_all(conn)
         .await?
         .iter()
@@ -235,10 +260,75 @@ pub async fn refunds_owed(conn: &mut AnyConnection, limit: i64) -> Result<Vec<Pa
         .collect()
 }
 
+/// Claims an owed refund for one attempt: only if nobody moved it since it was read. Its
+/// `refund_next_at` becomes `lease_until`, so no other instance asks meanwhile.
+pub async fn claim_refund(
+    conn: &mut AnyConnection,
+    payment: &PaymentRecord,
+    lease_until: i64,
+) -> Result<bool, sqlx::Error> {
+    let claimed =
+        sqlx::query("UPDATE payments SET refund_next_at = $1 WHERE id = $2 AND status = $3 AND refund_next_at = $4")
+            .bind(lease_until)
+            .bind(payment.id.to_string())
+            .bind(payment_status::REFUNDING)
+            .bind(payment.refund_next_at)
+            .execute(conn)
+            .await?
+            .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// Records a failed refund attempt: tried again at `next_at`.
+pub async fn refund_failed(
+    conn: &mut AnyConnection,
+    payment_id: Uuid,
+    next_at: i64,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payments SET refund_tries = refund_tries + 1, refund_next_at = $1, refund_error = $2 \
+         WHERE id = $3 AND status = $4",
+    )
+    .bind(next_at)
+    .bind(error)
+    .bind(payment_id.to_string())
+    .bind(payment_status::REFUNDING)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Turns a kept payment into a refund owed (due at once); the payment as it is now, `None`
+/// if it was not kept (already owed or refunded).
+pub async fn owe_refund(conn: &mut AnyConnection, payment_id: Uuid) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE payments SET status = $1, refund_next_at = 0 WHERE id = $2 AND status = $3 RETURNING {PAYMENT_COLUMNS}"
+    ))
+    .bind(payment_status::REFUNDING)
+    .bind(payment_id.to_string())
+    .bind(payment_status::SUCCEEDED)
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(payment_from)
+    .transpose()
+}
+
+pub async fn find_payment(conn: &mut AnyConnection, payment_id: Uuid) -> Result<Option<PaymentRecord>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"))
+        .bind(payment_id.to_string())
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(payment_from)
+        .transpose()
+}
+
 pub async fn insert_payment(conn: &mut AnyConnection, payment: &PaymentRecord, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO payments (id, order_id, charge_id, amount, currency, status, refund_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO payments (id, order_id, charge_id, amount, currency, status, refund_id, created_at, accepted_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(payment.id.to_string())
     .bind(payment.order_id.to_string())
@@ -248,6 +338,7 @@ pub async fn insert_payment(conn: &mut AnyConnection, payment: &PaymentRecord, n
     .bind(&payment.status)
     .bind(&payment.refund_id)
     .bind(now)
+    .bind(payment.accepted_at)
     .execute(conn)
     .await
     .map(drop)

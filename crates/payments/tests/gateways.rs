@@ -136,7 +136,7 @@ async fn stripe_refunds_once() {
 
 #[tokio::test]
 async fn sandbox_knows_stripes_test_tokens() {
-    let sandbox = SandboxGateway::new();
+    let sandbox = SandboxGateway::in_memory().await.unwrap();
     for token in ["tok_visa", "tok_visa_debit", "tok_mastercard", "tok_amex", "tok_discover", "tok_jcb", "tok_unionpay"]
     {
         let charge = sandbox.charge(&charge_request(token, 1999)).await.unwrap();
@@ -163,7 +163,7 @@ async fn sandbox_knows_stripes_test_tokens() {
         let unknown = sandbox.charge(&charge_request(token, 1999)).await;
         assert!(matches!(unknown, Err(GatewayError::InvalidToken(_))), "{token}: {unknown:?}");
     }
-    assert_eq!(sandbox.charges().len(), 7, "only the card tokens charged");
+    assert_eq!(sandbox.charges().await.len(), 7, "only the card tokens charged");
 
     let too_small = sandbox.charge(&charge_request("tok_visa", 49)).await;
     assert!(
@@ -175,17 +175,17 @@ async fn sandbox_knows_stripes_test_tokens() {
     assert!(
         matches!(sandbox.charge(&yen).await, Err(GatewayError::AmountTooSmall(m)) if m == "Amount must be at least ¥50")
     );
-    assert_eq!(sandbox.charges().len(), 7);
+    assert_eq!(sandbox.charges().await.len(), 7);
 }
 
 #[tokio::test]
 async fn sandbox_honours_idempotency_keys_and_refunds_once() {
-    let sandbox = SandboxGateway::new();
+    let sandbox = SandboxGateway::in_memory().await.unwrap();
     let request = charge_request("tok_visa", 1999);
     let first = sandbox.charge(&request).await.unwrap();
     assert_eq!(sandbox.charge(&request).await.unwrap(), first, "same key, same charge");
-    assert_eq!(sandbox.charges().len(), 1, "and no second charge");
-    let charge = &sandbox.charges()[0];
+    assert_eq!(sandbox.charges().await.len(), 1, "and no second charge");
+    let charge = &sandbox.charges().await[0];
     assert_eq!((charge.amount, charge.currency.as_str(), charge.order_id), (1999, "usd", request.order_id));
 
     let mut reused = request.clone();
@@ -201,7 +201,7 @@ async fn sandbox_honours_idempotency_keys_and_refunds_once() {
     assert_eq!(sandbox.refund(&refund_request(&first.id)).await.unwrap(), refund);
     let other_key = RefundRequest { charge_id: first.id.clone(), idempotency_key: "another".into() };
     assert_eq!(sandbox.refund(&other_key).await.unwrap().id, None, "refunded once only");
-    assert_eq!(sandbox.charges()[0].refund_id, refund.id);
-    assert!(sandbox.kept_charges_for(request.order_id).is_empty());
+    assert_eq!(sandbox.charges().await[0].refund_id, refund.id);
+    assert!(sandbox.kept_charges_for(request.order_id).await.is_empty());
     assert!(matches!(sandbox.refund(&refund_request("ch_unknown")).await, Err(GatewayError::Rejected(_))));
 }

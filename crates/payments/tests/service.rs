@@ -21,7 +21,7 @@ use uuid::Uuid;
 const WINDOW: Duration = Duration::minutes(15);
 
 async fn sandbox_stand(backend: Backend) -> (Stand, Arc<SandboxGateway>) {
-    let sandbox = Arc::new(SandboxGateway::new());
+    let sandbox = Arc::new(SandboxGateway::in_memory().await.unwrap());
     (Stand::start(backend, sandbox.clone()).await, sandbox)
 }
 
@@ -46,7 +46,7 @@ async fn a_payment_charges_once_and_announces_itself(backend: Backend) {
     let payment_id = Uuid::parse_str(body["id"].as_str().unwrap()).unwrap();
     assert_eq!(body.as_object().unwrap().len(), 1, "the answer is {{id}}: {body}");
 
-    let charges = sandbox.kept_charges_for(order.id);
+    let charges = sandbox.kept_charges_for(order.id).await;
     assert_eq!(charges.len(), 1);
     assert_eq!((charges[0].amount, charges[0].currency.as_str(), charges[0].token.as_str()), (1999, "usd", "tok_visa"));
 
@@ -73,7 +73,7 @@ async fn a_payment_charges_once_and_announces_itself(backend: Backend) {
     stand.complete(&order).await;
     let (status, body) = buyer.pay(order.id, "tok_amex").await;
     assert_eq!((status, messages(&body)), (StatusCode::BAD_REQUEST, vec!["Order has already been paid".to_owned()]));
-    assert_eq!(sandbox.charges().len(), 1);
+    assert_eq!(sandbox.charges().await.len(), 1);
     assert_eq!(stand.created.for_order(order.id).len(), 1);
     stand.stop().await;
 }
@@ -93,7 +93,7 @@ async fn a_declined_card_leaves_the_order_payable(backend: Backend) {
     let (status, body) = buyer.pay(order.id, "tok_bogus").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(field_errors(&body), vec![("token".to_owned(), "No such token: 'tok_bogus'".to_owned())]);
-    assert!(sandbox.charges().is_empty());
+    assert!(sandbox.charges().await.is_empty());
     assert!(stand.payments_of(order.id).await.is_empty());
     let mut settled: Vec<_> =
         stand.attempts_of(order.id).await.into_iter().map(|attempt| (attempt.status, attempt.token)).collect();
@@ -106,7 +106,7 @@ async fn a_declined_card_leaves_the_order_payable(backend: Backend) {
 
     let (status, body) = buyer.pay(order.id, "tok_visa").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(sandbox.kept_charges_for(order.id).len(), 1);
+    assert_eq!(sandbox.kept_charges_for(order.id).await.len(), 1);
     stand.created.wait_for(order.id).await;
     stand.stop().await;
 }
@@ -164,7 +164,7 @@ async fn requests_are_checked_in_the_contracts_order(backend: Backend) {
     let (status, body) = buyer.pay(cheap.id, "tok_visa").await;
     assert_eq!((status, messages(&body)), (StatusCode::BAD_REQUEST, vec!["Amount must be at least $0.50".to_owned()]));
 
-    assert!(sandbox.charges().is_empty(), "no check may let a charge through");
+    assert!(sandbox.charges().await.is_empty(), "no check may let a charge through");
     stand.stop().await;
 }
 
@@ -184,21 +184,26 @@ async fn concurrent_payments_keep_one_charge(backend: Backend) {
             (StatusCode::BAD_REQUEST, vec!["Order has already been paid".to_owned()])
         );
     }
-    assert_eq!(sandbox.kept_charges_for(order.id).len(), 1, "{:?}", sandbox.charges());
-    let records = stand.payments_of(order.id).await;
+    // The extra charges are refunds owed, made by the reconciler (woken at once).
+    let records = eventually(WAIT, "the extra charges to be refunded", || async {
+        let records = stand.payments_of(order.id).await;
+        records.iter().all(|(status, ..)| status != "refunding").then_some(records)
+    })
+    .await;
+    assert_eq!(sandbox.kept_charges_for(order.id).await.len(), 1, "{:?}", sandbox.charges().await);
     assert_eq!(records.iter().filter(|(status, ..)| status == "succeeded").count(), 1, "{records:?}");
     assert!(
         records.iter().all(|(status, _, refund)| status == "succeeded" || (status == "refunded" && refund.is_some())),
         "{records:?}"
     );
-    let kept = sandbox.kept_charges_for(order.id).remove(0);
+    let kept = sandbox.kept_charges_for(order.id).await.remove(0);
     assert!(records.contains(&("succeeded".to_owned(), kept.id.clone(), None)));
 
     // The same card: the idempotency key makes it one charge, whoever records it.
     let order = stand.order(&buyer, 2500, WINDOW).await;
     let answers = join_all((0..6).map(|_| buyer.pay(order.id, "tok_visa"))).await;
     assert_eq!(answers.iter().filter(|(status, _)| *status == StatusCode::CREATED).count(), 1, "{answers:?}");
-    let charges: Vec<_> = sandbox.charges().into_iter().filter(|charge| charge.order_id == order.id).collect();
+    let charges: Vec<_> = sandbox.charges().await.into_iter().filter(|charge| charge.order_id == order.id).collect();
     assert_eq!(charges.len(), 1, "{charges:?}");
     assert!(charges[0].is_kept());
     assert_eq!(stand.payments_of(order.id).await, vec![("succeeded".to_owned(), charges[0].id.clone(), None)]);
@@ -209,28 +214,38 @@ async fn a_paid_order_that_is_cancelled_is_refunded(backend: Backend) {
     let (stand, sandbox) = sandbox_stand(backend).await;
     let buyer = stand.user();
     let order = stand.order(&buyer, 1999, WINDOW).await;
-    let (status, _) = buyer.pay(order.id, "tok_visa").await;
+    let (status, body) = buyer.pay(order.id, "tok_visa").await;
     assert_eq!(status, StatusCode::CREATED);
-    stand.created.wait_for(order.id).await;
+    let created = stand.created.wait_for(order.id).await;
+    assert_eq!(created.id.to_string(), body["id"].as_str().unwrap());
+    assert!(created.accepted_at.is_some_and(|at| at <= order.expires_at), "{created:?}");
 
-    // Orders cancelled it anyway (its window ended before payment:created arrived).
+    // Orders cancelled it (its window ended before payment:created arrived): that alone
+    // refunds nothing, since a payment accepted in time may still complete the order.
     stand.cancel(&order).await;
+    assert_eq!(stand.payments_of(order.id).await[0].0, "succeeded");
+    assert_eq!(sandbox.kept_charges_for(order.id).await.len(), 1);
+
+    // Orders rejects it (its ticket went to someone else): refund owed, then made.
+    stand.reject(order.id, created.id).await;
     let refunded = eventually(WAIT, "the charge to be refunded", || async {
         let records = stand.payments_of(order.id).await;
         (records.len() == 1 && records[0].0 == "refunded").then(|| records[0].clone())
     })
     .await;
-    assert!(sandbox.kept_charges_for(order.id).is_empty(), "{:?}", sandbox.charges());
-    assert_eq!(sandbox.charges()[0].refund_id, refunded.2, "the refund recorded is the gateway's");
+    assert!(sandbox.kept_charges_for(order.id).await.is_empty(), "{:?}", sandbox.charges().await);
+    assert_eq!(sandbox.charges().await[0].refund_id, refunded.2, "the refund recorded is the gateway's");
 
-    // The same cancellation again changes nothing.
+    // The same rejection and cancellation again change nothing.
+    stand.reject(order.id, created.id).await;
     stand.publish(&OrderCancelled { id: order.id, version: 1, ticket: TicketRef { id: order.ticket.id } }).await;
     let (status, body) = buyer.pay(order.id, "tok_visa").await;
     assert_eq!(
         (status, messages(&body)),
         (StatusCode::BAD_REQUEST, vec!["Cannot pay for a cancelled order".to_owned()])
     );
-    assert_eq!(sandbox.charges().len(), 1);
+    assert_eq!(sandbox.charges().await.len(), 1);
+    assert_eq!(stand.payments_of(order.id).await, vec![refunded]);
     stand.stop().await;
 }
 
@@ -241,25 +256,28 @@ async fn a_charge_that_lands_after_the_cancellation_is_refunded(backend: Backend
     let record = stand.payments.order(order.id).await.unwrap().expect("known order");
 
     // The checks passed and the gateway charged; before the charge is recorded, the order is
-    // cancelled.
+    // cancelled. The payment was accepted in time, so it is announced for orders to decide.
     let (attempt, charge) = charge_for(&stand, &*sandbox, &record, "tok_visa").await;
     stand.cancel(&order).await;
-    let outcome = stand.payments.record_charge(&attempt, &charge).await;
-    assert!(matches!(outcome, Err(payments::domain::PayError::Cancelled)), "{outcome:?}");
+    let payment_id = stand.payments.record_charge(&attempt, &charge).await.expect("kept for orders to decide");
+    let created = stand.created.wait_for(order.id).await;
+    assert_eq!((created.id, created.charge_id.as_str()), (payment_id, charge.id.as_str()));
 
-    assert!(sandbox.kept_charges_for(order.id).is_empty(), "{:?}", sandbox.charges());
-    let records = stand.payments_of(order.id).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!((records[0].0.as_str(), records[0].1.as_str()), ("refunded", charge.id.as_str()));
-    assert!(records[0].2.is_some());
-
-    // Recording the same charge again (a retried request) neither keeps nor refunds it twice.
+    // Recording the same charge again (a retried request) records nothing twice.
     let again = stand.payments.record_charge(&attempt, &charge).await;
-    assert!(matches!(again, Err(payments::domain::PayError::Cancelled)), "{again:?}");
-    assert_eq!(stand.payments_of(order.id).await, records);
-    assert!(stand.created.for_order(order.id).is_empty());
+    assert!(matches!(again, Err(payments::domain::PayError::AlreadyPaid)), "{again:?}");
+    assert_eq!(stand.payments_of(order.id).await.len(), 1);
 
-    // And a charge that lands after another charge paid the order is given back too.
+    // Orders rejects it: refunded.
+    stand.reject(order.id, payment_id).await;
+    eventually(WAIT, "the rejected charge to be refunded", || async {
+        let records = stand.payments_of(order.id).await;
+        (records[0].0 == "refunded" && records[0].2.is_some()).then_some(())
+    })
+    .await;
+    assert!(sandbox.kept_charges_for(order.id).await.is_empty(), "{:?}", sandbox.charges().await);
+
+    // And a charge that lands after another charge paid the order is given back.
     let order = stand.order(&buyer, 1999, WINDOW).await;
     let record = stand.payments.order(order.id).await.unwrap().unwrap();
     let (late_attempt, late) = charge_for(&stand, &*sandbox, &record, "tok_mastercard").await;
@@ -267,8 +285,11 @@ async fn a_charge_that_lands_after_the_cancellation_is_refunded(backend: Backend
     assert_eq!(status, StatusCode::CREATED);
     let outcome = stand.payments.record_charge(&late_attempt, &late).await;
     assert!(matches!(outcome, Err(payments::domain::PayError::AlreadyPaid)), "{outcome:?}");
-    let kept = sandbox.kept_charges_for(order.id);
-    assert_eq!(kept.len(), 1);
+    let kept = eventually(WAIT, "the late charge to be refunded", || async {
+        let kept = sandbox.kept_charges_for(order.id).await;
+        (kept.len() == 1).then_some(kept)
+    })
+    .await;
     assert_eq!(kept[0].token, "tok_visa");
     stand.stop().await;
 }
@@ -282,39 +303,39 @@ async fn charge_for(stand: &Stand, gateway: &dyn Gateway, order: &OrderRecord, t
 
 async fn a_refund_the_gateway_fails_is_retried(backend: Backend) {
     let stripe = StripeStandIn::start().await;
-    let stand = Stand::start(backend, Arc::new(StripeGateway::new(&stripe.base, KEY).unwrap())).await;
+    let gateway = || Arc::new(StripeGateway::new(&stripe.base, KEY).unwrap());
+    let quick = |settings: &mut payments::PaymentsSettings| {
+        settings.reconcile_every_millis = 20;
+        settings.refund_backoff_millis = 1;
+    };
+    let stand = Stand::start_with(backend, gateway(), quick).await;
     let buyer = stand.user();
 
-    // The cancellation's refund fails twice: the event is retried until it goes through.
+    // The refund fails far longer than the bus would ever redeliver an event (12 attempts):
+    // it stays owed, retried with backoff, never parked or dropped.
     let order = stand.order(&buyer, 1999, WINDOW).await;
     let (status, body) = buyer.pay(order.id, "tok_visa").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let charge_id = stand.created.wait_for(order.id).await.charge_id;
-    stripe.fail_next_refunds(2);
-    stand.cancel(&order).await;
-    eventually(WAIT, "the refund to go through", || async { stripe.is_refunded(&charge_id).then_some(()) }).await;
-    eventually(WAIT, "the refund to be recorded", || async {
-        let records = stand.payments_of(order.id).await;
-        (records[0].0 == "refunded").then_some(())
+    let created = stand.created.wait_for(order.id).await;
+    stripe.fail_next_refunds(1_000_000);
+    stand.reject(order.id, created.id).await;
+    eventually(std::time::Duration::from_secs(60), "the refund to fail 13 times", || async {
+        let owed = stand.payments.refunds_owed().await.unwrap();
+        owed.iter().find(|payment| payment.order_id == order.id && payment.refund_tries >= 13).map(drop)
     })
     .await;
-    assert!(stripe.seen_at("/v1/refunds").len() >= 3);
+    assert_eq!(stand.payments_of(order.id).await[0].0, "refunding");
+    assert!(!stripe.is_refunded(&created.charge_id));
 
-    // A charge that must be given back while the gateway fails its refund is recorded as
-    // owed, and refunded later.
-    let order = stand.order(&buyer, 1999, WINDOW).await;
-    let record = stand.payments.order(order.id).await.unwrap().unwrap();
-    let gateway = StripeGateway::new(&stripe.base, KEY).unwrap();
-    let (attempt, charge) = charge_for(&stand, &gateway, &record, "tok_visa").await;
-    stand.cancel(&order).await;
-    stripe.fail_next_refunds(1);
-    let outcome = stand.payments.record_charge(&attempt, &charge).await;
-    assert!(matches!(outcome, Err(payments::domain::PayError::Cancelled)), "{outcome:?}");
-    eventually(WAIT, "the owed refund to go through", || async {
+    // The gateway recovers while the service is restarted: the refund goes through.
+    stripe.fail_next_refunds(0);
+    let stand = stand.restart(gateway(), quick).await;
+    eventually(WAIT, "the refund to go through", || async {
         let records = stand.payments_of(order.id).await;
-        (stripe.is_refunded(&charge.id) && records[0].0 == "refunded").then_some(())
+        (stripe.is_refunded(&created.charge_id) && records[0].0 == "refunded").then_some(())
     })
     .await;
+    assert!(stripe.seen_at("/v1/refunds").len() >= 14);
     stand.stop().await;
 }
 
@@ -339,6 +360,6 @@ async fn a_cancellation_that_arrives_first_waits_for_its_order(backend: Backend)
         (status, messages(&body)),
         (StatusCode::BAD_REQUEST, vec!["Cannot pay for a cancelled order".to_owned()])
     );
-    assert!(sandbox.charges().is_empty());
+    assert!(sandbox.charges().await.is_empty());
     stand.stop().await;
 }

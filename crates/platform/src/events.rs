@@ -115,8 +115,58 @@ pub struct PaymentCreated {
     pub id: Uuid,
     pub order_id: Uuid,
     pub charge_id: String,
+    /// When `POST /api/payments` accepted the payment (its charge attempt was written down,
+    /// before `expiresAt`). A payment accepted in time completes the order even when the
+    /// order's expiry was processed first. **(ours; absent from older events)**
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<OffsetDateTime>,
 }
 
 impl ContractEvent for PaymentCreated {
     const KIND: &'static str = "payment:created";
+}
+
+/// Orders will not keep a payment: the order ended before the payment was accepted, or its
+/// ticket went to another buyer before a late payment arrived. Payments owes its refund. **(ours)**
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPaymentRejected {
+    /// The order.
+    pub id: Uuid,
+    pub payment_id: Uuid,
+    pub reason: String,
+}
+
+impl ContractEvent for OrderPaymentRejected {
+    const KIND: &'static str = "order:payment-rejected";
+}
+
+/// A refund is owed for a payment: recorded by payments, to be retried until the gateway
+/// confirms it. **(ours)**
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundCreated {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    /// Minor units.
+    pub amount: i64,
+}
+
+impl ContractEvent for RefundCreated {
+    const KIND: &'static str = "refund:created";
+}
+
+/// The gateway confirmed a refund. **(ours)**
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundCompleted {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    /// Minor units.
+    pub amount: i64,
+    pub refund_id: Option<String>,
+}
+
+impl ContractEvent for RefundCompleted {
+    const KIND: &'static str = "refund:completed";
 }

@@ -180,6 +180,10 @@ pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow
 
     let names: Vec<ServiceName> =
         if args.services.is_empty() { ServiceName::ALL.to_vec() } else { args.services.clone() };
+    // Fail closed on a payment gateway configuration error: no retry can fix it.
+    if names.contains(&ServiceName::Payments) {
+        args.payments.check().context("payments")?;
+    }
     let with_database = names.iter().filter(|name| uses_database(**name)).count().max(1) as u32;
     settings.database_pool_per_service = Some(match settings.database_pool_size {
         Some(total) => (total / with_database).max(1),

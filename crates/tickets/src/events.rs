@@ -86,15 +86,9 @@ async fn order_ended(tx: &mut Tx, order_id: Uuid, version: i64, end: End) -> Res
         End::Cancelled => "cancelled",
         End::Completed => "complete",
     };
-    let Some(ticket_id) = store::advance_known_order(tx, order_id, version, status).await? else {
-        return match store::known_order_version(tx, order_id).await? {
-            Some(stored) if stored >= version => {
-                tracing::debug!(%order_id, stored, version, "old order event; nothing to do");
-                Ok(())
-            }
-            Some(stored) => Err(retry(format!("order {order_id} is at version {stored}, event is {version}"))),
-            None => Err(retry(format!("order {order_id} is not known yet"))),
-        };
+    let ticket_id = match store::advance_known_order(tx, order_id, version, status).await? {
+        Some(ticket_id) => ticket_id,
+        None => return old_or_early(tx, order_id, version).await,
     };
     let changed = match end {
         End::Cancelled => store::release(tx, ticket_id, order_id).await?,
@@ -105,7 +99,31 @@ async fn order_ended(tx: &mut Tx, order_id: Uuid, version: i64, end: End) -> Res
             tracing::info!(%ticket_id, %order_id, version = ticket.version, ?end, "ticket changed by its order");
             publish_change(tx, &ticket).await
         }
-        // The order did not hold the ticket (a sold ticket is never released).
-        None => Ok(()),
+        None => match (end, store::find(&mut **tx, ticket_id).await?) {
+            // Completed after a cancellation (a payment accepted in time revived it) while
+            // another order holds the ticket: orders lets one order hold a ticket, so that
+            // order's `order:cancelled` is on its way. Wait for it.
+            (End::Completed, Some(ticket)) if ticket.order_id.is_some_and(|holder| holder != order_id) => {
+                if store::is_sold(tx, ticket_id).await? {
+                    tracing::error!(%ticket_id, %order_id, holder = ?ticket.order_id, "order completed for a ticket sold to another order");
+                    return Ok(());
+                }
+                Err(retry(format!("ticket {ticket_id} is held by another order ({:?})", ticket.order_id)))
+            }
+            // The order did not hold the ticket (a sold ticket is never released).
+            _ => Ok(()),
+        },
+    }
+}
+
+/// An order event that does not apply on top of the stored version: old news, or early.
+async fn old_or_early(tx: &mut Tx, order_id: Uuid, version: i64) -> Result<(), HandleError> {
+    match store::known_order_version(tx, order_id).await? {
+        Some(stored) if stored >= version => {
+            tracing::debug!(%order_id, stored, version, "old order event; nothing to do");
+            Ok(())
+        }
+        Some(stored) => Err(retry(format!("order {order_id} is at version {stored}, event is {version}"))),
+        None => Err(retry(format!("order {order_id} is not known yet"))),
     }
 }

@@ -123,12 +123,13 @@ pub async fn release(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Opt
     .await
 }
 
-/// Sells a ticket reserved by `order_id`, for good.
+/// Sells a ticket to `order_id`, for good: reserved by that order, or free again (the order was
+/// cancelled by its expiry, then revived by a payment accepted in time).
 pub async fn mark_sold(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
     change_by_order(
         tx,
-        "UPDATE tickets SET status = 'sold', version = version + 1 \
-         WHERE id = $1 AND order_id = $2 AND status = 'reserved'",
+        "UPDATE tickets SET status = 'sold', order_id = $2, version = version + 1 \
+         WHERE id = $1 AND ((order_id = $2 AND status = 'reserved') OR (order_id IS NULL AND status = 'available'))",
         ticket_id,
         order_id,
     )
@@ -178,4 +179,13 @@ pub async fn advance_known_order(
     .fetch_optional(&mut **tx)
     .await?;
     row.as_ref().map(|row| uuid_column(row, "ticket_id")).transpose()
+}
+
+/// Whether the ticket is sold (to whichever order).
+pub async fn is_sold(tx: &mut Tx, ticket_id: Uuid) -> Result<bool, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM tickets WHERE id = $1")
+        .bind(ticket_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(status.as_deref() == Some("sold"))
 }

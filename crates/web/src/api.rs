@@ -72,6 +72,16 @@ pub struct Order {
     pub status: String,
     pub expires_at: String,
     pub ticket: OrderTicket,
+    /// Money given back, or owed back, for the order's charges.
+    #[serde(default)]
+    pub refund: Option<OrderRefund>,
+}
+
+/// `{"status": "pending"|"refunded", "amount": 12.5}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderRefund {
+    pub status: String,
+    pub amount: Value,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -43,6 +43,7 @@ struct Cli {
 pub fn quick_reconciler(settings: &mut PaymentsSettings) {
     settings.reconcile_every_millis = 50;
     settings.charge_grace_millis = 300;
+    settings.refund_backoff_millis = 20;
 }
 
 /// A running payments service, its bus and an HTTP address.
@@ -77,6 +78,8 @@ impl Stand {
         }
         let dir = TempDir::new();
         let Cli { mut settings, payments: mut payments_settings } = Cli::parse_from(["payments-test"]);
+        // No orders service here to confirm payments: answer at once.
+        payments_settings.confirm_wait_millis = 0;
         tweak(&mut payments_settings);
         settings.data_dir = dir.path().to_owned();
         let policy = RetryPolicy {
@@ -122,6 +125,7 @@ impl Stand {
         }
         self.service = self.shutdown.child_token();
         let Cli { payments: mut payments_settings, .. } = Cli::parse_from(["payments-test"]);
+        payments_settings.confirm_wait_millis = 0;
         tweak(&mut payments_settings);
         (self.base, self.payments, self.tasks) =
             launch(&self.settings, &self.keys, &self.bus, &self.service, &payments_settings, gateway).await;
@@ -181,6 +185,12 @@ impl Stand {
     pub async fn complete(&self, order: &OrderCreated) {
         self.publish(&OrderCompleted { id: order.id, version: 1, ticket: TicketRef { id: order.ticket.id } }).await;
         self.wait_for_order_status(order.id, "complete").await;
+    }
+
+    /// Orders rejects a payment (`order:payment-rejected`): payments owes its refund.
+    pub async fn reject(&self, order_id: Uuid, payment_id: Uuid) {
+        let reason = "the ticket went to another buyer before the payment arrived".to_owned();
+        self.publish(&platform::events::OrderPaymentRejected { id: order_id, payment_id, reason }).await;
     }
 
     pub async fn wait_for_order_status(&self, order_id: Uuid, status: &str) {

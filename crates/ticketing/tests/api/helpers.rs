@@ -121,6 +121,11 @@ impl TestApp {
     }
 }
 
+/// Signs up a fresh user on the marketplace at `base`.
+pub async fn new_user_at(base: &str) -> User {
+    sign_up_at(base, &format!("{}@example.com", uuid::Uuid::new_v4().simple()), "correct horse battery").await
+}
+
 async fn sign_up_at(base: &str, email: &str, password: &str) -> User {
     let client =
         reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client builds");

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod expiration;
 mod flow;
+mod money;
 mod orders;
 mod payments;
 mod platform;

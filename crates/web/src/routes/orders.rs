@@ -50,6 +50,8 @@ pub struct OrderView {
     /// Milliseconds left to pay (0 once expired), for the countdown.
     ms_left: i64,
     time_left: String,
+    /// "Refund pending: $10.00" or "Refunded: $10.00", when money was (or is being) given back.
+    refund: Option<String>,
 }
 
 impl OrderView {
@@ -76,6 +78,13 @@ impl OrderView {
             expires_at: order.expires_at.clone(),
             ms_left,
             time_left: format_time_left((ms_left + 999) / 1000),
+            refund: order.refund.as_ref().map(|refund| {
+                let amount = format_price(&web.currency, &refund.amount);
+                match refund.status.as_str() {
+                    "refunded" => format!("Refunded: {amount}"),
+                    _ => format!("Refund pending: {amount}"),
+                }
+            }),
         }
     }
 }
