@@ -87,6 +87,7 @@ impl Readiness {
 /// routers of several services are merged into one app, which answers unknown paths.
 pub fn service_router(api: Router, keys: Arc<SessionKeys>, max_body_bytes: usize) -> Router {
     api.layer(middleware::from_fn(envelope_for_bare_errors))
+        .layer(middleware::from_fn(no_store_when_personal))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(keys))
 }
@@ -118,6 +119,33 @@ pub fn with_observability(app: Router, readiness: Readiness) -> Router {
                 ),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(middleware::from_fn(nosniff))
+}
+
+/// Every answer, API or page or error, is what its `Content-Type` says: a browser must not
+/// guess (an error text sniffed as HTML would be a script's way in).
+async fn nosniff(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .entry(axum::http::header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(axum::http::HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// An API answer to a request carrying credentials (session cookie or bearer token), or one
+/// that sets a cookie, is somebody's own: no browser or shared cache may keep it.
+async fn no_store_when_personal(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let credentials = headers.contains_key(axum::http::header::AUTHORIZATION)
+        || crate::session::session_cookie(headers).is_some_and(|session| !session.is_empty());
+    let mut response = next.run(request).await;
+    if credentials || response.headers().contains_key(axum::http::header::SET_COOKIE) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

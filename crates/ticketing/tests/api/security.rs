@@ -142,3 +142,45 @@ async fn clients_behind_a_trusted_proxy_are_told_apart() {
     assert_eq!(sign_in_from(&app, "a@example.com", Some("198.51.100.2")).await, StatusCode::BAD_REQUEST);
     app.stop().await;
 }
+
+/// Finding: API answers lacked `nosniff`, and signed-in answers `Cache-Control: no-store`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_is_nosniff_and_personal_ones_are_not_stored() {
+    let app = spawn_app(Backend::Embedded).await;
+    let user = app.user().await;
+    let anonymous = reqwest::Client::new();
+    for path in ["/api/tickets", "/api/nowhere", "/", "/nowhere", "/healthz", "/readyz", "/api/docs/openapi.json"] {
+        let response = anonymous.get(app.url(path)).send().await.unwrap();
+        assert_eq!(
+            response.headers().get("x-content-type-options").map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
+    for path in ["/api/orders", "/api/users/currentuser", "/api/tickets", "/api/orders/not-an-id"] {
+        let response = user.client.get(user.url(path)).send().await.unwrap();
+        let headers = response.headers();
+        assert_eq!(headers.get("x-content-type-options").map(|v| v.to_str().unwrap()), Some("nosniff"), "{path}");
+        assert_eq!(headers.get("cache-control").map(|v| v.to_str().unwrap()), Some("no-store"), "{path}");
+    }
+    // Bearer requests too, and the answer that hands out a session.
+    let response = anonymous
+        .post(app.url("/api/users/signup"))
+        .json(&json!({"email": format!("{}@example.com", uuid::Uuid::new_v4().simple()), "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let token = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("session=")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let response = anonymous.get(app.url("/api/orders")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    app.stop().await;
+}
