@@ -23,4 +23,5 @@ pub mod service;
 pub mod session;
 pub mod settings;
 pub mod telemetry;
+pub mod text;
 pub mod worker;

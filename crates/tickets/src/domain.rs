@@ -10,6 +10,8 @@ use uuid::Uuid;
 /// Longest title accepted, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
 
+pub const FORBIDDEN_CHARACTERS: &str = "Title must not contain control or text-direction characters";
+
 pub const RESERVED: &str = "Cannot edit a reserved ticket";
 
 /// A ticket as stored. `order_id` is the order holding it (reserved or sold), if any.
@@ -63,7 +65,9 @@ impl Listing {
     /// Checks raw JSON values; one error per bad field. The title is stored trimmed.
     pub fn parse(title: &Value, price: &PriceText, currency: &Currency) -> Result<Self, Vec<ErrorItem>> {
         let title = match title.as_str().map(str::trim) {
-            None | Some("") => Err("Title is required".to_owned()),
+            None => Err("Title is required".to_owned()),
+            Some(title) if platform::text::has_forbidden(title) => Err(FORBIDDEN_CHARACTERS.to_owned()),
+            Some(title) if platform::text::is_blank(title) => Err("Title is required".to_owned()),
             Some(title) if title.chars().count() > MAX_TITLE_CHARS => {
                 Err(format!("Title must be at most {MAX_TITLE_CHARS} characters"))
             }
@@ -121,6 +125,15 @@ mod tests {
             errors(json!("x".repeat(MAX_TITLE_CHARS + 1)), json!(10)),
             vec![title("Title must be at most 200 characters")]
         );
+        // Issue 10: NUL passed "Title is required"; controls and bidi overrides are refused,
+        // and a title of zero-width characters is empty.
+        let forbidden = title(FORBIDDEN_CHARACTERS);
+        for bad in ["\u{0}", "a\u{1b}[2Jb", "ring\u{7}", "gpj\u{202e}exe.pdf", "x\u{2066}y", "two\nlines"] {
+            assert_eq!(errors(json!(bad), json!(10)), vec![forbidden.clone()], "{bad:?}");
+        }
+        for blank in ["\u{200b}", " \u{200b}\u{feff} ", "\u{2060}"] {
+            assert_eq!(errors(json!(blank), json!(10)), vec![title("Title is required")], "{blank:?}");
+        }
         assert_eq!(errors(json!("ok"), json!(-1)), vec![price("Price must be greater than 0")]);
         assert_eq!(errors(json!([]), json!("ten")), vec![title("Title is required"), price("Price must be a number")]);
     }

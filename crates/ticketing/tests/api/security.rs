@@ -184,3 +184,50 @@ async fn every_answer_is_nosniff_and_personal_ones_are_not_stored() {
     assert_eq!(response.headers()["cache-control"], "no-store");
     app.stop().await;
 }
+
+/// Findings: `{"title":"\u0000"}` was listed; NFC and NFD spellings of one email made two
+/// accounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_titles_and_second_spellings_of_an_email_are_refused() {
+    let app = spawn_app(Backend::Embedded).await;
+    let seller = app.user().await;
+    for title in ["\u{0}", "\u{1b}[2J", "bell\u{7}", "gpj\u{202e}exe.pdf"] {
+        let (status, body) = seller.post("/api/tickets", json!({"title": title, "price": 5})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{title:?}: {body}");
+    }
+    let (status, body) = seller.post("/api/tickets", json!({"title": "\u{200b}\u{feff}", "price": 5})).await;
+    assert_eq!(
+        (status, field_errors(&body)),
+        (StatusCode::BAD_REQUEST, vec![("title".to_owned(), "Title is required".to_owned())])
+    );
+
+    let local = uuid::Uuid::new_v4().simple().to_string();
+    let nfc = format!("jos\u{e9}{local}@example.com");
+    let nfd = format!("JOSE\u{301}{local}@example.com");
+    let first = app.sign_up(&nfc, "correct horse battery").await;
+    let (status, body) = into_parts(
+        reqwest::Client::new()
+            .post(app.url("/api/users/signup"))
+            .json(&json!({"email": nfd, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, field_errors(&body)),
+        (StatusCode::BAD_REQUEST, vec![("email".to_owned(), "Email in use".to_owned())])
+    );
+    // And the other spelling signs in to the same account.
+    let (status, body) = into_parts(
+        reqwest::Client::new()
+            .post(app.url("/api/users/signin"))
+            .json(&json!({"email": nfd, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some(first.id.as_str())));
+    app.stop().await;
+}
