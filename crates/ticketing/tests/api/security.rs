@@ -231,3 +231,63 @@ async fn invisible_titles_and_second_spellings_of_an_email_are_refused() {
     assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some(first.id.as_str())));
     app.stop().await;
 }
+
+/// Reads until the server closes the connection; what it said, or `None` if it is still open
+/// at the deadline.
+async fn until_closed(socket: &mut tokio::net::TcpStream, deadline: std::time::Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    match tokio::time::timeout(deadline, socket.read_to_end(&mut answer)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+/// Finding: 300 half-sent requests were never dropped and stopped all service; a large
+/// `Content-Length` waited for the body instead of answering 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_normal_ones_still_served() {
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_app_with(Backend::Embedded, |args| {
+        args.settings.http_header_read_timeout_seconds = 1;
+        args.settings.http_body_read_timeout_seconds = 1;
+        args.settings.http_max_connections = 40;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(socket);
+    }
+    // A normal client is still served (after the slow ones holding the connection slots are
+    // cut off), well within its own time-out.
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(15)).build().unwrap();
+    let response = client.get(app.url("/api/tickets")).send().await.expect("served despite 100 slow clients");
+    assert_eq!(response.status(), StatusCode::OK);
+    let served_after = started.elapsed();
+    for socket in &mut slow {
+        assert!(until_closed(socket, std::time::Duration::from_secs(15)).await.is_some(), "a slow client was closed");
+    }
+    eprintln!("normal client served after {served_after:?}; 100 slow clients closed after {:?}", started.elapsed());
+
+    // A body that never comes: cut off too.
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    socket
+        .write_all(b"POST /api/users/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"em")
+        .await
+        .unwrap();
+    assert!(until_closed(&mut socket, std::time::Duration::from_secs(15)).await.is_some(), "a stalled body is cut off");
+
+    // A declared body above the cap is refused before any of it is sent.
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    socket
+        .write_all(b"POST /api/users/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut socket, std::time::Duration::from_secs(15)).await.expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    app.stop().await;
+}
