@@ -116,6 +116,11 @@ impl ClientAddresses {
         Self { trusted: settings.trusted_proxies.clone(), trust_any_peer: settings.trust_proxy, keys }
     }
 
+    /// The servers' keys this signs with.
+    pub fn keys(&self) -> &std::sync::Arc<SessionKeys> {
+        &self.keys
+    }
+
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|cidr| cidr.contains(ip))
     }

@@ -103,6 +103,7 @@ pub async fn start(ctx: &Context, settings: &WebSettings) -> anyhow::Result<Serv
 
 /// The pages, the assets and their layers, ready to be the app's fallback.
 pub fn router(config: WebConfig) -> anyhow::Result<Router> {
+    let csrf_config = csrf::CsrfConfig { max_body_bytes: config.max_body_bytes, keys: config.addresses.keys().clone() };
     let api =
         api::Api::new(&config.api_url, config.api_timeout, config.addresses.clone()).context("invalid API_URL")?;
     let headers = Arc::new(pages::SecurityHeaders::new(config.stripe_publishable_key.is_some()));
@@ -129,7 +130,7 @@ pub fn router(config: WebConfig) -> anyhow::Result<Router> {
         .route("/orders/{id}/pay", post(routes::orders::pay_order))
         .route("/orders/{id}/cancel", post(routes::orders::cancel_order))
         // Only matched routes: an unknown path is a 404 whatever its method, not a 403.
-        .route_layer(middleware::from_fn_with_state(config.max_body_bytes, csrf::protect))
+        .route_layer(middleware::from_fn_with_state(csrf_config, csrf::protect))
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(web);
 

@@ -291,3 +291,50 @@ async fn slow_clients_are_cut_off_and_normal_ones_still_served() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     app.stop().await;
 }
+
+/// Finding: a planted `csrf` cookie with the same value in the `_csrf` field, from another
+/// origin, listed a ticket as the victim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_csrf_cookie_does_not_let_another_site_post_forms() {
+    let app = spawn_app(Backend::Embedded).await;
+    let victim = app.user().await;
+    let (status, _) = victim.get("/api/users/currentuser").await;
+    assert_eq!(status, StatusCode::OK);
+    let token = sign_in_token(&app, &victim.email).await;
+    let planted = "a".repeat(64);
+    let forge = |origin: Option<&'static str>| {
+        let mut request = reqwest::Client::new()
+            .post(app.url("/tickets/new"))
+            .header("cookie", format!("session={token}; csrf={planted}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("_csrf={planted}&title=Planted&price=2"));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    for origin in [Some("http://127.0.0.1:1"), None] {
+        let response = forge(origin).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "origin {origin:?}");
+    }
+    // Same origin but a cookie the attacker planted: still refused (the field is bound to the
+    // session with the server key).
+    let own_origin: &'static str = Box::leak(app.base.clone().into_boxed_str());
+    assert_eq!(forge(Some(own_origin)).await.unwrap().status(), StatusCode::FORBIDDEN);
+    let (_, mine) = victim.get("/api/tickets").await;
+    assert!(mine.as_array().unwrap().iter().all(|t| t["title"] != "Planted"), "{mine}");
+    app.stop().await;
+}
+
+/// A fresh session token for `email` (password as the helpers sign up with).
+async fn sign_in_token(app: &crate::helpers::TestApp, email: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(app.url("/api/users/signin"))
+        .json(&json!({"email": email, "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    cookie.trim_start_matches("session=").split(';').next().unwrap().to_owned()
+}
