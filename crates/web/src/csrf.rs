@@ -93,10 +93,10 @@ fn form_token(keys: &platform::session::SessionKeys, secret: &str, session: Opti
 /// same-origin/none, or an `Origin` other than our own (including `null`). Requests without
 /// either (older browsers, scripts) rely on the token alone.
 fn cross_site(headers: &HeaderMap, https: bool) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if !matches!(site, "same-origin" | "none") {
-            return true;
-        }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        return true;
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
