@@ -53,12 +53,34 @@ pub async fn start(ctx: &Context, settings: &ExpirationSettings) -> anyhow::Resu
     };
     let consumer = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(Arc::new(handler)), ctx.shutdown.clone()).await?;
     let timer_loop = timers.spawn(ctx.shutdown.clone());
+    sample_due_timers(ctx, &db);
     Ok(Service {
         name: NAME,
         router: ctx.api_router(Router::new()),
         checks: ctx.readiness(&db),
         tasks: vec![relay, consumer, timer_loop],
     })
+}
+
+/// Counts, at each scrape, the timers that are due and not fired yet.
+fn sample_due_timers(ctx: &Context, db: &platform::db::Db) {
+    let db = db.clone();
+    platform::metrics::sample_with(ctx.shutdown.clone(), move || {
+        let db = db.clone();
+        Box::pin(async move {
+            let due: Result<i64, sqlx::Error> =
+                sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE status = 'scheduled' AND fire_at <= $1")
+                    .bind(platform::db::now_millis())
+                    .fetch_one(&db.pool)
+                    .await;
+            match due {
+                Ok(due) => {
+                    platform::metrics::metrics().timers_due.set(due);
+                }
+                Err(err) => tracing::debug!(error = %err, "cannot count due timers"),
+            }
+        })
+    });
 }
 
 /// The OpenAPI description of this service's routes: it has none.

@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use platform::bus::Event;
 use platform::db::{Db, Tx, now_millis};
 use platform::events::{ContractEvent, ExpirationComplete};
 use platform::outbox::{self, OutboxWaker};
@@ -35,11 +36,12 @@ const MIN_SLEEP: Duration = Duration::from_millis(10);
 pub async fn schedule(tx: &mut Tx, order_id: Uuid, fire_at: i64) -> Result<bool, sqlx::Error> {
     // An existing row, scheduled or ended, wins: the order's end may have been applied first.
     let inserted = sqlx::query(
-        "INSERT INTO timers (order_id, fire_at, locked_until, status) VALUES ($1, $2, 0, 'scheduled') \
+        "INSERT INTO timers (order_id, fire_at, locked_until, status, trace_id) VALUES ($1, $2, 0, 'scheduled', $3) \
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id.to_string())
     .bind(fire_at)
+    .bind(platform::telemetry::current_trace_id())
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -136,13 +138,18 @@ impl TimerLoop {
     pub async fn fire_due(&self) -> anyhow::Result<Round> {
         let claimed = self.claim_due().await.context("cannot claim due timers")?;
         let mut round = Round { claimed: claimed.len(), fired: 0 };
-        for (index, order_id) in claimed.iter().enumerate() {
+        for (index, (order_id, fire_at)) in claimed.iter().enumerate() {
             match self.fire(order_id).await {
-                Ok(true) => round.fired += 1,
+                Ok(true) => {
+                    round.fired += 1;
+                    let m = platform::metrics::metrics();
+                    m.timers_fired.inc();
+                    m.timer_lateness.observe((now_millis() - fire_at).max(0) as f64 / 1000.0);
+                }
                 Ok(false) => tracing::debug!(%order_id, "timer already fired or dropped elsewhere"),
                 Err(err) => {
                     // Hand the rest back now rather than after the lease.
-                    for rest in &claimed[index..] {
+                    for (rest, _) in &claimed[index..] {
                         let _ = sqlx::query("UPDATE timers SET locked_until = 0 WHERE order_id = $1")
                             .bind(rest)
                             .execute(&self.db.pool)
@@ -158,18 +165,19 @@ impl TimerLoop {
         Ok(round)
     }
 
-    async fn claim_due(&self) -> Result<Vec<String>, sqlx::Error> {
+    /// Leases due timers; returns their order ids and due times.
+    async fn claim_due(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         let now = now_millis();
         let lease_until = now + LEASE.as_millis() as i64;
         // The outer `locked_until < $2` is re-checked against the row as it is when the
         // UPDATE gets it, so two instances racing for one timer cannot both lease it.
-        sqlx::query_scalar(
+        sqlx::query_as(
             "UPDATE timers SET locked_until = $1 \
              WHERE order_id IN ( \
                  SELECT order_id FROM timers WHERE status = 'scheduled' AND fire_at <= $2 AND locked_until < $2 \
                  ORDER BY fire_at LIMIT $3) \
                AND locked_until < $2 \
-             RETURNING order_id",
+             RETURNING order_id, fire_at",
         )
         .bind(lease_until)
         .bind(now)
@@ -188,17 +196,20 @@ impl TimerLoop {
             return Ok(false);
         };
         let mut tx = self.db.begin().await?;
-        let deleted = sqlx::query("UPDATE timers SET status = 'ended' WHERE order_id = $1 AND status = 'scheduled'")
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted != 1 {
+        let ended: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE timers SET status = 'ended' WHERE order_id = $1 AND status = 'scheduled' RETURNING trace_id",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(trace_id) = ended else {
             return Ok(false);
-        }
-        outbox::enqueue(&mut tx, &ExpirationComplete { order_id: id }.to_event()).await?;
+        };
+        // The event carries on the trace of the order that scheduled the timer.
+        let event = Event { trace_id: trace_id.clone(), ..ExpirationComplete { order_id: id }.to_event() };
+        outbox::enqueue(&mut tx, &event).await?;
         tx.commit().await?;
-        tracing::info!(order_id = %id, "order's reservation window ended: expiration:complete enqueued");
+        tracing::info!(order_id = %id, trace_id = %trace_id.as_deref().unwrap_or("-"), "order's reservation window ended: expiration:complete enqueued");
         Ok(true)
     }
 

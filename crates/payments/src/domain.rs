@@ -276,9 +276,15 @@ impl PaymentService {
         answer: Result<Charge, GatewayError>,
     ) -> Result<Uuid, PayError> {
         let order_id = attempt.order_id;
+        let charges = &platform::metrics::metrics().payments_charges;
+        let outcome = |outcome| charges.get_or_create(&platform::metrics::OutcomeLabels { outcome }).inc();
         let err = match answer {
-            Ok(charge) => return self.record_charge(attempt, &charge).await,
+            Ok(charge) => {
+                outcome("charged");
+                return self.record_charge(attempt, &charge).await;
+            }
             Err(GatewayError::Unavailable(err)) => {
+                outcome("unknown");
                 tracing::warn!(%order_id, idempotency_key = %attempt.idempotency_key, gateway = self.gateway.name(), error = %format!("{err:#}"), "charge outcome unknown: gateway unavailable; the attempt stays charging for the reconciler");
                 return Err(PayError::Unavailable(err));
             }
@@ -286,10 +292,12 @@ impl PaymentService {
         };
         let outcome = match &err {
             GatewayError::Declined(message) => {
+                outcome("declined");
                 tracing::info!(%order_id, reason = %message, "card declined");
                 attempt_status::DECLINED
             }
             other => {
+                outcome("failed");
                 tracing::warn!(%order_id, gateway = self.gateway.name(), error = %other, "charge refused");
                 attempt_status::FAILED
             }
@@ -435,12 +443,15 @@ impl PaymentService {
     /// Asks the gateway to refund a payment's charge. Safe to repeat: the gateway sees the
     /// same idempotency key each time, and refunds once.
     pub async fn refund_charge(&self, payment: &PaymentRecord) -> Result<Refund, GatewayError> {
-        self.gateway
+        let refund = self
+            .gateway
             .refund(&RefundRequest {
                 charge_id: payment.charge_id.clone(),
                 idempotency_key: refund_idempotency_key(&payment.charge_id),
             })
-            .await
+            .await?;
+        platform::metrics::metrics().payments_refunds.inc();
+        Ok(refund)
     }
 
     /// Records that a kept payment must be given back (orders rejected it), in the caller's

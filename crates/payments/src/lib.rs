@@ -207,6 +207,7 @@ async fn launch(
         ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(Arc::new(handler)), ctx.shutdown.clone()).await?;
     let (every, grace) = settings.reconcile_schedule();
     let reconciler = domain::Reconciler::new(payments.clone(), every, grace).spawn(ctx.shutdown.clone());
+    sample_obligations(ctx, &db);
     let api = Router::new().route("/api/payments", post(routes::payments::create_payment)).with_state(payments.clone());
     let service = Service {
         name: NAME,
@@ -215,6 +216,39 @@ async fn launch(
         tasks: vec![relay, subscription, reconciler],
     };
     Ok((service, payments))
+}
+
+/// Samples, at each scrape, the refunds owed and the charge attempts not settled yet: money
+/// that is not where it should be until the reconciler or an operator acts.
+fn sample_obligations(ctx: &Context, db: &platform::db::Db) {
+    let db = db.clone();
+    platform::metrics::sample_with(ctx.shutdown.clone(), move || {
+        let db = db.clone();
+        Box::pin(async move {
+            if let Err(err) = sample_obligations_now(&db).await {
+                tracing::debug!(error = %err, "cannot sample owed refunds");
+            }
+        })
+    });
+}
+
+async fn sample_obligations_now(db: &platform::db::Db) -> Result<(), sqlx::Error> {
+    use sqlx::Row;
+    let m = platform::metrics::metrics();
+    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM payments WHERE status = $1")
+        .bind(store::payment_status::REFUNDING)
+        .fetch_one(&db.pool)
+        .await?;
+    m.payments_refunds_owed.set(row.try_get("n")?);
+    let oldest: Option<i64> = row.try_get("oldest")?;
+    let age = oldest.map_or(0.0, |at| (platform::db::now_millis() - at).max(0) as f64 / 1000.0);
+    m.payments_refund_owed_oldest_age.set(age);
+    let unsettled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM charge_attempts WHERE status = $1")
+        .bind(store::attempt_status::CHARGING)
+        .fetch_one(&db.pool)
+        .await?;
+    m.payments_charge_attempts_unsettled.set(unsettled);
+    Ok(())
 }
 
 #[derive(utoipa::OpenApi)]

@@ -117,9 +117,34 @@ impl<H: EventHandler> Consumer<H> {
 impl<H: EventHandler> Handler for Consumer<H> {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         let event = &delivery.event;
-        let span = tracing::info_span!("event", consumer = %self.name, kind = %event.kind, event_id = %event.id, attempt = delivery.attempt);
-        match self.process(event).instrument(span).await {
-            Ok(()) => Outcome::Ack,
+        let trace_id = event.trace_id.as_deref().unwrap_or("-");
+        let span = tracing::info_span!("event", consumer = %self.name, kind = %event.kind, event_id = %event.id, attempt = delivery.attempt, trace_id = %trace_id);
+        // Events this handler writes to the outbox carry the same trace id on.
+        crate::telemetry::with_trace_id(event.trace_id.clone(), self.handle_in_span(&delivery)).instrument(span).await
+    }
+}
+
+impl<H: EventHandler> Consumer<H> {
+    async fn handle_in_span(&self, delivery: &Delivery) -> Outcome {
+        let event = &delivery.event;
+        let m = crate::metrics::metrics();
+        let labels = crate::metrics::EventLabels { group: self.name.clone(), kind: event.kind.clone() };
+        let group = crate::metrics::GroupLabels { group: self.name.clone() };
+        if delivery.attempt > 1 {
+            m.events_redelivered.get_or_create(&labels).inc();
+        }
+        let started = std::time::Instant::now();
+        let processed = self.process(event).await;
+        m.event_handling_duration.get_or_create(&group).observe(started.elapsed().as_secs_f64());
+        let outcome = match processed {
+            Ok(()) => {
+                let lag = (time::OffsetDateTime::now_utc() - event.occurred_at).as_seconds_f64().max(0.0);
+                m.events_handled.get_or_create(&labels).inc();
+                m.event_lag.get_or_create(&group).observe(lag);
+                m.consumer_lag.get_or_create(&group).set(lag);
+                tracing::info!(lag_seconds = lag, "event handled");
+                return Outcome::Ack;
+            }
             Err(HandleError::Malformed(err)) => {
                 tracing::error!(consumer = %self.name, event_id = %event.id, kind = %event.kind, error = %format!("{err:#}"), payload = %event.data, "parking malformed event");
                 self.park_or_retry(event, format!("{err:#}")).await
@@ -129,9 +154,15 @@ impl<H: EventHandler> Handler for Consumer<H> {
                 self.park_or_retry(event, format!("retries exhausted: {err:#}")).await
             }
             Err(HandleError::Retry(err)) => {
+                // The bus logs the retry at warn, with its delay.
                 tracing::debug!(consumer = %self.name, event_id = %event.id, kind = %event.kind, attempt = delivery.attempt, error = %format!("{err:#}"), "event not applied yet; will retry");
                 Outcome::Retry(err)
             }
-        }
+        };
+        match &outcome {
+            Outcome::Ack => m.events_parked.get_or_create(&labels).inc(),
+            Outcome::Retry(_) => m.events_failed.get_or_create(&labels).inc(),
+        };
+        outcome
     }
 }

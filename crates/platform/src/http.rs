@@ -92,16 +92,23 @@ pub fn service_router(api: Router, keys: Arc<SessionKeys>, max_body_bytes: usize
         .layer(axum::Extension(keys))
 }
 
-/// The outermost layers: request ids, request logs, health endpoints.
+/// Marks the answers of the health endpoints, so their request logs stay at debug: probes
+/// come every few seconds and say nothing.
+#[derive(Debug, Clone, Copy)]
+struct HealthProbe;
+
+/// The outermost layers: request ids, request logs, trace ids, health endpoints.
 pub fn with_observability(app: Router, readiness: Readiness) -> Router {
-    app.route("/healthz", get(|| async { "ok" }))
+    app.route("/healthz", get(|| async { (axum::Extension(HealthProbe), "ok") }))
         .route(
             "/readyz",
             get(move || {
                 let readiness = readiness.clone();
-                async move { readiness.respond().await }
+                async move { (axum::Extension(HealthProbe), readiness.respond().await) }
             }),
         )
+        // Events written while answering carry the request id on (see `telemetry`).
+        .layer(middleware::from_fn(scope_trace_id))
         // A panicking handler answers 500 in the envelope, and the panic is logged (inside the
         // request's span, so with its id) instead of the connection just dropping.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
@@ -110,13 +117,22 @@ pub fn with_observability(app: Router, readiness: Readiness) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<Body>| {
                     let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %request_id)
+                    let path = request.uri().path();
+                    if path == "/healthz" || path == "/readyz" {
+                        tracing::debug_span!("request", method = %request.method(), path = %path, request_id = %request_id)
+                    } else {
+                        tracing::info_span!("request", method = %request.method(), path = %path, request_id = %request_id)
+                    }
                 })
-                .on_response(
-                    tower_http::trace::DefaultOnResponse::new()
-                        .level(tracing::Level::INFO)
-                        .latency_unit(tower_http::LatencyUnit::Micros),
-                ),
+                .on_response(|response: &Response, latency: Duration, _: &tracing::Span| {
+                    let status = response.status().as_u16();
+                    let latency_us = latency.as_micros() as u64;
+                    if response.extensions().get::<HealthProbe>().is_some() {
+                        tracing::debug!(status, latency_us, "finished processing request");
+                    } else {
+                        tracing::info!(status, latency_us, "finished processing request");
+                    }
+                }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .layer(middleware::from_fn(nosniff))
@@ -145,6 +161,33 @@ async fn no_store_when_personal(request: Request, next: Next) -> Response {
             .headers_mut()
             .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
     }
+    response
+}
+
+async fn scope_trace_id(request: Request, next: Next) -> Response {
+    let trace_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    crate::telemetry::with_trace_id(trace_id, next.run(request)).await
+}
+
+/// Counts requests and their latency by route template (never the raw path, which would make
+/// a series per ticket id). Layered on the services' routers, where the route is known;
+/// requests no route matched count as `unmatched`.
+pub fn with_metrics(app: Router) -> Router {
+    app.layer(middleware::from_fn(record_metrics))
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let labels = crate::metrics::HttpLabels { route, method, status: response.status().as_u16() };
+    let m = crate::metrics::metrics();
+    m.http_requests.get_or_create(&labels).inc();
+    m.http_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -364,5 +407,41 @@ mod tests {
         assert!(response.headers().contains_key("x-request-id"));
         let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], br#"{"errors":[{"message":"Something went wrong"}]}"#);
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn health_probes_are_logged_at_debug_and_other_requests_at_info() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app =
+            with_observability(Router::new().route("/api/things", get(|| async { "things" })), Readiness::default());
+        for path in ["/healthz", "/readyz", "/api/things"] {
+            let response = app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+            assert!(response.headers().contains_key("x-request-id"), "{path}");
+        }
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let finished: Vec<&str> = logs.lines().filter(|line| line.contains("finished processing request")).collect();
+        assert_eq!(finished.len(), 1, "{logs}");
+        assert!(finished[0].contains("path=/api/things") && finished[0].contains("status=200"), "{logs}");
     }
 }

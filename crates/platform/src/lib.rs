@@ -7,7 +7,8 @@
 //! - [`bus`]: the durable event bus (NATS JetStream or embedded);
 //! - [`outbox`] and [`consumer`]: exactly-once effects over an at-least-once bus;
 //! - [`events`]: the contract's event payloads;
-//! - [`http`], [`telemetry`]: the HTTP surface and logs every service shares.
+//! - [`http`], [`telemetry`], [`metrics`]: the HTTP surface, logs and metrics every service
+//!   shares.
 
 pub mod bus;
 pub mod client_addr;
@@ -16,6 +17,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod money;
 pub mod outbox;
 pub mod ratelimit;

@@ -44,7 +44,10 @@ impl Context {
             crate::settings::create_private_dir(&self.settings.data_dir)?;
         }
         let pool_size = self.settings.database_pool_per_service.unwrap_or(crate::db::DEFAULT_POOL_SIZE);
-        Db::connect_with(&url, service, migrator, pool_size).await
+        let db = Db::connect_with(&url, service, migrator, pool_size).await?;
+        // Its pool, outbox backlog and parked events are sampled at each scrape.
+        crate::metrics::sample_database(self.shutdown.clone(), service, &db);
+        Ok(db)
     }
 
     /// Wraps a service's API routes with sessions, the error envelope and body limits.

@@ -154,6 +154,11 @@ pub struct Settings {
     /// `10.0.0.0/8,fd00::/8`): the client is the rightmost hop outside them.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<crate::client_addr::Cidr>,
+
+    /// Admin address serving `/metrics` (Prometheus), e.g. `0.0.0.0:9100`. Off when unset: it
+    /// must not be reachable through the public ingress, so it has its own port.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -188,6 +193,7 @@ impl std::fmt::Debug for Settings {
             .field("http_header_read_timeout_seconds", &self.http_header_read_timeout_seconds)
             .field("http_body_read_timeout_seconds", &self.http_body_read_timeout_seconds)
             .field("http_max_connections", &self.http_max_connections)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }

@@ -14,3 +14,19 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+tokio::task_local! {
+    static TRACE_ID: Option<String>;
+}
+
+/// The trace id of what the current task is doing: the id of the HTTP request being answered,
+/// or the one the event being handled carried. Events created meanwhile carry it on, so one
+/// purchase can be followed across services with `grep <id>` over their logs.
+pub fn current_trace_id() -> Option<String> {
+    TRACE_ID.try_with(Clone::clone).ok().flatten()
+}
+
+/// Runs `work` with `trace_id` as the current trace id.
+pub async fn with_trace_id<F: Future>(trace_id: Option<String>, work: F) -> F::Output {
+    TRACE_ID.scope(trace_id, work).await
+}

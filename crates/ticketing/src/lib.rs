@@ -1,6 +1,8 @@
 //! Composes the services into one HTTP server: all of them (the embedded default) or the
 //! ones named on the command line (one service per process in a cluster).
 
+pub mod admin;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -85,9 +87,12 @@ pub struct MigrateArgs {
 /// A running marketplace (or part of one).
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when `METRICS_ADDR` is set.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     tasks: Vec<JoinHandle<()>>,
+    admin: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Running {
@@ -103,6 +108,9 @@ impl Running {
         self.shutdown.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(admin) = self.admin {
+            let _ = admin.await;
         }
         served.context("HTTP server failed")
     }
@@ -175,6 +183,22 @@ pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow
         .with_context(|| format!("cannot listen on {}", settings.addr))?;
     let addr = listener.local_addr()?;
     settings.addr = addr;
+    // The admin port (metrics) answers from the start too, so a starting process can be watched.
+    let (metrics_addr, admin) = match settings.metrics_addr {
+        Some(wanted) => {
+            let admin_listener = tokio::net::TcpListener::bind(wanted)
+                .await
+                .with_context(|| format!("cannot listen on METRICS_ADDR {wanted}"))?;
+            let bound = admin_listener.local_addr()?;
+            let stop = shutdown.clone();
+            let app = platform::metrics::admin_router();
+            (
+                Some(bound),
+                Some(tokio::spawn(platform::http::serve(admin_listener, app, async move { stop.cancelled().await }))),
+            )
+        }
+        None => (None, None),
+    };
     let keys =
         Arc::new(SessionKeys::new(&settings.session_secret()?, time::Duration::seconds(settings.session_ttl_seconds)));
 
@@ -259,9 +283,10 @@ pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow
         services = ?names,
         storage = if settings.database_url.is_some() { "postgres" } else { "sqlite" },
         bus = if settings.nats_url.is_some() { "nats" } else { "embedded" },
+        metrics = ?metrics_addr,
         "ticketing is serving http://{addr}"
     );
-    Ok(Running { addr, shutdown, server, tasks })
+    Ok(Running { addr, metrics_addr, shutdown, server, tasks, admin })
 }
 
 /// One attempt at starting the services. On failure the ones already started are stopped (their
@@ -302,7 +327,7 @@ async fn start_services(
     if !names.contains(&ServiceName::Web) {
         app = app.fallback(platform::error::not_found);
     }
-    Ok((app, checks, tasks))
+    Ok((platform::http::with_metrics(app), checks, tasks))
 }
 
 /// Starts the named services one after the other into `services`, stopping at the first failure.

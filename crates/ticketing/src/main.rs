@@ -17,6 +17,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run the database migrations of every service, or of the ones named, and exit.
     Migrate(Box<MigrateArgs>),
+    /// Look at and fix what operators must: parked events, outbox backlog, owed refunds.
+    Admin(Box<ticketing::admin::AdminArgs>),
 }
 
 #[tokio::main]
@@ -25,6 +27,11 @@ async fn main() -> anyhow::Result<()> {
     // `cargo run` with no arguments serves everything with defaults.
     let args = match cli.command {
         Some(Command::Serve(args)) => *args,
+        Some(Command::Admin(args)) => {
+            platform::telemetry::init(args.settings.log_format);
+            print!("{}", ticketing::admin::run(&args).await?);
+            return Ok(());
+        }
         Some(Command::Migrate(args)) => {
             platform::telemetry::init(args.settings.log_format);
             return ticketing::migrate(*args).await;

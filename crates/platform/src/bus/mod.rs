@@ -31,12 +31,24 @@ pub struct Event {
     #[serde(rename = "occurredAt", with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
     pub data: serde_json::Value,
+    /// The request id of the HTTP request that caused this event, directly or through other
+    /// events ([`crate::telemetry::current_trace_id`]). Absent from events written before it
+    /// existed.
+    #[serde(rename = "traceId", default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl Event {
-    /// A new event with a time-ordered id (UUIDv7), so ordering by id is ordering by creation.
+    /// A new event with a time-ordered id (UUIDv7), so ordering by id is ordering by creation,
+    /// carrying the current trace id.
     pub fn new(kind: &str, data: serde_json::Value) -> Self {
-        Self { id: Uuid::now_v7(), kind: kind.to_owned(), occurred_at: OffsetDateTime::now_utc(), data }
+        Self {
+            id: Uuid::now_v7(),
+            kind: kind.to_owned(),
+            occurred_at: OffsetDateTime::now_utc(),
+            data,
+            trace_id: crate::telemetry::current_trace_id(),
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {

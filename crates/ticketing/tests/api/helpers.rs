@@ -72,6 +72,12 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// `/metrics` on the admin port (the app must have been started with `METRICS_ADDR`).
+    pub fn metrics_url(&self) -> String {
+        let running = self.running.as_ref().expect("the marketplace runs");
+        format!("http://{}/metrics", running.metrics_addr.expect("METRICS_ADDR was set"))
+    }
+
     /// A browser-like client: keeps cookies.
     pub fn client(&self) -> reqwest::Client {
         reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client builds")

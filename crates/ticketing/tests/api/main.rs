@@ -7,6 +7,7 @@ mod auth;
 mod expiration;
 mod flow;
 mod money;
+mod observability;
 mod orders;
 mod payments;
 mod platform;
