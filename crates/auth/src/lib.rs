@@ -41,7 +41,7 @@ pub struct AuthSettings {
 pub(crate) struct AppState {
     db: platform::db::Db,
     keys: Arc<platform::session::SessionKeys>,
-    trust_proxy: bool,
+    addresses: platform::client_addr::ClientAddresses,
     failures_per_email: WindowLimiter,
     failures_per_client: WindowLimiter,
     signups_per_client: WindowLimiter,
@@ -54,7 +54,7 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
     let state = Arc::new(AppState {
         db: db.clone(),
         keys: ctx.keys.clone(),
-        trust_proxy: ctx.settings.trust_proxy,
+        addresses: platform::client_addr::ClientAddresses::from_settings(&ctx.settings, ctx.keys.clone()),
         failures_per_email: WindowLimiter::new(settings.signin_failures_per_email, window),
         failures_per_client: WindowLimiter::new(settings.signin_failures_per_client, window),
         signups_per_client: WindowLimiter::new(settings.signups_per_client, window),

@@ -52,9 +52,12 @@ pub struct Credentials {
     password: Value,
 }
 
-/// A trimmed, lower-cased email, or `None` if it is not a plausible address.
+/// A trimmed, NFC-normalised, lower-cased email, or `None` if it is not a plausible address.
+/// NFC first, so the NFC and NFD spellings of `josé@example.com` are one account.
 fn normalize_email(value: &Value) -> Option<String> {
-    let email = value.as_str()?.trim();
+    use unicode_normalization::UnicodeNormalization;
+    let email: String = value.as_str()?.trim().nfc().collect();
+    let email = email.as_str();
     let (local, domain) = email.split_once('@')?;
     let valid_local = !local.is_empty() && local.len() <= 64;
     let valid_domain = domain.len() <= 253
@@ -65,12 +68,13 @@ fn normalize_email(value: &Value) -> Option<String> {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_alphanumeric() || c == '-')
         });
-    let clean = !email.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>');
-    (valid_local && valid_domain && clean && !domain.contains('@')).then(|| email.to_lowercase())
+    let clean = !platform::text::has_forbidden(email)
+        && !email.chars().any(|c| platform::text::is_invisible(c) || c == '"' || c == '<' || c == '>');
+    (valid_local && valid_domain && clean && !domain.contains('@')).then(|| email.to_lowercase().nfc().collect())
 }
 
 fn client_key(state: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
-    platform::http::client_ip(headers, peer, state.trust_proxy)
+    state.addresses.client_ip(headers, peer)
 }
 
 fn too_many(retry_after: std::time::Duration) -> ApiError {
@@ -230,6 +234,13 @@ mod tests {
             assert_eq!(normalize_email(&json!(bad)), None, "{bad}");
         }
         assert_eq!(normalize_email(&json!(42)), None);
+        // Issue 10: NFC and NFD spellings, and case, make one address.
+        let nfc = normalize_email(&json!("Jos\u{e9}@Example.com")).unwrap();
+        assert_eq!(normalize_email(&json!("JOSE\u{301}@example.com")), Some(nfc.clone()));
+        assert_eq!(nfc, "jos\u{e9}@example.com");
+        for invisible in ["ann\u{202e}@example.com", "ann\u{0}@example.com", "ann\u{1b}@example.com"] {
+            assert_eq!(normalize_email(&json!(invisible)), None, "{invisible:?}");
+        }
         assert_eq!(normalize_email(&Value::Null), None);
     }
 }

@@ -4,7 +4,7 @@
 //! sees is never the internal cause: 5xx bodies are fixed strings and the cause goes to the
 //! log, with the request's id attached by the trace span.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -150,16 +150,47 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::bad_request("Expected a JSON body with Content-Type: application/json"));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::bad_request(rejection.body_text())
+            }
+        })?;
+        // Straight from the bytes, never through a `Value`: a `Value` rounds numbers to f64,
+        // and prices must be read from the digits the client sent (`money::PriceText`).
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_slice(&bytes).map_err(|_| ApiError::bad_request("Malformed JSON"))?;
         // Every request body of the API is an object; serde would also build a struct from
         // an array, which no client means.
-        let axum::Json(value) =
-            axum::Json::<serde_json::Value>::from_request(req, state).await.map_err(json_rejection)?;
-        if !value.is_object() {
+        if !raw.get().starts_with('{') {
             return Err(ApiError::bad_request("Request body must be a JSON object"));
         }
-        serde_json::from_value(value)
+        serde_json::from_str(raw.get())
             .map(Self)
-            .map_err(|err| ApiError::bad_request(format!("Invalid request body: {}", err)))
+            .map_err(|err| ApiError::bad_request(format!("Invalid request body: {}", without_position(&err))))
+    }
+}
+
+/// `application/json`, or `application/<something>+json`, as axum's own `Json` accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// serde_json's message without its "at line 1 column 30" (a client fixes the field, not a
+/// column).
+fn without_position(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 
@@ -169,20 +200,15 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::PayloadTooLarge;
-    }
-    match rejection {
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::bad_request("Expected a JSON body with Content-Type: application/json")
-        }
-        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("Malformed JSON"),
-        other => ApiError::bad_request(other.body_text()),
-    }
+/// A UUID in its one canonical spelling (lowercase, hyphenated). `uuid` also reads braces,
+/// `urn:uuid:`, 32 bare hex digits and upper case; each would be a second URL for one resource
+/// (and a second cache key), so they are unknown paths instead.
+pub fn parse_canonical_uuid(text: &str) -> Option<uuid::Uuid> {
+    let id = uuid::Uuid::try_parse(text).ok()?;
+    (text.len() == 36 && id.hyphenated().to_string() == text).then_some(id)
 }
 
-/// A path parameter that must be a UUID; anything else is an unknown resource (404).
+/// A path parameter that must be a canonical UUID; anything else is an unknown resource (404).
 #[derive(Debug, Clone, Copy)]
 pub struct IdPath(pub uuid::Uuid);
 
@@ -195,7 +221,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
                 tracing::debug!(%err, "path rejected");
                 ApiError::NotFound
             })?;
-        uuid::Uuid::parse_str(&raw).map(Self).map_err(|_| ApiError::NotFound)
+        parse_canonical_uuid(&raw).map(Self).ok_or(ApiError::NotFound)
     }
 }
 

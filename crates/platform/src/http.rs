@@ -87,6 +87,7 @@ impl Readiness {
 /// routers of several services are merged into one app, which answers unknown paths.
 pub fn service_router(api: Router, keys: Arc<SessionKeys>, max_body_bytes: usize) -> Router {
     api.layer(middleware::from_fn(envelope_for_bare_errors))
+        .layer(middleware::from_fn(no_store_when_personal))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(keys))
 }
@@ -134,6 +135,33 @@ pub fn with_observability(app: Router, readiness: Readiness) -> Router {
                 }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(middleware::from_fn(nosniff))
+}
+
+/// Every answer, API or page or error, is what its `Content-Type` says: a browser must not
+/// guess (an error text sniffed as HTML would be a script's way in).
+async fn nosniff(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .entry(axum::http::header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(axum::http::HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// An API answer to a request carrying credentials (session cookie or bearer token), or one
+/// that sets a cookie, is somebody's own: no browser or shared cache may keep it.
+async fn no_store_when_personal(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let credentials = headers.contains_key(axum::http::header::AUTHORIZATION)
+        || crate::session::session_cookie(headers).is_some_and(|session| !session.is_empty());
+    let mut response = next.run(request).await;
+    if credentials || response.headers().contains_key(axum::http::header::SET_COOKIE) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 async fn scope_trace_id(request: Request, next: Next) -> Response {
@@ -203,37 +231,144 @@ fn is_json(response: &Response) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// What a client may take of the server: slow or idle clients are cut off, and the number of
+/// connections is bounded, so a few hundred half-sent requests cannot use up the process's
+/// file descriptors and stop all service.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Time to send the request head; also bounds an idle keep-alive connection (hyper starts
+    /// the same clock when it waits for the next request).
+    pub header_read_timeout: Duration,
+    /// Time to send the whole body.
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+    /// Largest body; a `Content-Length` above it is answered 413 before any of it is read.
+    pub max_body_bytes: usize,
+}
+
+impl ServeLimits {
+    pub fn from_settings(settings: &crate::settings::Settings) -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(settings.http_header_read_timeout_seconds.max(1)),
+            body_read_timeout: Duration::from_secs(settings.http_body_read_timeout_seconds.max(1)),
+            max_connections: settings.http_max_connections.max(1),
+            max_body_bytes: settings.max_body_bytes,
+        }
+    }
+}
+
+impl Default for ServeLimits {
+    /// The settings' defaults, without a body cap of its own (the routes have theirs).
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_body_bytes: usize::MAX,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests,
+/// with the default [`ServeLimits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with_limits(listener, app, shutdown, ServeLimits::default()).await
 }
 
-/// The client's address: the socket peer, or the proxy's `X-Forwarded-For` when trusted.
-/// With a trusted proxy the rightmost entry is the one the proxy itself appended.
-/// A loopback peer is always trusted: it is the web pages calling the API on behalf of a
-/// visitor (in one process or beside it), and counting every visitor as that one peer
-/// would rate-limit them all together.
-pub fn client_ip(headers: &axum::http::HeaderMap, peer: Option<std::net::SocketAddr>, trust_proxy: bool) -> String {
-    let peer_is_loopback = peer.is_some_and(|addr| addr.ip().is_loopback());
-    if trust_proxy || peer_is_loopback {
-        let forwarded = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|v| !v.is_empty());
-        if let Some(ip) = forwarded {
-            return ip.to_owned();
+/// [`serve`] with the given limits.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    let max_body = limits.max_body_bytes;
+    let app = app
+        .layer(middleware::from_fn(move |request: Request, next: Next| too_large_by_length(request, next, max_body)))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_read_timeout));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
         }
+    });
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached (HTTP_MAX_CONNECTIONS): new connections wait until one closes"
+                );
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off a moment instead of spinning.
+                    tracing::error!(error = %err, "accept error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%peer, error = %err, "connection closed with an error");
+            }
+        });
     }
-    peer.map_or_else(|| "unknown".to_owned(), |addr| addr.ip().to_string())
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// 413 at once for a declared body above the cap, instead of reading it first.
+async fn too_large_by_length(request: Request, next: Next, max_body: usize) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body as u64) {
+        let mut response = ApiError::PayloadTooLarge.into_response();
+        // The unread body stays on the socket: do not try to read another request after it.
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(request).await
 }
 
 /// The socket peer of a request, when the server recorded it (it does when served by

@@ -11,6 +11,7 @@
 //!   shares.
 
 pub mod bus;
+pub mod client_addr;
 pub mod consumer;
 pub mod db;
 pub mod error;
@@ -24,4 +25,5 @@ pub mod service;
 pub mod session;
 pub mod settings;
 pub mod telemetry;
+pub mod text;
 pub mod worker;

@@ -1,9 +1,28 @@
-//! Money: prices arrive as JSON numbers in major units and live as integer minor units.
+//! Money: prices arrive as JSON numbers or decimal strings in major units and live as integer
+//! minor units.
 //!
-//! Parsing goes through the number's decimal text, never through float arithmetic, so
-//! `19.99` is exactly 1999 cents and `19.999` is refused rather than rounded.
+//! Parsing goes through the decimal text the client sent, never through float arithmetic, so
+//! `19.99` is exactly 1999 cents and `19.999` is refused rather than rounded. Request bodies keep
+//! a price as [`PriceText`] (the JSON text verbatim): a `serde_json::Value` would already have
+//! rounded `10.999999999999999999` to `11.0` before any rule could see it.
 
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// A price as a client sent it: the JSON text of the value, untouched, or nothing when the field
+/// was missing or `null`. Only deserialises from JSON text (serde_json's `from_slice`/`from_str`),
+/// not from a `Value`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(transparent)]
+pub struct PriceText(Option<Box<RawValue>>);
+
+impl PriceText {
+    /// The price as JSON text (`12.5`, `"12.50"`); for tests and for callers that build one.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
 
 /// The largest price accepted, in major units.
 pub const MAX_MAJOR: i64 = 1_000_000;
@@ -41,11 +60,53 @@ impl Currency {
 
     /// Parses a price, checking it is a positive number with at most the currency's
     /// decimals and at most [`MAX_MAJOR`]. The error is the message a person reads.
+    /// Decimal strings (`"12.50"`) are accepted like numbers. Only for values that were never
+    /// rounded (a `Value` read from untrusted JSON may have been): see [`Self::parse_price_text`].
     pub fn parse_price(&self, value: &Value) -> Result<i64, String> {
-        let Value::Number(number) = value else {
-            return Err("Price must be a number".into());
+        match value {
+            Value::Number(number) => self.parse_decimal(&number.to_string()),
+            Value::String(text) => self.parse_decimal_string(text),
+            _ => Err(NOT_A_NUMBER.into()),
+        }
+    }
+
+    /// Parses a price from the JSON text the client sent: a number (its digits as written) or a
+    /// string holding a plain decimal (`"25.00"`, which the reference client sends).
+    pub fn parse_price_text(&self, price: &PriceText) -> Result<i64, String> {
+        let Some(raw) = &price.0 else {
+            return Err(NOT_A_NUMBER.into());
         };
-        let minor = decimal_to_minor(&number.to_string(), self.decimals).ok_or_else(|| {
+        let text = raw.get().trim();
+        if text.starts_with('"') {
+            let decoded: String = serde_json::from_str(text).map_err(|_| NOT_A_NUMBER.to_owned())?;
+            return self.parse_decimal_string(&decoded);
+        }
+        if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            // serde_json already checked the number grammar.
+            return self.parse_decimal(text);
+        }
+        Err(NOT_A_NUMBER.into())
+    }
+
+    /// A string price: optional sign, digits, optionally a point and more digits. No exponent,
+    /// no thousands separators, nothing around it but spaces.
+    fn parse_decimal_string(&self, text: &str) -> Result<i64, String> {
+        let text = text.trim();
+        let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+        let (int_part, frac_part) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if (int_part.is_empty() && frac_part.is_empty())
+            || !all_digits(int_part)
+            || !all_digits(frac_part)
+            || unsigned.ends_with('.')
+        {
+            return Err(NOT_A_NUMBER.into());
+        }
+        self.parse_decimal(text.strip_prefix('+').unwrap_or(text))
+    }
+
+    fn parse_decimal(&self, text: &str) -> Result<i64, String> {
+        let minor = decimal_to_minor(text, self.decimals).ok_or_else(|| {
             if self.decimals == 0 {
                 "Price must be a whole number".to_owned()
             } else {
@@ -82,6 +143,8 @@ impl Currency {
     }
 }
 
+const NOT_A_NUMBER: &str = "Price must be a number";
+
 fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
@@ -104,18 +167,22 @@ fn decimal_to_minor(text: &str, decimals: u32) -> Option<i64> {
     let negative = mantissa.starts_with('-');
     let mantissa = mantissa.trim_start_matches(['-', '+']);
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let mut digits: String = format!("{int_part}{frac_part}");
-    // Value = digits × 10^(exponent − len(frac)); we want it × 10^decimals.
-    let mut shift = exponent - frac_part.len() as i32 + decimals as i32;
+    let mut digits: String = format!("{int_part}{frac_part}").trim_start_matches('0').to_owned();
+    if digits.is_empty() {
+        return Some(0);
+    }
+    // Value = digits × 10^(exponent − len(frac)); we want it × 10^decimals. In i64: an exponent
+    // near i32::MIN must not overflow.
+    let mut shift = i64::from(exponent) - frac_part.len() as i64 + i64::from(decimals);
     while shift < 0 {
         // Dropping a digit is only allowed if it is a zero (no precision is lost).
         if !digits.ends_with('0') {
-            return if digits.trim_start_matches('0').is_empty() { Some(0) } else { None };
+            return None;
         }
         digits.pop();
         shift += 1;
     }
-    if digits.len() + shift as usize > 18 {
+    if digits.len() as i64 + shift > 18 {
         return Some(i64::MAX);
     }
     digits.extend(std::iter::repeat_n('0', shift as usize));
@@ -147,11 +214,67 @@ mod tests {
         assert_eq!(usd.parse_price(&json!(19.999)), Err("Price must have at most 2 decimals".into()));
         assert_eq!(usd.parse_price(&json!(1_000_000.01)), Err("Price must be at most 1000000".into()));
         assert_eq!(usd.parse_price(&json!(1e300)), Err("Price must be at most 1000000".into()));
-        assert_eq!(usd.parse_price(&json!("12")), Err("Price must be a number".into()));
+        assert_eq!(usd.parse_price(&json!("12x")), Err("Price must be a number".into()));
         assert_eq!(usd.parse_price(&json!(null)), Err("Price must be a number".into()));
         let jpy = Currency::new("JPY");
         assert_eq!(jpy.parse_price(&json!(500)), Ok(500));
         assert_eq!(jpy.parse_price(&json!(500.5)), Err("Price must be a whole number".into()));
+    }
+
+    fn text(usd: &Currency, json: &str) -> Result<i64, String> {
+        usd.parse_price_text(&PriceText::from_json(json).unwrap())
+    }
+
+    /// The issue's reproduction: through a float these became 11.00 and 100.00.
+    #[test]
+    fn prices_are_parsed_from_the_text_the_client_sent_never_through_a_float() {
+        let usd = Currency::new("usd");
+        let decimals = Err("Price must have at most 2 decimals".to_owned());
+        assert_eq!(text(&usd, "10.999999999999999999"), decimals);
+        assert_eq!(text(&usd, "100.0000000000000000001"), decimals);
+        assert_eq!(text(&usd, r#""10.999999999999999999""#), decimals);
+        assert_eq!(text(&usd, "10.990000000000000000"), Ok(1099));
+        assert_eq!(text(&usd, "0.1e1"), Ok(100));
+        assert_eq!(text(&usd, "1.5e-2147483648"), decimals);
+        assert_eq!(text(&usd, "0e999999"), Err("Price must be greater than 0".into()));
+        assert_eq!(text(&usd, "1e7"), Err("Price must be at most 1000000".into()));
+        assert_eq!(text(&usd, "null"), Err("Price must be a number".into()));
+        assert_eq!(text(&usd, "true"), Err("Price must be a number".into()));
+        assert_eq!(text(&usd, "[1]"), Err("Price must be a number".into()));
+        assert_eq!(usd.parse_price_text(&PriceText::default()), Err("Price must be a number".into()));
+    }
+
+    /// The reference Next.js client sends prices as strings.
+    #[test]
+    fn decimal_strings_are_prices_too() {
+        let usd = Currency::new("usd");
+        assert_eq!(text(&usd, r#""25.00""#), Ok(2500));
+        assert_eq!(text(&usd, r#"" 25 ""#), Ok(2500));
+        assert_eq!(text(&usd, r#"".5""#), Ok(50));
+        assert_eq!(text(&usd, r#""000000000000000000000000012.50""#), Ok(1250));
+        assert_eq!(text(&usd, r#""+7.1""#), Ok(710));
+        assert_eq!(text(&usd, r#""-3""#), Err("Price must be greater than 0".into()));
+        assert_eq!(text(&usd, r#""0.00""#), Err("Price must be greater than 0".into()));
+        assert_eq!(text(&usd, r#""25.001""#), Err("Price must have at most 2 decimals".into()));
+        for bad in [
+            r#""""#,
+            r#""1e3""#,
+            r#""1,000""#,
+            r#""12.""#,
+            r#"".""#,
+            r#""NaN""#,
+            r#""Infinity""#,
+            r#""0x10""#,
+            r#""1 2""#,
+            r#""١٢""#,
+        ] {
+            assert_eq!(text(&usd, bad), Err("Price must be a number".into()), "{bad}");
+        }
+        assert_eq!(usd.parse_price(&json!("25.00")), Ok(2500));
+        let jpy = Currency::new("jpy");
+        assert_eq!(text(&jpy, r#""500""#), Ok(500));
+        assert_eq!(text(&jpy, r#""500.00""#), Ok(500));
+        assert_eq!(text(&jpy, r#""500.5""#), Err("Price must be a whole number".into()));
     }
 
     #[test]

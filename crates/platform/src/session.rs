@@ -37,6 +37,9 @@ pub struct SessionKeys {
     decoding: DecodingKey,
     validation: Validation,
     lifetime: time::Duration,
+    /// Derived from the session secret for the other things the servers sign (the visitor's
+    /// address the pages pass to the API, CSRF tokens): a MAC of one purpose is never a token.
+    mac_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -55,7 +58,27 @@ impl SessionKeys {
             decoding: DecodingKey::from_secret(secret),
             validation,
             lifetime,
+            mac_key: hmac_sha256(secret, &[b"ticketing derived MAC key v1"]),
         }
+    }
+
+    /// HMAC-SHA256 of `parts` (each length-prefixed, so parts cannot be shifted into each
+    /// other) under the derived key, with `purpose` first.
+    pub fn mac(&self, purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
+        let mut all: Vec<&[u8]> = vec![purpose.as_bytes()];
+        all.extend_from_slice(parts);
+        hmac_sha256(&self.mac_key, &all)
+    }
+
+    /// Whether `mac` is [`Self::mac`] of these parts; constant time.
+    pub fn verify_mac(&self, purpose: &str, parts: &[&[u8]], mac: &[u8]) -> bool {
+        use hmac::Mac;
+        let mut hmac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(&self.mac_key).expect("any key length");
+        for part in std::iter::once(purpose.as_bytes()).chain(parts.iter().copied()) {
+            hmac.update(&(part.len() as u64).to_be_bytes());
+            hmac.update(part);
+        }
+        hmac.verify_slice(mac).is_ok()
     }
 
     pub fn lifetime(&self) -> time::Duration {
@@ -78,6 +101,16 @@ impl SessionKeys {
     pub fn user_from_headers(&self, headers: &HeaderMap) -> Option<Claims> {
         token_from_headers(headers).and_then(|token| self.verify(token))
     }
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut hmac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(key).expect("any key length");
+    for part in parts {
+        hmac.update(&(part.len() as u64).to_be_bytes());
+        hmac.update(part);
+    }
+    hmac.finalize().into_bytes().into()
 }
 
 fn token_from_headers(headers: &HeaderMap) -> Option<&str> {

@@ -130,9 +130,30 @@ pub struct Settings {
     #[arg(long, env = "CURRENCY", default_value = "usd")]
     pub currency: String,
 
-    /// Trust X-Forwarded-For from the proxy in front (for per-client rate limits).
+    /// Treat every socket peer as a proxy and take the client address from the rightmost
+    /// X-Forwarded-For entry. Only for a server nobody reaches except through its proxy;
+    /// prefer TRUSTED_PROXIES.
     #[arg(long, env = "TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
+
+    /// Seconds a client has to send a request's headers once the server waits for them; the
+    /// same clock runs while a keep-alive connection sits idle between requests.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub http_header_read_timeout_seconds: u64,
+
+    /// Seconds a client has to send a request's whole body.
+    #[arg(long, env = "HTTP_BODY_READ_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub http_body_read_timeout_seconds: u64,
+
+    /// Open connections served at once by this process; beyond it new ones wait in the
+    /// listen queue (logged when it happens).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+
+    /// Proxies whose X-Forwarded-For is believed (comma-separated CIDRs or addresses, e.g.
+    /// `10.0.0.0/8,fd00::/8`): the client is the rightmost hop outside them.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::client_addr::Cidr>,
 
     /// Admin address serving `/metrics` (Prometheus), e.g. `0.0.0.0:9100`. Off when unset: it
     /// must not be reachable through the public ingress, so it has its own port.
@@ -168,6 +189,10 @@ impl std::fmt::Debug for Settings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("currency", &self.currency)
             .field("trust_proxy", &self.trust_proxy)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("http_header_read_timeout_seconds", &self.http_header_read_timeout_seconds)
+            .field("http_body_read_timeout_seconds", &self.http_body_read_timeout_seconds)
+            .field("http_max_connections", &self.http_max_connections)
             .field("metrics_addr", &self.metrics_addr)
             .finish()
     }

@@ -237,7 +237,12 @@ pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow
     };
     let app = platform::http::with_observability(app, readiness.clone());
     let stop = shutdown.clone();
-    let server = tokio::spawn(platform::http::serve(listener, app, async move { stop.cancelled().await }));
+    let server = tokio::spawn(platform::http::serve_with_limits(
+        listener,
+        app,
+        async move { stop.cancelled().await },
+        platform::http::ServeLimits::from_settings(&settings),
+    ));
 
     let mut failures = 0u32;
     let (router, checks, tasks) = loop {

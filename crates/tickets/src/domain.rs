@@ -3,12 +3,14 @@
 
 use platform::error::ErrorItem;
 use platform::events::{TicketCreated, TicketUpdated};
-use platform::money::Currency;
+use platform::money::{Currency, PriceText};
 use serde_json::Value;
 use uuid::Uuid;
 
 /// Longest title accepted, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
+
+pub const FORBIDDEN_CHARACTERS: &str = "Title must not contain control or text-direction characters";
 
 pub const RESERVED: &str = "Cannot edit a reserved ticket";
 
@@ -61,15 +63,17 @@ pub struct Listing {
 
 impl Listing {
     /// Checks raw JSON values; one error per bad field. The title is stored trimmed.
-    pub fn parse(title: &Value, price: &Value, currency: &Currency) -> Result<Self, Vec<ErrorItem>> {
+    pub fn parse(title: &Value, price: &PriceText, currency: &Currency) -> Result<Self, Vec<ErrorItem>> {
         let title = match title.as_str().map(str::trim) {
-            None | Some("") => Err("Title is required".to_owned()),
+            None => Err("Title is required".to_owned()),
+            Some(title) if platform::text::has_forbidden(title) => Err(FORBIDDEN_CHARACTERS.to_owned()),
+            Some(title) if platform::text::is_blank(title) => Err("Title is required".to_owned()),
             Some(title) if title.chars().count() > MAX_TITLE_CHARS => {
                 Err(format!("Title must be at most {MAX_TITLE_CHARS} characters"))
             }
             Some(title) => Ok(title.to_owned()),
         };
-        let price = currency.parse_price(price);
+        let price = currency.parse_price_text(price);
         match (title, price) {
             (Ok(title), Ok(price)) => Ok(Self { title, price }),
             (title, price) => Err([("title", title.err()), ("price", price.err())]
@@ -86,8 +90,12 @@ mod tests {
 
     use super::*;
 
+    fn price_text(price: Value) -> PriceText {
+        PriceText::from_json(&price.to_string()).unwrap()
+    }
+
     fn errors(title: Value, price: Value) -> Vec<(String, String)> {
-        Listing::parse(&title, &price, &Currency::new("usd"))
+        Listing::parse(&title, &price_text(price), &Currency::new("usd"))
             .expect_err("invalid")
             .into_iter()
             .map(|item| (item.field.unwrap_or_default(), item.message))
@@ -96,10 +104,13 @@ mod tests {
 
     #[test]
     fn valid_listings_are_trimmed_and_priced_in_minor_units() {
-        let listing = Listing::parse(&json!("  Concert  "), &json!(12.5), &Currency::new("usd")).unwrap();
+        let listing = Listing::parse(&json!("  Concert  "), &price_text(json!(12.5)), &Currency::new("usd")).unwrap();
         assert_eq!(listing, Listing { title: "Concert".into(), price: 1250 });
         let longest = "é".repeat(MAX_TITLE_CHARS);
-        assert_eq!(Listing::parse(&json!(longest), &json!(1), &Currency::new("usd")).unwrap().title, longest);
+        assert_eq!(
+            Listing::parse(&json!(longest), &price_text(json!(1)), &Currency::new("usd")).unwrap().title,
+            longest
+        );
     }
 
     #[test]
@@ -114,7 +125,16 @@ mod tests {
             errors(json!("x".repeat(MAX_TITLE_CHARS + 1)), json!(10)),
             vec![title("Title must be at most 200 characters")]
         );
+        // Issue 10: NUL passed "Title is required"; controls and bidi overrides are refused,
+        // and a title of zero-width characters is empty.
+        let forbidden = title(FORBIDDEN_CHARACTERS);
+        for bad in ["\u{0}", "a\u{1b}[2Jb", "ring\u{7}", "gpj\u{202e}exe.pdf", "x\u{2066}y", "two\nlines"] {
+            assert_eq!(errors(json!(bad), json!(10)), vec![forbidden.clone()], "{bad:?}");
+        }
+        for blank in ["\u{200b}", " \u{200b}\u{feff} ", "\u{2060}"] {
+            assert_eq!(errors(json!(blank), json!(10)), vec![title("Title is required")], "{blank:?}");
+        }
         assert_eq!(errors(json!("ok"), json!(-1)), vec![price("Price must be greater than 0")]);
-        assert_eq!(errors(json!([]), json!("10")), vec![title("Title is required"), price("Price must be a number")]);
+        assert_eq!(errors(json!([]), json!("ten")), vec![title("Title is required"), price("Price must be a number")]);
     }
 }

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use platform::error::{ApiError, ApiResult, IdPath, Json};
 use platform::events::ContractEvent;
-use platform::money::Currency;
+use platform::money::{Currency, PriceText};
 use platform::outbox;
 use platform::session::RequireUser;
 use serde::{Deserialize, Serialize};
@@ -28,10 +28,11 @@ pub struct TicketInput {
     #[serde(default)]
     #[schema(value_type = String, required = true, example = "Concert", max_length = 200)]
     title: Value,
-    /// In major units, with at most the currency's decimals.
+    /// In major units, with at most the currency's decimals: a JSON number or a decimal string
+    /// (`"12.50"`). Read from its text, never through a float.
     #[serde(default)]
     #[schema(value_type = f64, required = true, example = 12.5)]
-    price: Value,
+    price: PriceText,
 }
 
 /// A ticket as clients see it.

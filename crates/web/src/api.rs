@@ -1,7 +1,8 @@
 //! The pages' only way to the rest of the marketplace: the public HTTP API.
 //!
 //! Each call is made on the visitor's behalf: it carries their `session` cookie (and none
-//! of their other cookies), their address as `X-Forwarded-For`, `X-Forwarded-Proto: https`
+//! of their other cookies), their address signed with the servers' key (see
+//! `platform::client_addr`; never `X-Forwarded-For`, which anybody can write), `X-Forwarded-Proto: https`
 //! when they came over TLS (so the session cookie the API sets is `Secure`), and the
 //! request id, so the logs of both sides line up. One pooled client serves every visitor,
 //! so it must never keep cookies itself.
@@ -20,6 +21,7 @@ use crate::visitor::Visitor;
 pub struct Api {
     base: String,
     http: reqwest::Client,
+    addresses: platform::client_addr::ClientAddresses,
 }
 
 /// Why an API call did not give what the page wanted.
@@ -104,7 +106,11 @@ struct Created {
 pub struct SetCookies(pub Vec<HeaderValue>);
 
 impl Api {
-    pub fn new(base: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        addresses: platform::client_addr::ClientAddresses,
+    ) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base)?;
         anyhow::ensure!(matches!(url.scheme(), "http" | "https"), "API_URL must be an http(s) URL, not {base}");
@@ -114,15 +120,15 @@ impl Api {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("ticketing-web/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { base, http })
+        Ok(Self { base, http, addresses })
     }
 
     fn request(&self, method: Method, path: &str, visitor: &Visitor) -> reqwest::RequestBuilder {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header(header::ACCEPT, "application/json")
-            .header("x-forwarded-for", visitor.client_ip.as_str());
+        let mut request =
+            self.http.request(method, format!("{}{path}", self.base)).header(header::ACCEPT, "application/json");
+        if let Some(signed) = self.addresses.sign(&visitor.client_ip) {
+            request = request.header(platform::client_addr::SIGNED_HEADER, signed);
+        }
         if let Some(session) = visitor.session_cookie() {
             request = request.header(header::COOKIE, session);
         }

@@ -56,20 +56,20 @@ pub struct WebConfig {
     pub api_timeout: Duration,
     pub currency: Currency,
     pub stripe_publishable_key: Option<String>,
-    /// Trust `X-Forwarded-For` from the proxy in front when telling the API who the visitor is.
-    pub trust_proxy: bool,
+    /// Who a visitor is (trusted proxies), and the key that signs it for the API.
+    pub addresses: platform::client_addr::ClientAddresses,
     /// Largest form accepted, in bytes.
     pub max_body_bytes: usize,
 }
 
 impl WebConfig {
-    pub fn new(settings: &Settings, web: &WebSettings) -> Self {
+    pub fn new(settings: &Settings, web: &WebSettings, keys: Arc<platform::session::SessionKeys>) -> Self {
         Self {
             api_url: web.api_url.clone().unwrap_or_else(|| own_url(settings.addr)),
             api_timeout: Duration::from_secs(web.api_timeout_seconds.max(1)),
             currency: Currency::new(&settings.currency),
             stripe_publishable_key: web.stripe_publishable_key.clone().filter(|key| !key.trim().is_empty()),
-            trust_proxy: settings.trust_proxy,
+            addresses: platform::client_addr::ClientAddresses::from_settings(settings, keys),
             max_body_bytes: settings.max_body_bytes,
         }
     }
@@ -91,25 +91,27 @@ pub(crate) struct Web {
     pub api: api::Api,
     pub currency: Currency,
     pub stripe_publishable_key: Option<String>,
-    pub trust_proxy: bool,
+    pub addresses: platform::client_addr::ClientAddresses,
 }
 
 /// Starts the web service. Its router is the fallback for every path outside `/api`.
 pub async fn start(ctx: &Context, settings: &WebSettings) -> anyhow::Result<Service> {
-    let config = WebConfig::new(&ctx.settings, settings);
+    let config = WebConfig::new(&ctx.settings, settings, ctx.keys.clone());
     tracing::info!(api_url = %config.api_url, stripe = config.stripe_publishable_key.is_some(), "web pages call the API");
     Ok(Service { name: "web", router: router(config)?, checks: Vec::new(), tasks: Vec::new() })
 }
 
 /// The pages, the assets and their layers, ready to be the app's fallback.
 pub fn router(config: WebConfig) -> anyhow::Result<Router> {
-    let api = api::Api::new(&config.api_url, config.api_timeout).context("invalid API_URL")?;
+    let csrf_config = csrf::CsrfConfig { max_body_bytes: config.max_body_bytes, keys: config.addresses.keys().clone() };
+    let api =
+        api::Api::new(&config.api_url, config.api_timeout, config.addresses.clone()).context("invalid API_URL")?;
     let headers = Arc::new(pages::SecurityHeaders::new(config.stripe_publishable_key.is_some()));
     let web = Arc::new(Web {
         api,
         currency: config.currency,
         stripe_publishable_key: config.stripe_publishable_key,
-        trust_proxy: config.trust_proxy,
+        addresses: config.addresses,
     });
     // Fail at start, not on the first visit, if a template does not parse.
     pages::check_templates()?;
@@ -128,7 +130,7 @@ pub fn router(config: WebConfig) -> anyhow::Result<Router> {
         .route("/orders/{id}/pay", post(routes::orders::pay_order))
         .route("/orders/{id}/cancel", post(routes::orders::cancel_order))
         // Only matched routes: an unknown path is a 404 whatever its method, not a 403.
-        .route_layer(middleware::from_fn_with_state(config.max_body_bytes, csrf::protect))
+        .route_layer(middleware::from_fn_with_state(csrf_config, csrf::protect))
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(web);
 

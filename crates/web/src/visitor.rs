@@ -46,7 +46,7 @@ impl FromRequestParts<Arc<Web>> for Visitor {
         let PeerAddr(peer) = PeerAddr::from_request_parts(parts, web).await.unwrap_or(PeerAddr(None));
         Ok(Self {
             session: platform::session::session_cookie(&parts.headers).filter(|s| !s.is_empty()).map(str::to_owned),
-            client_ip: platform::http::client_ip(&parts.headers, peer, web.trust_proxy),
+            client_ip: web.addresses.client_ip(&parts.headers, peer),
             https: platform::session::is_https(&parts.headers, &parts.uri),
             request_id: parts.headers.get("x-request-id").cloned(),
             csrf,

@@ -11,4 +11,5 @@ mod observability;
 mod orders;
 mod payments;
 mod platform;
+mod security;
 mod tickets;

@@ -127,7 +127,7 @@ where
 
 /// A path id: a UUID, or the page does not exist (and nothing else reaches the API's path).
 pub fn parse_id(id: &str) -> Result<uuid::Uuid, PageError> {
-    uuid::Uuid::parse_str(id).map_err(|_| PageError::NotFound)
+    platform::error::parse_canonical_uuid(id).ok_or(PageError::NotFound)
 }
 
 /// `$12.50` for the API's `12.5`; the raw number if it is not a price we understand.
@@ -138,16 +138,15 @@ pub fn format_price(currency: &Currency, price: &serde_json::Value) -> String {
     }
 }
 
-/// A price as typed into a form, for the API: a JSON number when it reads as one, else the
-/// text itself, so the API reports what is wrong with it next to the field.
+/// A price as typed into a form, for the API: the text itself (the API reads decimal strings
+/// exactly, and reports what is wrong with one next to the field). Never turned into a JSON
+/// number here: that would go through a float and round `10.999999999999999999` to 11.
 pub fn price_for_api(text: &str) -> serde_json::Value {
     let text = text.trim();
     if text.is_empty() {
         return serde_json::Value::Null;
     }
-    serde_json::from_str::<serde_json::Number>(text)
-        .map(serde_json::Value::Number)
-        .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+    serde_json::Value::String(text.to_owned())
 }
 
 /// A price as the form shows it again: the API's number in major units, fixed decimals.
@@ -215,8 +214,9 @@ mod tests {
 
     #[test]
     fn typed_prices_go_to_the_api_as_numbers_when_they_are() {
-        assert_eq!(price_for_api(" 12.50 "), json!(12.5));
-        assert_eq!(price_for_api("20"), json!(20));
+        assert_eq!(price_for_api(" 12.50 "), json!("12.50"));
+        assert_eq!(price_for_api("20"), json!("20"));
+        assert_eq!(price_for_api("10.999999999999999999"), json!("10.999999999999999999"));
         assert_eq!(price_for_api("twelve"), json!("twelve"));
         assert_eq!(price_for_api("12,50"), json!("12,50"));
         assert_eq!(price_for_api(""), json!(null));

@@ -88,7 +88,9 @@ async fn calls_carry_the_visitors_session_and_address_and_nothing_else_of_theirs
     assert!(paths.contains(&"GET /api/tickets".to_owned()) && paths.contains(&"GET /api/users/currentuser".to_owned()));
     for request in &seen {
         assert_eq!(request.headers[header::COOKIE], "session=the-jwt", "only the session cookie goes to the API");
-        assert_eq!(request.headers["x-forwarded-for"], "127.0.0.1");
+        assert!(request.headers.get("x-forwarded-for").is_none(), "the API believes no X-Forwarded-For");
+        let signed = request.headers[platform::client_addr::SIGNED_HEADER].to_str().unwrap();
+        assert!(signed.starts_with("127.0.0.1;"), "the visitor's address, signed: {signed}");
         assert_eq!(request.headers["x-request-id"], "req-123", "logs of both sides line up");
         assert!(request.headers.get("x-forwarded-proto").is_none());
     }
@@ -222,4 +224,38 @@ async fn with_a_stripe_key_the_pay_form_uses_stripes_card_element() {
     let csp = page.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
     assert!(csp.contains("script-src 'self' https://js.stripe.com"), "{csp}");
     app.stop().await;
+}
+
+/// Issue 10: the visitor's address reaches the API signed, from `X-Forwarded-For` only when
+/// the proxy that sent it is in `TRUSTED_PROXIES`, and then the rightmost untrusted hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_visitor_address_is_taken_from_trusted_proxies_only_and_signed_for_the_api() {
+    let api = FakeApi::start(
+        Router::new()
+            .route("/api/tickets", get(|| async { axum::Json(json!([])) }))
+            .route("/api/users/currentuser", get(|| async { axum::Json(json!({ "currentUser": null })) })),
+    )
+    .await;
+    let signed_address = |api: &FakeApi| {
+        let seen = api.requests();
+        let last = seen.last().expect("the API was called");
+        let value = last.headers[platform::client_addr::SIGNED_HEADER].to_str().unwrap().to_owned();
+        value.split(';').next().unwrap().to_owned()
+    };
+    let visit = |app: &crate::helpers::TestApp, forwarded: &'static str| {
+        reqwest::Client::new().get(app.url("/")).header("x-forwarded-for", forwarded).send()
+    };
+
+    let untrusting = spawn_web(&api.url, |_| {}).await;
+    assert_eq!(visit(&untrusting, "198.51.100.7").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(signed_address(&api), "127.0.0.1", "a loopback peer is not a proxy by itself");
+    untrusting.stop().await;
+
+    let behind_proxy =
+        spawn_web(&api.url, |args| args.settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    assert_eq!(visit(&behind_proxy, "6.6.6.6, 198.51.100.7").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(signed_address(&api), "198.51.100.7", "the hop the trusted proxy appended");
+    assert_eq!(visit(&behind_proxy, "<script>").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(signed_address(&api), "127.0.0.1", "anything but an address is nobody's address");
+    behind_proxy.stop().await;
 }

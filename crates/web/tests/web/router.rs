@@ -1,6 +1,7 @@
 //! The web router on its own (`oneshot`, no server): what needs no API answer. Its API is
 //! a closed port, so a test that gets past a check without calling the API shows it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +21,10 @@ fn router() -> Router {
         api_timeout: Duration::from_secs(2),
         currency: Currency::new("usd"),
         stripe_publishable_key: None,
-        trust_proxy: false,
+        addresses: platform::client_addr::ClientAddresses::new(
+            Vec::new(),
+            Arc::new(platform::session::SessionKeys::new(b"router test key", time::Duration::hours(1))),
+        ),
         max_body_bytes: 16 * 1024,
     })
     .expect("the router builds")
@@ -91,7 +95,8 @@ async fn the_sign_in_page_renders_without_the_api_for_an_anonymous_visitor() {
         .expect("csrf cookie");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/"), "{cookie}");
     let (pair, token) = csrf_of(&page);
-    assert_eq!(pair, format!("csrf={token}"), "the form carries the cookie's token");
+    // Issue 10: the form carries a MAC of the cookie (and session), never the cookie itself.
+    assert!(token.len() == 64 && pair.len() == "csrf=".len() + 64 && pair != format!("csrf={token}"));
 }
 
 #[tokio::test]
