@@ -64,6 +64,11 @@ pub async fn begin_once(db: &Db, consumer: &str, event_id: uuid::Uuid) -> Result
 
 /// Records an event that will not be applied, with why.
 pub async fn park(db: &Db, consumer: &str, event: &Event, reason: &str) -> Result<(), sqlx::Error> {
+    park_at(db, consumer, event, reason, now_millis()).await
+}
+
+/// [`park`] with the time it was parked (the admin command puts a replayed event back as it was).
+pub async fn park_at(db: &Db, consumer: &str, event: &Event, reason: &str, parked_at: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO parked_events (consumer, event_id, kind, payload, reason, parked_at) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, event_id) DO NOTHING",
@@ -73,7 +78,7 @@ pub async fn park(db: &Db, consumer: &str, event: &Event, reason: &str) -> Resul
     .bind(&event.kind)
     .bind(String::from_utf8(event.encode()).expect("JSON is UTF-8"))
     .bind(reason)
-    .bind(now_millis())
+    .bind(parked_at)
     .execute(&db.pool)
     .await
     .map(drop)

@@ -251,19 +251,7 @@ async fn replay(args: &AdminArgs, selection: &Selection) -> anyhow::Result<Strin
 }
 
 async fn restore(db: &Db, consumer: &str, event: &Event, reason: &str, parked_at: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO parked_events (consumer, event_id, kind, payload, reason, parked_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, event_id) DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(event.id.to_string())
-    .bind(&event.kind)
-    .bind(String::from_utf8(event.encode()).expect("JSON is UTF-8"))
-    .bind(reason)
-    .bind(parked_at)
-    .execute(&db.pool)
-    .await
-    .map(drop)
+    platform::consumer::park_at(db, consumer, event, reason, parked_at).await
 }
 
 async fn payments_report(settings: &Settings) -> anyhow::Result<String> {
