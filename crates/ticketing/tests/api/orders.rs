@@ -306,8 +306,7 @@ async fn record_payment(app: &TestApp, order_id: &str) {
     use ::platform::events::{ContractEvent, PaymentCreated};
 
     let settings = &app.args.settings;
-    let url = ::platform::db::database_url(settings.database_url.as_deref(), &settings.data_dir, ::orders::NAME);
-    let db = ::platform::db::Db::connect(&url, ::orders::NAME, &::orders::MIGRATOR).await.expect("orders database");
+    let db = crate::helpers::service_db(settings, ::orders::NAME, &::orders::MIGRATOR).await;
     let consumer = ::platform::consumer::Consumer::new(::orders::NAME, db, ::orders::events::OrderEvents, None);
     let payment = PaymentCreated {
         id: uuid::Uuid::new_v4(),

@@ -246,8 +246,7 @@ async fn edits_reach_the_orders_service(backend: Backend) {
     // Once orders has both edits (read from its replica), an order is placed at the edited
     // title and price.
     let settings = &app.args.settings;
-    let url = ::platform::db::database_url(settings.database_url.as_deref(), &settings.data_dir, ::orders::NAME);
-    let replica = ::platform::db::Db::connect(&url, ::orders::NAME, &::orders::MIGRATOR).await.unwrap();
+    let replica = crate::helpers::service_db(settings, ::orders::NAME, &::orders::MIGRATOR).await;
     testkit::eventually(EVENTUAL, "orders to have both edits", || async {
         let version: Option<i64> = sqlx::query_scalar("SELECT version FROM tickets WHERE id = $1")
             .bind(id(&ticket))

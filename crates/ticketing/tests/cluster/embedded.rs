@@ -12,8 +12,9 @@ use crate::services::ticketing_bin;
 
 /// The goal for pending events to flow again after a restart; reported.
 const FLOW_AGAIN_GOAL: Duration = Duration::from_secs(2);
-/// What is asserted: well below `ACK_WAIT_SECONDS` as set here (60 s), so a delivery whose lease
-/// was not released at start-up would fail it, while a busy machine's slowness would not.
+/// What is asserted: well below `ACK_WAIT_SECONDS` as set here (60 s), so a bus delivery whose
+/// lease was not released at start-up would fail it, while a busy machine's slowness would not.
+/// (Outbox claims last a fixed 5 s, so this bound does not tell whether those were released.)
 const FLOW_AGAIN_BOUND: Duration = Duration::from_secs(15);
 
 struct Embedded {
