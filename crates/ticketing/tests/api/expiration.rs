@@ -89,7 +89,7 @@ async fn start_expiration(app: &TestApp) -> Running {
 /// Whether the expiration service holds a timer for the order, from its own database.
 async fn has_timer(app: &TestApp, order_id: &str) -> bool {
     let settings = &app.args.settings;
-    let db = crate::helpers::service_db(settings, expiration::NAME, &expiration::MIGRATOR).await;
+    let db = crate::service_db::service_db(settings, expiration::NAME, &expiration::MIGRATOR).await;
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE order_id = $1 AND status = 'scheduled'")
         .bind(order_id)
         .fetch_one(&db.pool)

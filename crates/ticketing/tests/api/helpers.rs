@@ -211,14 +211,3 @@ pub fn field_errors(body: &Value) -> Vec<(String, String)> {
         .map(|e| (e["field"].as_str().unwrap_or("").to_owned(), e["message"].as_str().expect("message").to_owned()))
         .collect()
 }
-
-/// A service's own database, as the marketplace with these settings uses it (one connection),
-/// for tests that look at what a service stored.
-pub async fn service_db(
-    settings: &platform::settings::Settings,
-    service: &str,
-    migrator: &'static sqlx::migrate::Migrator,
-) -> platform::db::Db {
-    let url = platform::db::database_url(settings.database_url.as_deref(), &settings.data_dir, service);
-    platform::db::Db::connect_with(&url, service, migrator, 1).await.expect("service database")
-}

@@ -2,6 +2,7 @@
 //! storage/bus combinations: SQLite + embedded bus, and PostgreSQL + NATS JetStream.
 
 mod helpers;
+mod service_db;
 
 mod auth;
 mod expiration;

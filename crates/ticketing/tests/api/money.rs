@@ -35,7 +35,7 @@ on_both_backends!(
 /// Amounts (minor units) and statuses of the payments recorded for an order, from the
 /// payments service's own database.
 async fn charged(settings: &platform::settings::Settings, order_id: &str) -> Vec<(i64, String)> {
-    let db = crate::helpers::service_db(settings, payments::NAME, &payments::MIGRATOR).await;
+    let db = crate::service_db::service_db(settings, payments::NAME, &payments::MIGRATOR).await;
     let rows = sqlx::query_as("SELECT amount, status FROM payments WHERE order_id = $1 ORDER BY created_at")
         .bind(order_id)
         .fetch_all(&db.pool)
@@ -104,7 +104,7 @@ async fn a_burst_of_edits_reaches_the_orders_replica_promptly(backend: Backend) 
     let app = spawn_app(backend).await;
     let seller = app.user().await;
     let settings = &app.args.settings;
-    let replica = crate::helpers::service_db(settings, orders::NAME, &orders::MIGRATOR).await;
+    let replica = crate::service_db::service_db(settings, orders::NAME, &orders::MIGRATOR).await;
     let mut lags = Vec::new();
     for _ in 0..5 {
         let ticket = list_ticket(&seller, "Concert", json!(10)).await;

@@ -72,7 +72,7 @@ async fn metrics_and_admin_follow_a_scripted_scenario(backend: Backend) {
     assert!(value(&text, r#"db_pool_max_connections{service="orders"}"#).is_some_and(|n| n >= 1.0), "{text}");
 
     // A malformed ticket:created leaves the tickets service's outbox; orders parks it.
-    let tickets_db = crate::helpers::service_db(&app.args.settings, tickets::NAME, &tickets::MIGRATOR).await;
+    let tickets_db = crate::service_db::service_db(&app.args.settings, tickets::NAME, &tickets::MIGRATOR).await;
     let malformed = Event::new("ticket:created", json!({"bogus": true}));
     let mut tx = tickets_db.begin().await.expect("transaction");
     platform::outbox::enqueue(&mut tx, &malformed).await.expect("enqueued");
@@ -90,7 +90,7 @@ async fn metrics_and_admin_follow_a_scripted_scenario(backend: Backend) {
         user_id: Uuid::parse_str(&seller.id).expect("uuid"),
     }
     .to_event();
-    let orders_db = crate::helpers::service_db(&app.args.settings, orders::NAME, &orders::MIGRATOR).await;
+    let orders_db = crate::service_db::service_db(&app.args.settings, orders::NAME, &orders::MIGRATOR).await;
     platform::consumer::park(&orders_db, orders::NAME, &valid, "retries exhausted: database unavailable")
         .await
         .expect("parked");

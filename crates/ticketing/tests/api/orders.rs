@@ -306,7 +306,7 @@ async fn record_payment(app: &TestApp, order_id: &str) {
     use ::platform::events::{ContractEvent, PaymentCreated};
 
     let settings = &app.args.settings;
-    let db = crate::helpers::service_db(settings, ::orders::NAME, &::orders::MIGRATOR).await;
+    let db = crate::service_db::service_db(settings, ::orders::NAME, &::orders::MIGRATOR).await;
     let consumer = ::platform::consumer::Consumer::new(::orders::NAME, db, ::orders::events::OrderEvents, None);
     let payment = PaymentCreated {
         id: uuid::Uuid::new_v4(),

@@ -63,7 +63,7 @@ pub async fn order_with_status(owner: &User, order_id: &str, status: &str) -> Va
 /// payments service's own database: what the gateway kept or gave back.
 async fn recorded_charges(app: &TestApp, order_id: &str) -> Vec<(String, String)> {
     let settings = &app.args.settings;
-    let db = crate::helpers::service_db(settings, payments::NAME, &payments::MIGRATOR).await;
+    let db = crate::service_db::service_db(settings, payments::NAME, &payments::MIGRATOR).await;
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT status, charge_id FROM payments WHERE order_id = $1 ORDER BY created_at")
             .bind(order_id)

@@ -246,7 +246,7 @@ async fn edits_reach_the_orders_service(backend: Backend) {
     // Once orders has both edits (read from its replica), an order is placed at the edited
     // title and price.
     let settings = &app.args.settings;
-    let replica = crate::helpers::service_db(settings, ::orders::NAME, &::orders::MIGRATOR).await;
+    let replica = crate::service_db::service_db(settings, ::orders::NAME, &::orders::MIGRATOR).await;
     testkit::eventually(EVENTUAL, "orders to have both edits", || async {
         let version: Option<i64> = sqlx::query_scalar("SELECT version FROM tickets WHERE id = $1")
             .bind(id(&ticket))
