@@ -11,10 +11,10 @@ mod routes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::{get, post};
 use platform::ratelimit::WindowLimiter;
 use platform::service::{Context, Service};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -61,12 +61,8 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
     });
     // Pay the one-off cost of the dummy hash now, not in the first sign-in.
     tokio::spawn(password::warm_up());
-    let api = Router::new()
-        .route("/api/users/signup", post(routes::sign_up))
-        .route("/api/users/signin", post(routes::sign_in))
-        .route("/api/users/signout", post(routes::sign_out))
-        .route("/api/users/currentuser", get(routes::current_user))
-        .with_state(state);
+    let (api, _) = api().split_for_parts();
+    let api = api.with_state(state);
     Ok(Service {
         name: "auth",
         router: ctx.api_router(api),
@@ -75,21 +71,17 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
     })
 }
 
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(routes::sign_up, routes::sign_in, routes::sign_out, routes::current_user),
-    components(schemas(
-        routes::Credentials,
-        routes::UserBody,
-        routes::CurrentUserBody,
-        routes::SessionUser,
-        platform::error::ErrorBody,
-        platform::error::ErrorItem
-    ))
-)]
-struct AuthApi;
+/// The service's routes and their documentation, from one list: a route cannot exist without
+/// its description in the spec.
+fn api() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(routes::sign_up))
+        .routes(routes!(routes::sign_in))
+        .routes(routes!(routes::sign_out))
+        .routes(routes!(routes::current_user))
+}
 
 /// The OpenAPI description of this service's routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    <AuthApi as utoipa::OpenApi>::openapi()
+    api().into_openapi()
 }

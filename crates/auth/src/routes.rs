@@ -22,6 +22,7 @@ const PASSWORD_RULE: &str = "Password must be between 8 and 128 characters";
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct UserBody {
     pub id: Uuid,
+    #[schema(format = Email)]
     pub email: String,
 }
 
@@ -29,27 +30,49 @@ pub struct UserBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CurrentUserBody {
+    #[schema(required = true)]
     pub current_user: Option<SessionUser>,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct SessionUser {
     pub id: Uuid,
+    #[schema(format = Email)]
     pub email: String,
     /// Issued at, seconds since the epoch.
     pub iat: i64,
 }
 
 /// Both fields are taken as raw JSON so that a missing or mistyped field is reported
-/// against that field, like any other invalid input.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// against that field, like any other invalid input. What each operation accepts is
+/// documented by [`NewAccount`] and [`SignIn`].
+#[derive(Debug, Deserialize)]
 pub struct Credentials {
     #[serde(default)]
-    #[schema(value_type = String, example = "ann@example.com")]
     email: Value,
     #[serde(default)]
-    #[schema(value_type = String, example = "correct horse battery")]
     password: Value,
+}
+
+/// Sign-up's body, as documented (read as [`Credentials`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the body; the handler reads `Credentials`.
+pub struct NewAccount {
+    /// Compared case-insensitively, after Unicode normalisation (NFC).
+    #[schema(format = Email, example = "ann@example.com")]
+    email: String,
+    #[schema(min_length = 8, max_length = 128, example = "correct horse battery")]
+    password: String,
+}
+
+/// Sign-in's body, as documented (read as [`Credentials`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the body; the handler reads `Credentials`.
+pub struct SignIn {
+    #[schema(format = Email, example = "ann@example.com")]
+    email: String,
+    #[schema(min_length = 1, max_length = 1024, example = "correct horse battery")]
+    password: String,
 }
 
 /// A trimmed, NFC-normalised, lower-cased email, or `None` if it is not a plausible address.
@@ -96,10 +119,10 @@ fn signed_in(
 }
 
 /// Creates an account and signs it in.
-#[utoipa::path(post, path = "/api/users/signup", tag = "auth", request_body = Credentials,
+#[utoipa::path(post, path = "/api/users/signup", tag = "auth", request_body = NewAccount,
     responses(
         (status = 201, description = "Signed up; sets the `session` cookie", body = UserBody),
-        (status = 400, description = "Invalid email or password, or email in use", body = platform::error::ErrorBody),
+        (status = 400, description = "`Email must be valid`, `Password must be between 8 and 128 characters`, `Email in use`, or malformed JSON", body = platform::error::ErrorBody),
         (status = 429, description = "Too many sign-ups from this client", body = platform::error::ErrorBody),
     ))]
 pub async fn sign_up(
@@ -147,7 +170,7 @@ pub async fn sign_up(
 }
 
 /// Signs in with email and password.
-#[utoipa::path(post, path = "/api/users/signin", tag = "auth", request_body = Credentials,
+#[utoipa::path(post, path = "/api/users/signin", tag = "auth", request_body = SignIn,
     responses(
         (status = 200, description = "Signed in; sets the `session` cookie", body = UserBody),
         (status = 400, description = "`Invalid credentials`, or invalid input", body = platform::error::ErrorBody),
@@ -199,7 +222,8 @@ pub async fn sign_in(
 }
 
 /// Signs out: clears the `session` cookie.
-#[utoipa::path(post, path = "/api/users/signout", tag = "auth", responses((status = 200, description = "Signed out")))]
+#[utoipa::path(post, path = "/api/users/signout", tag = "auth",
+    responses((status = 200, description = "Signed out: `{}`, the `session` cookie cleared", body = Object)))]
 pub async fn sign_out(headers: HeaderMap, uri: Uri) -> Response {
     let cookie = session::clear_session_cookie_header(session::is_https(&headers, &uri));
     (StatusCode::OK, [(header::SET_COOKIE, cookie)], Json(json!({}))).into_response()
@@ -207,6 +231,7 @@ pub async fn sign_out(headers: HeaderMap, uri: Uri) -> Response {
 
 /// The signed-in user, or null.
 #[utoipa::path(get, path = "/api/users/currentuser", tag = "auth",
+    security((), ("bearer" = []), ("session" = [])),
     responses((status = 200, description = "The session's user, or null", body = CurrentUserBody)))]
 pub async fn current_user(MaybeUser(user): MaybeUser) -> Json<CurrentUserBody> {
     let current_user = user.map(|claims| SessionUser { id: claims.id, email: claims.email, iat: claims.iat });

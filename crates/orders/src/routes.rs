@@ -58,8 +58,7 @@ pub struct RefundBody {
     /// `pending` or `refunded`.
     #[schema(example = "refunded")]
     pub status: &'static str,
-    /// In major units.
-    #[schema(value_type = f64, example = 12.5)]
+    #[schema(schema_with = platform::openapi::price_output)]
     pub amount: Value,
 }
 
@@ -67,8 +66,7 @@ pub struct RefundBody {
 pub struct OrderTicketBody {
     pub id: Uuid,
     pub title: String,
-    /// In major units.
-    #[schema(value_type = f64, example = 12.5)]
+    #[schema(schema_with = platform::openapi::price_output)]
     pub price: Value,
     pub version: i64,
 }
@@ -97,6 +95,7 @@ impl OrderBody {
 
 /// Order a ticket: it is reserved for the buyer until `expiresAt`.
 #[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = NewOrder,
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 201, description = "Ordered; the ticket is reserved", body = OrderBody),
         (status = 400, description = "Invalid `ticketId`, `Ticket is already reserved` or `Cannot purchase your own ticket`", body = platform::error::ErrorBody),
@@ -132,6 +131,7 @@ pub async fn create_order(
 
 /// The caller's orders, any status, newest first.
 #[utoipa::path(get, path = "/api/orders", tag = "orders",
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "The caller's orders, newest first", body = [OrderBody]),
         (status = 401, description = "Not signed in", body = platform::error::ErrorBody),
@@ -151,6 +151,7 @@ pub async fn list_orders(
 
 /// One of the caller's orders.
 #[utoipa::path(get, path = "/api/orders/{id}", tag = "orders",
+    security(("bearer" = []), ("session" = [])),
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, description = "The order", body = OrderBody),
@@ -172,6 +173,7 @@ pub async fn show_order(
 
 /// Cancel an order, releasing its ticket. Cancelling a cancelled order changes nothing.
 #[utoipa::path(delete, path = "/api/orders/{id}", tag = "orders",
+    security(("bearer" = []), ("session" = [])),
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 204, description = "Cancelled (now or before)"),

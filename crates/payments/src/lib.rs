@@ -24,12 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::routing::post;
 use platform::bus::dyn_handler;
 use platform::consumer::Consumer;
 use platform::money::Currency;
 use platform::service::{Context, Service};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use domain::PaymentService;
 pub use gateway::{Gateway, SandboxGateway, StripeGateway};
@@ -208,7 +208,8 @@ async fn launch(
     let (every, grace) = settings.reconcile_schedule();
     let reconciler = domain::Reconciler::new(payments.clone(), every, grace).spawn(ctx.shutdown.clone());
     sample_obligations(ctx, &db);
-    let api = Router::new().route("/api/payments", post(routes::payments::create_payment)).with_state(payments.clone());
+    let (api, _) = api().split_for_parts();
+    let api = api.with_state(payments.clone());
     let service = Service {
         name: NAME,
         router: ctx.api_router(api),
@@ -251,19 +252,13 @@ async fn sample_obligations_now(db: &platform::db::Db) -> Result<(), sqlx::Error
     Ok(())
 }
 
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(routes::payments::create_payment),
-    components(schemas(
-        routes::payments::CreatePayment,
-        routes::payments::PaymentBody,
-        platform::error::ErrorBody,
-        platform::error::ErrorItem
-    ))
-)]
-struct PaymentsApi;
+/// The service's routes and their documentation, from one list: a route cannot exist without
+/// its description in the spec.
+fn api() -> OpenApiRouter<Arc<PaymentService>> {
+    OpenApiRouter::new().routes(routes!(routes::payments::create_payment))
+}
 
 /// The OpenAPI description of this service's routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    <PaymentsApi as utoipa::OpenApi>::openapi()
+    api().into_openapi()
 }

@@ -7,6 +7,7 @@
 //! - [`bus`]: the durable event bus (NATS JetStream or embedded);
 //! - [`outbox`] and [`consumer`]: exactly-once effects over an at-least-once bus;
 //! - [`events`]: the contract's event payloads;
+//! - [`openapi`]: what the API description says alike for every service;
 //! - [`http`], [`telemetry`], [`metrics`]: the HTTP surface, logs and metrics every service
 //!   shares.
 
@@ -19,6 +20,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod money;
+pub mod openapi;
 pub mod outbox;
 pub mod ratelimit;
 pub mod service;

@@ -409,5 +409,55 @@ pub fn openapi(names: &[ServiceName]) -> utoipa::openapi::OpenApi {
         };
         spec.merge(part);
     }
+    platform::openapi::complete(&mut spec);
     spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operation says what the contract says it can answer, in the envelope: the rules
+    /// are read off the spec itself (which the routers are built from), not from a list here.
+    #[test]
+    fn every_operation_documents_its_errors_in_the_envelope() {
+        let spec = serde_json::to_value(openapi(ServiceName::ALL)).unwrap();
+        let schemes = spec["components"]["securitySchemes"].as_object().expect("security schemes");
+        assert_eq!(schemes["bearer"]["scheme"], "bearer");
+        assert_eq!(
+            (schemes["session"]["in"].as_str(), schemes["session"]["name"].as_str()),
+            (Some("cookie"), Some("session"))
+        );
+        let mut protected = 0;
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = operation["responses"].as_object().unwrap();
+                let has = |status: &str| responses.contains_key(status);
+                let requirements = operation["security"].as_array().cloned().unwrap_or_default();
+                // `{}` among the requirements: signing in is optional there.
+                let required = !requirements.is_empty()
+                    && requirements.iter().all(|r| r.as_object().is_some_and(|r| !r.is_empty()));
+                if required {
+                    protected += 1;
+                    assert!(has("401"), "{method} {path} needs a session but documents no 401");
+                }
+                if operation.get("requestBody").is_some() {
+                    assert!(has("400") && has("413"), "{method} {path} takes a body but documents no 400/413");
+                    assert_eq!(operation["requestBody"]["required"], true, "{method} {path}");
+                }
+                if path.contains('{') {
+                    assert!(has("404"), "{method} {path} has an id but documents no 404");
+                }
+                for (status, response) in responses {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        assert_eq!(
+                            response["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody",
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(protected >= 6, "the protected operations name their security ({protected})");
+    }
 }

@@ -25,13 +25,15 @@ use crate::store;
 /// that field.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TicketInput {
+    /// Trimmed; at least one visible character, no control characters or bidi overrides.
     #[serde(default)]
-    #[schema(value_type = String, required = true, example = "Concert", max_length = 200)]
+    #[schema(value_type = String, required = true, example = "Concert", min_length = 1, max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\u2800\u3164\ufeff\uffa0][^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$")]
     title: Value,
     /// In major units, with at most the currency's decimals: a JSON number or a decimal string
     /// (`"12.50"`). Read from its text, never through a float.
     #[serde(default)]
-    #[schema(value_type = f64, required = true, example = 12.5)]
+    #[schema(schema_with = platform::openapi::price_input, required = true)]
     price: PriceText,
 }
 
@@ -41,8 +43,7 @@ pub struct TicketInput {
 pub struct TicketBody {
     pub id: Uuid,
     pub title: String,
-    /// In major units.
-    #[schema(value_type = f64, example = 12.5)]
+    #[schema(schema_with = platform::openapi::price_output)]
     pub price: Value,
     pub user_id: Uuid,
     pub version: i64,
@@ -70,9 +71,10 @@ fn listing(input: &TicketInput, currency: &Currency) -> ApiResult<Listing> {
 
 /// List a ticket for sale.
 #[utoipa::path(post, path = "/api/tickets", tag = "tickets", request_body = TicketInput,
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 201, description = "Listed", body = TicketBody),
-        (status = 400, description = "Invalid title or price", body = platform::error::ErrorBody),
+        (status = 400, description = "Invalid title or price (one entry per field), or malformed JSON", body = platform::error::ErrorBody),
         (status = 401, description = "Not signed in", body = platform::error::ErrorBody),
     ))]
 pub async fn create_ticket(
@@ -112,6 +114,7 @@ pub async fn show_ticket(State(state): State<Arc<AppState>>, IdPath(id): IdPath)
 
 /// Change a ticket's title and price; its version goes up by one.
 #[utoipa::path(put, path = "/api/tickets/{id}", tag = "tickets", request_body = TicketInput,
+    security(("bearer" = []), ("session" = [])),
     params(("id" = Uuid, Path, description = "Ticket id")),
     responses(
         (status = 200, description = "The updated ticket", body = TicketBody),

@@ -22,12 +22,12 @@ pub const MAX_TOKEN_CHARS: usize = 255;
 pub struct CreatePayment {
     /// The order to pay, which must be the caller's.
     #[serde(default)]
-    #[schema(value_type = String, format = Uuid, example = "0b7f3c1e-8f9a-4a57-9d5c-2f1e0b6c7d8e")]
+    #[schema(value_type = String, format = Uuid, required = true, example = "0b7f3c1e-8f9a-4a57-9d5c-2f1e0b6c7d8e")]
     order_id: Value,
     /// A card token from Stripe.js or Elements (`tok_...`); the sandbox takes Stripe's test
     /// tokens such as `tok_visa`.
     #[serde(default)]
-    #[schema(value_type = String, example = "tok_visa")]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 255, pattern = r"\S", example = "tok_visa")]
     token: Value,
 }
 
@@ -76,6 +76,7 @@ impl From<PayError> for ApiError {
 /// is repeated; the order becomes `complete` shortly after (orders hears `payment:created`).
 /// A 503 leaves the attempt to the service's reconciler, which settles it.
 #[utoipa::path(post, path = "/api/payments", tag = "payments", request_body = CreatePayment,
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 201, description = "Charged", body = PaymentBody),
         (status = 400, description = "Invalid input or token; the order is cancelled, paid or expired; the amount is under the minimum", body = platform::error::ErrorBody),
