@@ -13,6 +13,7 @@
 mod api;
 mod assets;
 mod csrf;
+mod form;
 mod pages;
 mod routes;
 mod visitor;

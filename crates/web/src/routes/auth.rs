@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::Form;
+use crate::form::PageForm;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -105,11 +105,19 @@ async fn show(kind: Kind, web: &Web, visitor: &Visitor, query: NextQuery) -> Pag
     Ok(credentials_page(kind, StatusCode::OK, visitor, user.as_ref(), "", &next, FormErrors::default()))
 }
 
-pub async fn sign_up(State(web): State<Arc<Web>>, visitor: Visitor, Form(form): Form<CredentialsForm>) -> PageResult {
+pub async fn sign_up(
+    State(web): State<Arc<Web>>,
+    visitor: Visitor,
+    PageForm(form): PageForm<CredentialsForm>,
+) -> PageResult {
     submit(Kind::SignUp, &web, &visitor, form).await
 }
 
-pub async fn sign_in(State(web): State<Arc<Web>>, visitor: Visitor, Form(form): Form<CredentialsForm>) -> PageResult {
+pub async fn sign_in(
+    State(web): State<Arc<Web>>,
+    visitor: Visitor,
+    PageForm(form): PageForm<CredentialsForm>,
+) -> PageResult {
     submit(Kind::SignIn, &web, &visitor, form).await
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Form;
+use crate::form::PageForm;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -180,7 +180,7 @@ pub async fn pay_order(
     State(web): State<Arc<Web>>,
     visitor: Visitor,
     Path(id): Path<String>,
-    Form(form): Form<PayForm>,
+    PageForm(form): PageForm<PayForm>,
 ) -> PageResult {
     let id = parse_id(&id)?;
     let here = format!("/orders/{id}");

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::Form;
+use crate::form::PageForm;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -66,7 +66,11 @@ pub async fn new_ticket(State(web): State<Arc<Web>>, visitor: Visitor) -> PageRe
     Ok(form_page(&web, StatusCode::OK, &visitor, &user, form))
 }
 
-pub async fn create_ticket(State(web): State<Arc<Web>>, visitor: Visitor, Form(form): Form<TicketForm>) -> PageResult {
+pub async fn create_ticket(
+    State(web): State<Arc<Web>>,
+    visitor: Visitor,
+    PageForm(form): PageForm<TicketForm>,
+) -> PageResult {
     let title = form.title.trim();
     match web.api.create_ticket(&visitor, title, price_for_api(&form.price)).await {
         Ok(_) => Ok(Redirect::to("/").into_response()),
@@ -137,7 +141,7 @@ pub async fn update_ticket(
     State(web): State<Arc<Web>>,
     visitor: Visitor,
     Path(id): Path<String>,
-    Form(form): Form<TicketForm>,
+    PageForm(form): PageForm<TicketForm>,
 ) -> PageResult {
     let id = parse_id(&id)?;
     let here = format!("/tickets/{id}/edit");

@@ -132,6 +132,14 @@ async fn selling_a_ticket_validates_in_place_and_lists_it() {
     let invalid = seller.submit(&form, "/tickets/new", &[("title", "Opera"), ("price", "10.999999999999999999")]).await;
     assert_eq!(invalid.field_error("price").as_deref(), Some("Price must have at most 2 decimals"), "{}", invalid.body);
 
+    // Issue 10: a post without the form's fields is told what is missing, on the form, in the
+    // site's layout (never framework text).
+    let missing = seller.submit(&form, "/tickets/new", &[]).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST, "{}", missing.body);
+    assert!(missing.content_type().starts_with("text/html") && missing.has(r#"class="site-header""#));
+    assert_eq!(missing.field_error("title").as_deref(), Some("Title is required"), "{}", missing.body);
+    assert!(missing.field_error("price").is_some(), "{}", missing.body);
+
     let id = seller.sell("Opera", "12.5").await;
     let listed = seller.get("/").await;
     assert!(listed.has("$12.50") && listed.has(r#"<span class="badge">Yours</span>"#), "{}", listed.body);

@@ -231,3 +231,73 @@ async fn head_requests_work_like_get() {
     assert_eq!(answer.status, StatusCode::OK);
     assert!(answer.body.is_empty());
 }
+
+/// Finding (issue 10): a duplicated field got axum's 422 text/plain "Failed to deserialize
+/// form body", a missing content type a 415 text/plain. Every malformed post now gets the
+/// site's error page, in its layout, before the API is asked anything.
+#[tokio::test]
+async fn malformed_form_posts_get_the_friendly_error_page() {
+    let page = get("/auth/signin").await;
+    let (cookie, token) = csrf_of(&page);
+    let with_type = |path: &str, content_type: Option<&str>, body: Vec<u8>| {
+        let mut request = Request::post(path).header(header::COOKIE, cookie.as_str());
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        request.body(Body::from(body)).unwrap()
+    };
+    let form = Some("application/x-www-form-urlencoded");
+    let cases = [
+        (
+            "duplicated field",
+            with_type("/tickets/new", form, format!("_csrf={token}&title=a&title=b&price=1").into_bytes()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "duplicated email",
+            with_type("/auth/signin", form, format!("_csrf={token}&email=a@b.co&email=c@d.co&password=x").into_bytes()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "missing content type",
+            with_type("/tickets/new", None, format!("_csrf={token}&title=a&price=1").into_bytes()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "text/plain",
+            with_type("/auth/signup", Some("text/plain"), format!("_csrf={token}&email=a@b.co").into_bytes()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "JSON",
+            with_type("/auth/signin", Some("application/json"), format!("_csrf={token}&email=a@b.co").into_bytes()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "percent-encoded invalid UTF-8",
+            with_type("/tickets/new", form, format!("_csrf={token}&title=%FF%FE&price=1").into_bytes()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "raw invalid UTF-8",
+            with_type(
+                "/tickets/new",
+                form,
+                [format!("_csrf={token}&price=1&title=").into_bytes(), vec![0xC3, 0x28]].concat(),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (case, request, status) in cases {
+        let answer = send(request).await;
+        assert_eq!(answer.status, status, "{case}: {}", answer.body);
+        assert!(answer.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"), "{case}");
+        assert!(answer.body.contains(r#"class="site-header""#), "{case}: in the site's layout: {}", answer.body);
+        assert!(answer.body.contains("Go back, reload the page and try again."), "{case}: {}", answer.body);
+        assert!(
+            !answer.body.contains("deserialize") && !answer.body.contains("Content-Type"),
+            "{case}: {}",
+            answer.body
+        );
+    }
+}
