@@ -236,9 +236,11 @@ fn is_json(response: &Response) -> bool {
 /// file descriptors and stop all service.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
-    /// Time to send the request head; also bounds an idle keep-alive connection (hyper starts
-    /// the same clock when it waits for the next request).
+    /// Time to send a request head: from the connection's start for the first request, from
+    /// its first byte for a later one.
     pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
     /// Time to send the whole body.
     pub body_read_timeout: Duration,
     pub max_connections: usize,
@@ -250,6 +252,7 @@ impl ServeLimits {
     pub fn from_settings(settings: &crate::settings::Settings) -> Self {
         Self {
             header_read_timeout: Duration::from_secs(settings.http_header_read_timeout_seconds.max(1)),
+            idle_timeout: Duration::from_secs(settings.http_idle_timeout_seconds.max(1)),
             body_read_timeout: Duration::from_secs(settings.http_body_read_timeout_seconds.max(1)),
             max_connections: settings.http_max_connections.max(1),
             max_body_bytes: settings.max_body_bytes,
@@ -262,6 +265,7 @@ impl Default for ServeLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
             max_body_bytes: usize::MAX,
@@ -330,29 +334,195 @@ pub async fn serve_with_limits(
         let stop = stop.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
+            let activity = Arc::new(Activity::new());
+            let service = hyper::service::service_fn({
+                let activity = activity.clone();
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    let answering = Answering::start(activity.clone());
+                    let response = tower::ServiceExt::oneshot(app.clone(), request.map(Body::new));
+                    async move {
+                        let response = response.await;
+                        drop(answering);
+                        response
+                    }
+                }
             });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let io = hyper_util::rt::TokioIo::new(Watched { inner: stream, activity: activity.clone() });
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
             tokio::pin!(connection);
+            let watchdog = watch(activity, limits);
+            tokio::pin!(watchdog);
             let result = tokio::select! {
-                result = connection.as_mut() => result,
+                result = connection.as_mut() => Ok(result),
+                reason = &mut watchdog => Err(reason),
                 () = stop.cancelled() => {
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    tokio::select! {
+                        result = connection.as_mut() => Ok(result),
+                        reason = &mut watchdog => Err(reason),
+                    }
                 }
             };
-            if let Err(err) = result {
-                tracing::debug!(%peer, error = %err, "connection closed with an error");
+            // Dropping the connection closes the socket.
+            match result {
+                Ok(Err(err)) => tracing::debug!(%peer, error = %err, "connection closed with an error"),
+                Err(reason) => tracing::debug!(%peer, reason, "connection closed by the server"),
+                Ok(Ok(())) => {}
             }
         });
     }
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// What a connection's watchdog looks at: when bytes last moved, how many requests are being
+/// answered, and since when the client has been sending a request head. hyper has one clock
+/// for both "sending a head" and "idle between requests"; these are two settings here.
+struct Activity(std::sync::Mutex<ActivityState>);
+
+struct ActivityState {
+    last: tokio::time::Instant,
+    answering: usize,
+    /// Set from the connection's start, and from the first byte read after an answer.
+    head_since: Option<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        let now = tokio::time::Instant::now();
+        Self(std::sync::Mutex::new(ActivityState { last: now, answering: 0, head_since: Some(now) }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn read(&self) {
+        let mut state = self.state();
+        let now = tokio::time::Instant::now();
+        state.last = now;
+        if state.answering == 0 && state.head_since.is_none() {
+            state.head_since = Some(now);
+        }
+    }
+
+    fn wrote(&self) {
+        self.state().last = tokio::time::Instant::now();
+    }
+}
+
+/// A request being answered, from its head's arrival until its answer is ready.
+struct Answering(Arc<Activity>);
+
+impl Answering {
+    fn start(activity: Arc<Activity>) -> Self {
+        {
+            let mut state = activity.state();
+            state.answering += 1;
+            state.head_since = None;
+        }
+        Self(activity)
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.answering -= 1;
+        state.last = tokio::time::Instant::now();
+    }
+}
+
+/// Resolves, with the reason, when the connection must be closed: its request head took longer
+/// than `header_read_timeout`, or it sat idle longer than `idle_timeout`. A request being
+/// answered is bounded by the body timeout and the handlers instead.
+async fn watch(activity: Arc<Activity>, limits: ServeLimits) -> &'static str {
+    loop {
+        let (deadline, reason) = {
+            let state = activity.state();
+            if state.answering > 0 {
+                (tokio::time::Instant::now() + limits.header_read_timeout.min(limits.idle_timeout), None)
+            } else if let Some(since) = state.head_since {
+                (
+                    since + limits.header_read_timeout,
+                    Some("request head not sent in time (HTTP_HEADER_READ_TIMEOUT_SECONDS)"),
+                )
+            } else {
+                (state.last + limits.idle_timeout, Some("idle keep-alive connection (HTTP_IDLE_TIMEOUT_SECONDS)"))
+            }
+        };
+        match reason {
+            Some(reason) if tokio::time::Instant::now() >= deadline => return reason,
+            _ => tokio::time::sleep_until(deadline).await,
+        }
+    }
+}
+
+/// A socket that tells its [`Activity`] when bytes move.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, std::task::Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// 413 at once for a declared body above the cap, instead of reading it first.
@@ -443,5 +613,82 @@ mod tests {
         let finished: Vec<&str> = logs.lines().filter(|line| line.contains("finished processing request")).collect();
         assert_eq!(finished.len(), 1, "{logs}");
         assert!(finished[0].contains("path=/api/things") && finished[0].contains("status=200"), "{logs}");
+    }
+
+    /// Serves a tiny app with `limits` on a free port; its address and a way to stop it.
+    async fn serve_tiny(limits: ServeLimits) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let app = Router::new().route("/ping", get(|| async { "ok" }));
+        tokio::spawn(serve_with_limits(listener, app, stop.clone().cancelled_owned(), limits));
+        (addr, stop)
+    }
+
+    /// Sends one keep-alive request on `socket` and reads its whole answer.
+    async fn ping(socket: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        socket.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut chunk))
+                .await
+                .expect("answered")
+                .unwrap();
+            assert!(read > 0, "closed before answering: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..read]);
+        }
+        String::from_utf8(answer).unwrap()
+    }
+
+    /// Whether the server closes `socket` before `deadline` (reads nothing more and sees EOF).
+    async fn closed_within(socket: &mut tokio::net::TcpStream, deadline: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        matches!(tokio::time::timeout(deadline, socket.read_to_end(&mut rest)).await, Ok(Ok(0)))
+    }
+
+    /// An idle keep-alive connection is closed after HTTP_IDLE_TIMEOUT_SECONDS, even when the
+    /// header timeout is far longer: the two are separate settings.
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+        let limits = ServeLimits {
+            header_read_timeout: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(1),
+            ..ServeLimits::default()
+        };
+        let (addr, stop) = serve_tiny(limits).await;
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(ping(&mut socket).await.starts_with("HTTP/1.1 200"));
+        assert!(closed_within(&mut socket, Duration::from_secs(30)).await, "the idle connection was closed");
+        stop.cancel();
+    }
+
+    /// A keep-alive connection idle for longer than the header timeout is still served: the
+    /// header clock only runs while a request head is being sent.
+    #[tokio::test]
+    async fn the_header_timeout_does_not_cut_an_idle_keep_alive_connection() {
+        let limits = ServeLimits {
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3600),
+            ..ServeLimits::default()
+        };
+        let (addr, stop) = serve_tiny(limits).await;
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(ping(&mut socket).await.starts_with("HTTP/1.1 200"));
+        // The idleness under test: longer than the header timeout.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(ping(&mut socket).await.starts_with("HTTP/1.1 200"), "served after idling past the header timeout");
+
+        // A head that never ends is still cut off by the header timeout.
+        use tokio::io::AsyncWriteExt;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        assert!(closed_within(&mut slow, Duration::from_secs(30)).await, "the half-sent request was closed");
+        // So is a connection that never sends anything.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut silent, Duration::from_secs(30)).await, "the silent connection was closed");
+        stop.cancel();
     }
 }

@@ -136,10 +136,14 @@ pub struct Settings {
     #[arg(long, env = "TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
 
-    /// Seconds a client has to send a request's headers once the server waits for them; the
-    /// same clock runs while a keep-alive connection sits idle between requests.
+    /// Seconds a client has to send a request's headers: from the connection's start, or from
+    /// the first byte of a later request on a keep-alive connection.
     #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10)]
     pub http_header_read_timeout_seconds: u64,
+
+    /// Seconds a keep-alive connection may sit idle between requests before it is closed.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub http_idle_timeout_seconds: u64,
 
     /// Seconds a client has to send a request's whole body.
     #[arg(long, env = "HTTP_BODY_READ_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -191,6 +195,7 @@ impl std::fmt::Debug for Settings {
             .field("trust_proxy", &self.trust_proxy)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("http_header_read_timeout_seconds", &self.http_header_read_timeout_seconds)
+            .field("http_idle_timeout_seconds", &self.http_idle_timeout_seconds)
             .field("http_body_read_timeout_seconds", &self.http_body_read_timeout_seconds)
             .field("http_max_connections", &self.http_max_connections)
             .field("metrics_addr", &self.metrics_addr)
