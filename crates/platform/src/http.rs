@@ -380,7 +380,12 @@ pub async fn serve_with_limits(
 /// What a connection's watchdog looks at: when bytes last moved, how many requests are being
 /// answered, and since when the client has been sending a request head. hyper has one clock
 /// for both "sending a head" and "idle between requests"; these are two settings here.
-struct Activity(std::sync::Mutex<ActivityState>);
+struct Activity {
+    state: std::sync::Mutex<ActivityState>,
+    /// Wakes the watchdog when the clock that applies changes (a head starts, an answer starts
+    /// or ends); it re-reads the state after any wake-up, so none is lost or wrong.
+    changed: tokio::sync::Notify,
+}
 
 struct ActivityState {
     last: tokio::time::Instant,
@@ -392,11 +397,14 @@ struct ActivityState {
 impl Activity {
     fn new() -> Self {
         let now = tokio::time::Instant::now();
-        Self(std::sync::Mutex::new(ActivityState { last: now, answering: 0, head_since: Some(now) }))
+        Self {
+            state: std::sync::Mutex::new(ActivityState { last: now, answering: 0, head_since: Some(now) }),
+            changed: tokio::sync::Notify::new(),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn read(&self) {
@@ -405,6 +413,7 @@ impl Activity {
         state.last = now;
         if state.answering == 0 && state.head_since.is_none() {
             state.head_since = Some(now);
+            self.changed.notify_one();
         }
     }
 
@@ -423,15 +432,19 @@ impl Answering {
             state.answering += 1;
             state.head_since = None;
         }
+        activity.changed.notify_one();
         Self(activity)
     }
 }
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        let mut state = self.0.state();
-        state.answering -= 1;
-        state.last = tokio::time::Instant::now();
+        {
+            let mut state = self.0.state();
+            state.answering -= 1;
+            state.last = tokio::time::Instant::now();
+        }
+        self.0.changed.notify_one();
     }
 }
 
@@ -455,7 +468,12 @@ async fn watch(activity: Arc<Activity>, limits: ServeLimits) -> &'static str {
         };
         match reason {
             Some(reason) if tokio::time::Instant::now() >= deadline => return reason,
-            _ => tokio::time::sleep_until(deadline).await,
+            _ => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = activity.changed.notified() => {}
+                }
+            }
         }
     }
 }
@@ -660,8 +678,14 @@ mod tests {
         };
         let (addr, stop) = serve_tiny(limits).await;
         let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Another connection served means the first one's watchdog has already looked at it
+        // while it was waiting for its first request head (an hour's header clock here): it
+        // must switch to the idle clock once the answer is sent.
+        let mut other = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(ping(&mut other).await.starts_with("HTTP/1.1 200"));
         assert!(ping(&mut socket).await.starts_with("HTTP/1.1 200"));
         assert!(closed_within(&mut socket, Duration::from_secs(30)).await, "the idle connection was closed");
+        assert!(closed_within(&mut other, Duration::from_secs(30)).await, "the other idle connection was closed");
         stop.cancel();
     }
 
@@ -680,9 +704,13 @@ mod tests {
         // The idleness under test: longer than the header timeout.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(ping(&mut socket).await.starts_with("HTTP/1.1 200"), "served after idling past the header timeout");
-
-        // A head that never ends is still cut off by the header timeout.
+        // A later head that never ends, on the kept-alive connection: the header clock, not the
+        // hour-long idle one, cuts it off.
         use tokio::io::AsyncWriteExt;
+        socket.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        assert!(closed_within(&mut socket, Duration::from_secs(30)).await, "the half-sent second request was closed");
+
+        // A head that never ends is cut off by the header timeout.
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n").await.unwrap();
         assert!(closed_within(&mut slow, Duration::from_secs(30)).await, "the half-sent request was closed");
