@@ -18,6 +18,9 @@ use platform::service::{Context, Service};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The service's name: its database, its logs.
+pub const NAME: &str = "auth";
+
 /// The auth service's own settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthSettings {
@@ -49,7 +52,7 @@ pub(crate) struct AppState {
 
 /// Starts the auth service.
 pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Service> {
-    let db = ctx.database("auth", &MIGRATOR).await?;
+    let db = ctx.database(NAME, &MIGRATOR).await?;
     let window = Duration::from_secs(settings.rate_limit_window_seconds);
     let state = Arc::new(AppState {
         db: db.clone(),
@@ -67,12 +70,7 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
         .route("/api/users/signout", post(routes::sign_out))
         .route("/api/users/currentuser", get(routes::current_user))
         .with_state(state);
-    Ok(Service {
-        name: "auth",
-        router: ctx.api_router(api),
-        checks: Context::database_readiness(&db),
-        tasks: Vec::new(),
-    })
+    Ok(Service { name: NAME, router: ctx.api_router(api), checks: Context::database_readiness(&db), tasks: Vec::new() })
 }
 
 #[derive(utoipa::OpenApi)]

@@ -58,7 +58,9 @@ pub async fn start(ctx: &Context, settings: &OrdersSettings) -> anyhow::Result<S
         .route("/api/orders", get(routes::list_orders).post(routes::create_order))
         .route("/api/orders/{id}", get(routes::show_order).delete(routes::cancel_order))
         .with_state(state);
-    Ok(Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: vec![relay, subscriber] })
+    let mut tasks = vec![relay, subscriber];
+    tasks.extend(ctx.start_retention(&db, &[]));
+    Ok(Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks })
 }
 
 #[derive(utoipa::OpenApi)]

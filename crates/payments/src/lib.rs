@@ -209,12 +209,9 @@ async fn launch(
     let reconciler = domain::Reconciler::new(payments.clone(), every, grace).spawn(ctx.shutdown.clone());
     sample_obligations(ctx, &db);
     let api = Router::new().route("/api/payments", post(routes::payments::create_payment)).with_state(payments.clone());
-    let service = Service {
-        name: NAME,
-        router: ctx.api_router(api),
-        checks: ctx.readiness(&db),
-        tasks: vec![relay, subscription, reconciler],
-    };
+    let mut tasks = vec![relay, subscription, reconciler];
+    tasks.extend(ctx.start_retention(&db, &[]));
+    let service = Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks };
     Ok((service, payments))
 }
 

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod money;
 pub mod outbox;
 pub mod ratelimit;
+pub mod retention;
 pub mod service;
 pub mod session;
 pub mod settings;

@@ -16,8 +16,10 @@ use crate::bus::EventBus;
 use crate::db::{Db, database_url};
 use crate::http::ReadinessCheck;
 use crate::outbox::{OutboxRelay, OutboxWaker};
+use crate::retention::{RETENTION_EVERY, Retention, Sweep};
 use crate::session::SessionKeys;
 use crate::settings::Settings;
+use crate::worker::Worker;
 
 /// What every service is started with.
 #[derive(Clone)]
@@ -60,6 +62,17 @@ impl Context {
         let waker = OutboxWaker::default();
         let task = OutboxRelay::new(db.clone(), self.bus.clone()).spawn(waker.clone(), self.shutdown.clone());
         (waker, task)
+    }
+
+    /// Starts the deletion of `db`'s old processed-event ids and of what `sweeps` name, after
+    /// `RETENTION_DAYS` (see [`crate::retention`]); `None` when retention is off.
+    pub fn start_retention(&self, db: &Db, sweeps: &[Sweep]) -> Option<JoinHandle<()>> {
+        let keep = self.settings.retention()?;
+        Some(
+            Worker::new(Retention::new(db.clone(), keep, sweeps))
+                .poll_every(RETENTION_EVERY)
+                .spawn(self.shutdown.clone()),
+        )
     }
 
     /// Readiness of a service that uses the bus: ready while its database answers; the bus's

@@ -15,9 +15,11 @@ use platform::bus::nats::{NatsBus, NatsConnection, StreamSettings};
 use platform::bus::{EventBus, RetryPolicy};
 use platform::error::ApiError;
 use platform::http::{Readiness, ReadinessCheck};
+use platform::retention::RETENTION_EVERY;
 use platform::service::{Context, Service};
 use platform::session::SessionKeys;
 use platform::settings::Settings;
+use platform::worker::Worker;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -128,7 +130,7 @@ fn retry_policy(settings: &Settings) -> RetryPolicy {
 /// The bus named by the settings. NATS connects in the background (the process runs while it is
 /// down); this fails only on settings that cannot work, or when the embedded bus's data dir is
 /// held by another process.
-async fn connect_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
+async fn connect_bus(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn EventBus>> {
     let policy = retry_policy(settings);
     Ok(match &settings.nats_url {
         Some(url) => {
@@ -155,7 +157,11 @@ async fn connect_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
         }
         None => {
             platform::settings::create_private_dir(&settings.data_dir)?;
-            Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db"), &settings.subject_prefix, policy).await?)
+            let bus = EmbeddedBus::open(&settings.data_dir.join("bus.db"), &settings.subject_prefix, policy).await?;
+            if let Some(keep) = settings.retention() {
+                Worker::new(bus.retention(keep)).poll_every(RETENTION_EVERY).spawn(shutdown.clone());
+            }
+            Arc::new(bus)
         }
     })
 }
@@ -339,7 +345,7 @@ async fn start_each(
     attempt: &CancellationToken,
     services: &mut Vec<Service>,
 ) -> anyhow::Result<()> {
-    let bus = connect_bus(settings).await?;
+    let bus = connect_bus(settings, attempt).await?;
     let ctx = Context { settings: settings.clone(), keys: keys.clone(), bus, shutdown: attempt.clone() };
     for name in names {
         let service = match name {
@@ -350,7 +356,9 @@ async fn start_each(
             ServiceName::Payments => payments::start(&ctx, &args.payments).await,
             ServiceName::Web => web::start(&ctx, &args.web).await,
         };
-        services.push(service.with_context(|| format!("cannot start the {name:?} service"))?);
+        let service = service.with_context(|| format!("cannot start the {name:?} service"))?;
+        tracing::info!(service = service.name, "started");
+        services.push(service);
     }
     Ok(())
 }
@@ -367,7 +375,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     }
     for name in names {
         let (service, migrator) = match name {
-            ServiceName::Auth => ("auth", &auth::MIGRATOR),
+            ServiceName::Auth => (auth::NAME, &auth::MIGRATOR),
             ServiceName::Tickets => (tickets::NAME, &tickets::MIGRATOR),
             ServiceName::Orders => (orders::NAME, &orders::MIGRATOR),
             ServiceName::Expiration => (expiration::NAME, &expiration::MIGRATOR),

@@ -48,7 +48,9 @@ pub async fn start(ctx: &Context, _settings: &TicketsSettings) -> anyhow::Result
         .route("/api/tickets", get(routes::list_tickets).post(routes::create_ticket))
         .route("/api/tickets/{id}", get(routes::show_ticket).put(routes::update_ticket))
         .with_state(state);
-    Ok(Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: vec![relay, subscriber] })
+    let mut tasks = vec![relay, subscriber];
+    tasks.extend(ctx.start_retention(&db, &[]));
+    Ok(Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks })
 }
 
 #[derive(utoipa::OpenApi)]
