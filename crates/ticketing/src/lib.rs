@@ -284,6 +284,7 @@ pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow
     };
     let _ = services_app.set(router);
     readiness.started(checks);
+    let tasks = tasks.into_iter().map(|(service, task)| readiness.watch(service, task, shutdown.clone())).collect();
     tracing::info!(
         %addr,
         services = ?names,
@@ -303,7 +304,7 @@ async fn start_services(
     settings: Settings,
     keys: Arc<SessionKeys>,
     attempt: CancellationToken,
-) -> anyhow::Result<(Router, Vec<ReadinessCheck>, Vec<JoinHandle<()>>)> {
+) -> anyhow::Result<(Router, Vec<ReadinessCheck>, Vec<(&'static str, JoinHandle<()>)>)> {
     let mut services: Vec<Service> = Vec::new();
     let started = start_each(&args, &names, &settings, &keys, &attempt, &mut services).await;
     if let Err(err) = started {
@@ -322,7 +323,7 @@ async fn start_services(
     for service in services {
         app = app.merge(service.router);
         checks.extend(service.checks);
-        tasks.extend(service.tasks);
+        tasks.extend(service.tasks.into_iter().map(|task| (service.name, task)));
     }
     if names.iter().any(|name| *name != ServiceName::Web) {
         let spec = openapi(&names);
