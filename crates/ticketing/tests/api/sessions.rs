@@ -121,10 +121,13 @@ async fn a_copied_token_is_refused_everywhere_after_sign_out(backend: Backend) {
     .await;
     assert_eq!(me, json!({"currentUser": null}));
     // Everywhere else as soon as `session:revoked` is applied.
+    let signed_out_at = std::time::Instant::now();
     eventually(REVOCATION_DEADLINE, "every service to refuse the signed-out token", || async {
         (seen_with(&app, &copied).await == signed_out()).then_some(())
     })
     .await;
+    // Reported, never asserted: the contract says "within seconds".
+    eprintln!("{backend:?}: every service refused the signed-out token after {:?}", signed_out_at.elapsed());
 
     // The user's other session is not signed out.
     let other = seen_with(&app, &other_session).await;
