@@ -119,6 +119,7 @@ fn common_env(expiration_seconds: Option<u64>) -> Vec<(String, String)> {
         ("SIGNUPS_PER_CLIENT", "0"),
         ("SIGNIN_FAILURES_PER_CLIENT", "0"),
         ("SIGNIN_FAILURES_PER_EMAIL", "0"),
+        ("TICKET_CREATIONS_PER_USER_PER_HOUR", "0"),
         ("LOG_FORMAT", "human"),
     ]
     .into_iter()
@@ -323,7 +324,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ("sizes".into(), format!("{sizes:?}").replace('\n', " ")),
         (
             "server environment".into(),
-            "RUST_LOG=warn, SIGNUPS_PER_CLIENT=0, SIGNIN_FAILURES_PER_CLIENT=0, SIGNIN_FAILURES_PER_EMAIL=0 \
+            "RUST_LOG=warn, SIGNUPS_PER_CLIENT=0, SIGNIN_FAILURES_PER_CLIENT=0, SIGNIN_FAILURES_PER_EMAIL=0, \
+             TICKET_CREATIONS_PER_USER_PER_HOUR=0 \
              (everything else default: 15-minute reservations, sandbox payment gateway)"
                 .into(),
         ),

@@ -75,6 +75,7 @@ pub const ENDED_TIMERS: platform::retention::Sweep = platform::retention::Sweep 
     table: "timers",
     sql: "DELETE FROM timers WHERE order_id IN (SELECT order_id FROM timers \
           WHERE status = 'ended' AND COALESCE(ended_at, fire_at) < $1 LIMIT $2)",
+    cutoff: platform::retention::Cutoff::Retained,
 };
 
 /// Wakes a [`TimerLoop`] so it reconsiders when to fire next (after a timer committed).

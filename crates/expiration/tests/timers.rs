@@ -233,17 +233,18 @@ async fn retention_deletes_old_ended_timers_and_processed_events_only(backend: B
         let db = db.clone();
         async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&db.pool).await.unwrap() }
     };
-    let retention = Retention::new(db.clone(), Duration::from_secs(3_600), &[expiration::timers::ENDED_TIMERS]);
+    let retention = Retention::new(db.clone(), Some(Duration::from_secs(3_600)), &[expiration::timers::ENDED_TIMERS]);
 
-    // An hour ago, nothing here had ended yet but the old processed event.
-    let (deleted, full) = retention.sweep_before(now_millis() - 3_600_000).await.unwrap();
+    // Kept for an hour: nothing here ended an hour ago but the old processed event.
+    let (deleted, full) = retention.sweep(now_millis()).await.unwrap();
     assert_eq!((deleted, full), (1, false));
     assert_eq!(rows("SELECT COUNT(*) FROM timers").await, 2);
     apply(&db, &ended).await;
     assert_eq!(timer_count(&db, ended.id).await, 0, "a late order:created revived a recently ended order");
 
-    // A cutoff past both: the ended timer and the newer processed event go; the live timer stays.
-    let (deleted, _) = retention.sweep_before(now_millis() + 1_000).await.unwrap();
+    // An hour and a second later, the ended timer and the newer processed event go; the live
+    // timer stays.
+    let (deleted, _) = retention.sweep(now_millis() + 3_601_000).await.unwrap();
     assert_eq!(deleted, 2);
     assert_eq!(rows("SELECT COUNT(*) FROM processed_events WHERE consumer = 'c'").await, 0);
     assert_eq!(timer_count(&db, live.id).await, 1);

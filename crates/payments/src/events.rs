@@ -14,7 +14,10 @@ use std::sync::Arc;
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
 use platform::db::{Tx, millis};
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderPaymentRejected};
+use platform::events::{
+    ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderPaymentRejected, SessionRevoked,
+};
+use platform::revocation;
 use uuid::Uuid;
 
 use crate::domain::PaymentService;
@@ -22,7 +25,7 @@ use crate::store::{self, OrderRecord, status};
 
 /// The event kinds payments consumes.
 pub const KINDS: &[&str] =
-    &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND, OrderPaymentRejected::KIND];
+    &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND, OrderPaymentRejected::KIND, SessionRevoked::KIND];
 
 pub struct OrderEvents {
     pub payments: Arc<PaymentService>,
@@ -88,6 +91,7 @@ impl EventHandler for OrderEvents {
                     tracing::debug!(order_id = %order.id, "order complete");
                 }
             }
+            SessionRevoked::KIND => revocation::apply_event(tx, event).await?,
             other => return Err(HandleError::Malformed(anyhow::anyhow!("payments does not consume {other}"))),
         }
         Ok(())

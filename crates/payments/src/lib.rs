@@ -29,6 +29,7 @@ use axum::routing::post;
 use platform::bus::dyn_handler;
 use platform::consumer::Consumer;
 use platform::money::Currency;
+use platform::revocation::RevokedSessions;
 use platform::service::{Context, Service};
 
 pub use domain::PaymentService;
@@ -209,9 +210,12 @@ async fn launch(
     let reconciler = domain::Reconciler::new(payments.clone(), every, grace).spawn(ctx.shutdown.clone());
     sample_obligations(ctx, &db);
     let api = Router::new().route("/api/payments", post(routes::payments::create_payment)).with_state(payments.clone());
-    let mut tasks = vec![relay, subscription, reconciler];
-    tasks.extend(ctx.start_retention(&db, &[]));
-    let service = Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks };
+    let service = Service {
+        name: NAME,
+        router: ctx.api_router(api).layer(RevokedSessions::layer(&db)),
+        checks: ctx.readiness(&db),
+        tasks: vec![relay, subscription, reconciler, ctx.start_retention(&db, &[])],
+    };
     Ok((service, payments))
 }
 

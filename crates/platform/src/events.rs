@@ -170,3 +170,21 @@ pub struct RefundCompleted {
 impl ContractEvent for RefundCompleted {
     const KIND: &'static str = "refund:completed";
 }
+
+/// A session token was revoked (its holder signed out): every service that authenticates
+/// requests refuses it from now on, until it would have expired anyway. Published by auth.
+/// **(ours)**
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRevoked {
+    /// The session id: the token's `jti`.
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// The token's `exp`: after it the token is refused anyway, so the revocation can go.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl ContractEvent for SessionRevoked {
+    const KIND: &'static str = "session:revoked";
+}

@@ -1,4 +1,5 @@
-//! A fixed-window counter per key (an email, a client address), kept in memory.
+//! A fixed-window counter per key (an email and client address pair, a client address), kept
+//! in memory.
 //!
 //! Each instance counts on its own; with N instances behind a balancer the effective limit
 //! is up to N times the setting, which is still a brake on guessing passwords. Counting
@@ -57,7 +58,7 @@ impl WindowLimiter {
         entry.1 += 1;
     }
 
-    /// Forgets `key` (a successful sign-in clears the failures of that email).
+    /// Forgets `key` (a successful sign-in clears the failures of its email and client pair).
     pub fn reset(&self, key: &str) {
         self.counts.lock().expect("limiter lock").remove(key);
     }

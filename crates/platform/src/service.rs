@@ -64,15 +64,14 @@ impl Context {
         (waker, task)
     }
 
-    /// Starts the deletion of `db`'s old processed-event ids and of what `sweeps` name, after
-    /// `RETENTION_DAYS` (see [`crate::retention`]); `None` when retention is off.
-    pub fn start_retention(&self, db: &Db, sweeps: &[Sweep]) -> Option<JoinHandle<()>> {
-        let keep = self.settings.retention()?;
-        Some(
-            Worker::new(Retention::new(db.clone(), keep, sweeps))
-                .poll_every(RETENTION_EVERY)
-                .spawn(self.shutdown.clone()),
-        )
+    /// Starts the deletion of `db`'s old rows: processed-event ids and what `sweeps` name after
+    /// `RETENTION_DAYS`, revoked sessions once expired (see [`crate::retention`]).
+    pub fn start_retention(&self, db: &Db, sweeps: &[Sweep]) -> JoinHandle<()> {
+        let job = Retention::new(db.clone(), self.settings.retention(), sweeps);
+        Worker::new(job)
+            .poll_every(RETENTION_EVERY)
+            .max_backoff(std::time::Duration::from_secs(60))
+            .spawn(self.shutdown.clone())
     }
 
     /// Readiness of a service that uses the bus: ready while its database answers; the bus's
