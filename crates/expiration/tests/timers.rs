@@ -155,7 +155,7 @@ fn order_created(expires_at: OffsetDateTime) -> OrderCreated {
     OrderCreated {
         id: Uuid::new_v4(),
         version: 0,
-        status: "created".into(),
+        status: platform::events::OrderStatus::Created,
         user_id: Uuid::new_v4(),
         expires_at,
         ticket: PricedTicketRef { id: Uuid::new_v4(), price: 1500 },

@@ -11,7 +11,7 @@
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
 use platform::db::Tx;
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, SessionRevoked};
+use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, SessionRevoked};
 use platform::{outbox, revocation};
 use uuid::Uuid;
 
@@ -84,8 +84,8 @@ enum End {
 /// Releases (cancelled) or sells (completed) the ticket the order holds.
 async fn order_ended(tx: &mut Tx, order_id: Uuid, version: i64, end: End) -> Result<(), HandleError> {
     let status = match end {
-        End::Cancelled => "cancelled",
-        End::Completed => "complete",
+        End::Cancelled => OrderStatus::Cancelled,
+        End::Completed => OrderStatus::Complete,
     };
     let ticket_id = match store::advance_known_order(tx, order_id, version, status).await? {
         Some(ticket_id) => ticket_id,

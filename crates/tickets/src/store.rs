@@ -6,6 +6,7 @@
 
 use platform::db::uuid_column;
 use platform::db::{Tx, now_millis};
+use platform::events::OrderStatus;
 use sqlx::Row;
 use sqlx::any::{AnyExecutor, AnyRow};
 use uuid::Uuid;
@@ -167,13 +168,13 @@ pub async fn advance_known_order(
     tx: &mut Tx,
     order_id: Uuid,
     version: i64,
-    status: &str,
+    status: OrderStatus,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE known_orders SET version = $1, status = $2 WHERE id = $3 AND version = $4 RETURNING ticket_id",
     )
     .bind(version)
-    .bind(status)
+    .bind(status.as_str())
     .bind(order_id.to_string())
     .bind(version - 1)
     .fetch_optional(&mut **tx)

@@ -177,7 +177,7 @@ impl Stand {
         let order = OrderCreated {
             id: Uuid::new_v4(),
             version: 0,
-            status: "created".into(),
+            status: platform::events::OrderStatus::Created,
             user_id: owner.id,
             expires_at: OffsetDateTime::now_utc() + expires_in,
             ticket: PricedTicketRef { id: Uuid::new_v4(), price },
@@ -206,7 +206,7 @@ impl Stand {
     pub async fn wait_for_order_status(&self, order_id: Uuid, status: &str) {
         eventually(WAIT, &format!("order {order_id} to be {status} in payments"), || async {
             let order = self.payments.order(order_id).await.unwrap();
-            order.filter(|order| order.status == status).map(drop)
+            order.filter(|order| order.status.as_str() == status).map(drop)
         })
         .await;
     }
