@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::cpu::Cpu;
 use crate::scenarios::Row;
 
 /// What the report says about where it ran.
@@ -70,6 +71,69 @@ fn table(out: &mut String, rows: &[&Row]) {
     }
 }
 
+/// The servers' CPU per full purchase in `mode`: a reservation (at 8 buyers) plus a payment,
+/// each with its event cascade.
+pub fn full_purchase_cpu(rows: &[Row], mode: &str) -> Option<Cpu> {
+    let phase = |prefix: &str| {
+        rows.iter().find(|row| row.mode == mode && row.scenario.starts_with(prefix) && row.users == 8)?.cpu
+    };
+    Some(phase("reserve")?.plus(&phase("pay")?))
+}
+
+fn cpu_table(out: &mut String, rows: &[&Row], full_purchase: Option<Cpu>) {
+    let measured: Vec<&&Row> = rows.iter().filter(|row| row.cpu.is_some()).collect();
+    if measured.is_empty() {
+        return;
+    }
+    let machine_wide = measured.iter().any(|row| row.cpu.is_some_and(|cpu| cpu.nats_machine_wide));
+    out.push_str(
+        "\nCPU milliseconds per operation, from `/proc/<pid>/stat` (utime + stime) before the first \
+         request and after the servers went quiet again (so the events an operation caused are \
+         counted with it). Total = ours + PostgreSQL + NATS.\n\n\
+         | scenario | VUs | ops | ours | PostgreSQL | NATS | **total** | load generator | PostgreSQL shared (machine-wide) | measured over s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let line = |out: &mut String, scenario: &str, users: String, ops: String, cpu: &Cpu, over: String| {
+        let _ = writeln!(
+            out,
+            "| {scenario} | {users} | {ops} | {:.2} | {:.2} | {:.2} | **{:.2}** | {:.2} | {:.2} | {over} |",
+            cpu.ours,
+            cpu.postgres,
+            cpu.nats,
+            cpu.total(),
+            cpu.load_generator,
+            cpu.postgres_shared,
+        );
+    };
+    for row in measured {
+        let cpu = row.cpu.expect("filtered");
+        let ops = if row.scenario.starts_with("flash sale") {
+            row.stats.total_ok() + row.stats.error_count()
+        } else if row.scenario.starts_with("propagation") {
+            row.stats.count("sample")
+        } else {
+            row.count()
+        };
+        // Rows sharing a phase carry its CPU on the first: name the whole phase.
+        let scenario = if row.scenario.starts_with("flash sale") {
+            "flash sale: every attempt"
+        } else if row.scenario.starts_with("propagation") {
+            "propagation: list → order → pay → complete"
+        } else if row.scenario.starts_with("expiration") {
+            "expiration: order → expired"
+        } else {
+            row.scenario.as_str()
+        };
+        line(out, scenario, row.users.to_string(), ops.to_string(), &cpu, format!("{:.1}", cpu.elapsed.as_secs_f64()));
+    }
+    if let Some(cpu) = full_purchase {
+        line(out, "**full purchase = reserve (8 VUs) + pay**", "8".into(), "–".into(), &cpu, "–".into());
+    }
+    if machine_wide {
+        out.push_str("\nNATS is a server shared with other users of this machine: its CPU is machine-wide.\n");
+    }
+}
+
 pub fn render(context: &Context, rows: &[Row], goals: &[Goal], command: &str) -> String {
     let mut out = String::new();
     out.push_str("# Benchmarks\n\n");
@@ -117,6 +181,7 @@ pub fn render(context: &Context, rows: &[Row], goals: &[Goal], command: &str) ->
         let _ = writeln!(out, "\n## {mode}\n");
         let selected: Vec<&Row> = rows.iter().filter(|row| row.mode == mode).collect();
         table(&mut out, &selected);
+        cpu_table(&mut out, &selected, full_purchase_cpu(rows, mode));
     }
 
     if !context.idle.is_empty() {
