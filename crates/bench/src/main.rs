@@ -432,7 +432,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     "PostgreSQL: pgbench, the whole reservation cascade",
                     "the orders transaction, then every statement its events cause in orders, tickets, expiration \
                      and payments (consumer transactions with processed events, outbox writes, relay claims and \
-                     deletes, timer loop), one event at a time",
+                     deletes, timer loop), one event at a time: each client waits for about nine commits in a row",
                 ),
             ] {
                 for clients in [8usize, 32] {

@@ -89,7 +89,8 @@ fn cpu_table(out: &mut String, rows: &[&Row], full_purchase: Option<Cpu>) {
     out.push_str(
         "\nCPU milliseconds per operation, from `/proc/<pid>/stat` (utime + stime) before the first \
          request and after the servers went quiet again (so the events an operation caused are \
-         counted with it). Total = ours + PostgreSQL + NATS.\n\n\
+         counted with it). Total = ours + PostgreSQL + NATS; in embedded mode SQLite and the event \
+         bus run inside our process, so everything is in ours.\n\n\
          | scenario | VUs | ops | ours | PostgreSQL | NATS | **total** | load generator | PostgreSQL shared (machine-wide) | measured over s |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
