@@ -185,7 +185,11 @@ impl CpuMeter {
     /// Servers' CPU in milliseconds so far (for [`CpuMeter::settle`]).
     fn servers_ms(&self) -> f64 {
         let now = self.sample_now();
-        now.ticks.values().filter(|(kind, _)| *kind != Kind::PostgresShared).map(|(_, ticks)| *ticks as f64).sum::<f64>()
+        now.ticks
+            .values()
+            .filter(|(kind, _)| *kind != Kind::PostgresShared)
+            .map(|(_, ticks)| *ticks as f64)
+            .sum::<f64>()
             * self.tick_ms
     }
 
@@ -263,8 +267,7 @@ fn classify_postgres(cmdline: &str, databases: &[String]) -> Option<Option<Kind>
     let rest = title.strip_prefix("postgres: ")?;
     let words: Vec<&str> = rest.split_whitespace().collect();
     // A client backend's title holds its database and the client's address `host(port)`.
-    let is_backend = words.iter().any(|word| word.contains('(') && word.ends_with(')'))
-        || words.iter().any(|word| *word == "[local]");
+    let is_backend = words.iter().any(|word| word.contains('(') && word.ends_with(')')) || words.contains(&"[local]");
     if !is_backend {
         return Some(Some(Kind::PostgresShared));
     }

@@ -23,8 +23,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::api::Api;
-use crate::load::{Until, drive};
 use crate::cpu::NatsWatch;
+use crate::load::{Until, drive};
 use crate::marketplace::{Marketplace, Mode, PrivateNats, Proc};
 use crate::report::Goal;
 use crate::scenarios::{Row, Sizes};
@@ -397,10 +397,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         context.facts.push((
             "NATS".into(),
             match &private_nats {
-                Some(_) => format!("private nats-server {} (JetStream, file storage)", command_output(
-                    &args.nats_server.as_ref().map(|path| path.display().to_string()).unwrap_or_default(),
-                    &["--version"],
-                )),
+                Some(_) => format!(
+                    "private nats-server {} (JetStream, file storage)",
+                    command_output(
+                        &args.nats_server.as_ref().map(|path| path.display().to_string()).unwrap_or_default(),
+                        &["--version"],
+                    )
+                ),
                 None => format!("{nats_url} (JetStream, file storage; shared, so its CPU is machine-wide)"),
             },
         ));

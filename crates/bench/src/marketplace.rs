@@ -133,7 +133,10 @@ impl PrivateNats {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the private nats-server did not become healthy in 30 s (log: {})", dir.join("nats.log").display());
+                bail!(
+                    "the private nats-server did not become healthy in 30 s (log: {})",
+                    dir.join("nats.log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -166,7 +169,14 @@ pub enum Mode {
     /// One process per service on a PostgreSQL database and a NATS stream of their own.
     /// `database` is the database's name (its backends' CPU is counted), `nats` which NATS
     /// server's CPU is.
-    Cluster { database_url: String, database: String, nats_url: String, nats: NatsWatch, stream: String, prefix: String },
+    Cluster {
+        database_url: String,
+        database: String,
+        nats_url: String,
+        nats: NatsWatch,
+        stream: String,
+        prefix: String,
+    },
 }
 
 impl Mode {

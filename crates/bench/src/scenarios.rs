@@ -314,8 +314,7 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
             let (api, buyers, slice, reserved) = (api2.clone(), buyers2.clone(), slice.clone(), reserved2.clone());
             async move {
                 let buyer = user % buyers.len();
-                let order =
-                    status_error(api.order(&buyers[buyer], &slice[index as usize]).await, StatusCode::CREATED)?;
+                let order = status_error(api.order(&buyers[buyer], &slice[index as usize]).await, StatusCode::CREATED)?;
                 if users == 8 {
                     let id = order.str("id").map_err(|err| err.to_string())?;
                     reserved.lock().expect("reserved lock").push((buyer, id));
@@ -363,17 +362,14 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
     for (error, count) in completed.errors {
         *paid.errors.entry(format!("not complete: {error}")).or_default() += count;
     }
-    rows.push(
-        Row::new(mode, "pay: POST /api/payments", 8, None, &paid)
-            .peaks(&peaks)
-            .cpu(cpu, paid.total_ok())
-            .note(format!(
-                "the orders reserved at 8 buyers; CPU: the payment and its cascade (order complete, ticket sold, \
+    rows.push(Row::new(mode, "pay: POST /api/payments", 8, None, &paid).peaks(&peaks).cpu(cpu, paid.total_ok()).note(
+        format!(
+            "the orders reserved at 8 buyers; CPU: the payment and its cascade (order complete, ticket sold, \
                  timer dropped); {} of {} orders then seen complete",
-                completed.histograms.values().map(|histogram| histogram.len()).sum::<u64>(),
-                reserved.len()
-            )),
-    );
+            completed.histograms.values().map(|histogram| histogram.len()).sum::<u64>(),
+            reserved.len()
+        ),
+    ));
 
     // Flash sale: every buyer tries every one of a few tickets, all at once.
     let flash = take(sizes.flash_tickets);
