@@ -208,4 +208,25 @@ mod tests {
         assert_eq!(memory(&[("all-in-one".into(), 40.0)]), "40.0");
         assert_eq!(memory(&[("auth".into(), 10.0), ("orders".into(), 30.0)]), "40.0 (max orders 30.0)");
     }
+
+    #[test]
+    fn a_full_purchase_is_a_reservation_at_8_plus_a_payment() {
+        let stats = crate::load::Stats::default();
+        let cpu = |ours: f64| Cpu { ours, postgres: 2.0 * ours, nats: 1.0, ..Cpu::default() };
+        let rows = vec![
+            Row::new("pg", "reserve: POST /api/orders", 8, None, &stats).cpu(cpu(20.0), 10),
+            Row::new("pg", "reserve: POST /api/orders", 32, None, &stats).cpu(cpu(90.0), 10),
+            Row::new("pg", "pay: POST /api/payments", 8, None, &stats).cpu(cpu(50.0), 10),
+        ];
+        let full = full_purchase_cpu(&rows, "pg").expect("both phases measured");
+        assert_eq!((full.ours, full.postgres, full.nats), (7.0, 14.0, 0.2));
+        assert!(full_purchase_cpu(&rows, "embedded").is_none());
+
+        let mut out = String::new();
+        cpu_table(&mut out, &rows.iter().collect::<Vec<_>>(), Some(full));
+        assert!(
+            out.contains("| **full purchase = reserve (8 VUs) + pay** | 8 | – | 7.00 | 14.00 | 0.20 | **21.20** |"),
+            "{out}"
+        );
+    }
 }
