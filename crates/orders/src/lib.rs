@@ -18,6 +18,7 @@ use platform::consumer::Consumer;
 use platform::db::Db;
 use platform::money::Currency;
 use platform::outbox::OutboxWaker;
+use platform::revocation::RevokedSessions;
 use platform::service::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -56,7 +57,12 @@ pub async fn start(ctx: &Context, settings: &OrdersSettings) -> anyhow::Result<S
     });
     let (api, _) = api().split_for_parts();
     let api = api.with_state(state);
-    Ok(Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: vec![relay, subscriber] })
+    Ok(Service {
+        name: NAME,
+        router: ctx.api_router(api).layer(RevokedSessions::layer(&db)),
+        checks: ctx.readiness(&db),
+        tasks: vec![relay, subscriber, ctx.start_retention(&db, &[])],
+    })
 }
 
 /// The service's routes and their documentation, from one list: a route cannot exist without

@@ -8,6 +8,7 @@
 //! - [`outbox`] and [`consumer`]: exactly-once effects over an at-least-once bus;
 //! - [`events`]: the contract's event payloads;
 //! - [`openapi`]: what the API description says alike for every service;
+//! - [`revocation`]: the revoked-session list every authenticating service keeps;
 //! - [`http`], [`telemetry`], [`metrics`]: the HTTP surface, logs and metrics every service
 //!   shares.
 
@@ -23,6 +24,8 @@ pub mod money;
 pub mod openapi;
 pub mod outbox;
 pub mod ratelimit;
+pub mod retention;
+pub mod revocation;
 pub mod service;
 pub mod session;
 pub mod settings;

@@ -13,4 +13,5 @@ mod orders;
 mod payments;
 mod platform;
 mod security;
+mod sessions;
 mod tickets;
