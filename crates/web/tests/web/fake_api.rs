@@ -264,7 +264,8 @@ async fn the_visitor_address_is_taken_from_trusted_proxies_only_and_signed_for_t
 /// the cursor of the API's `Link` header, and keeps the visitor's search on every page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_home_page_follows_the_apis_cursor_and_keeps_the_search() {
-    let queries: Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+    type Query = Vec<(String, String)>;
+    let queries: Arc<std::sync::Mutex<Vec<Query>>> = Arc::default();
     let seen = queries.clone();
     let tickets = move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
         let seen = seen.clone();
