@@ -2,8 +2,15 @@
 //!
 //! Passwords are hashed with argon2id (OWASP's parameters) on the blocking pool, never on
 //! the async executor. Sign-in answers the same error, after the same work, for an unknown
-//! email and a wrong password. Failed sign-ins are limited per email and per client, and
-//! sign-ups per client. Auth publishes no events: other services trust the session token.
+//! email and a wrong password. Failed sign-ins are limited per (email, client address) pair,
+//! so an attacker guessing from one address is slowed there while the owner still signs in
+//! from theirs, and per client; sign-ups per client.
+//!
+//! Other services trust the session token, verified locally. Signing out revokes it: auth
+//! records the session id in its `revoked_sessions` and, in the same transaction, writes
+//! `session:revoked` to its outbox, which the other services apply to their own lists
+//! ([`platform::revocation`]). Auth refuses the token at once; the others within the event's
+//! delivery time.
 
 mod password;
 mod routes;
@@ -13,17 +20,28 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use platform::outbox::OutboxWaker;
 use platform::ratelimit::WindowLimiter;
+use platform::revocation::RevokedSessions;
 use platform::service::{Context, Service};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The service's name: its database, its logs.
+pub const NAME: &str = "auth";
+
 /// The auth service's own settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthSettings {
-    /// Failed sign-ins allowed per email per window (0: unlimited).
-    #[arg(long, env = "SIGNIN_FAILURES_PER_EMAIL", default_value_t = 5)]
-    pub signin_failures_per_email: u32,
+    /// Failed sign-ins allowed per (email, client address) pair per window (0: unlimited)
+    /// [default: 5]. Only that pair is locked: the owner signing in from another address is not.
+    #[arg(long, env = "SIGNIN_FAILURES_PER_EMAIL_AND_CLIENT")]
+    pub signin_failures_per_email_and_client: Option<u32>,
+
+    /// The former name of the setting above, from when failures were counted per email alone;
+    /// used when that one is unset.
+    #[arg(long, env = "SIGNIN_FAILURES_PER_EMAIL", hide = true)]
+    pub signin_failures_per_email: Option<u32>,
 
     /// Failed sign-ins allowed per client address per window (0: unlimited).
     #[arg(long, env = "SIGNIN_FAILURES_PER_CLIENT", default_value_t = 20)]
@@ -38,24 +56,34 @@ pub struct AuthSettings {
     pub rate_limit_window_seconds: u64,
 }
 
+impl AuthSettings {
+    /// Failed sign-ins allowed per (email, client address) pair per window.
+    pub fn signin_failures_per_pair(&self) -> u32 {
+        self.signin_failures_per_email_and_client.or(self.signin_failures_per_email).unwrap_or(5)
+    }
+}
+
 pub(crate) struct AppState {
     db: platform::db::Db,
     keys: Arc<platform::session::SessionKeys>,
+    outbox: OutboxWaker,
     addresses: platform::client_addr::ClientAddresses,
-    failures_per_email: WindowLimiter,
+    failures_per_pair: WindowLimiter,
     failures_per_client: WindowLimiter,
     signups_per_client: WindowLimiter,
 }
 
 /// Starts the auth service.
 pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Service> {
-    let db = ctx.database("auth", &MIGRATOR).await?;
+    let db = ctx.database(NAME, &MIGRATOR).await?;
     let window = Duration::from_secs(settings.rate_limit_window_seconds);
+    let (outbox, relay) = ctx.start_outbox_relay(&db);
     let state = Arc::new(AppState {
         db: db.clone(),
         keys: ctx.keys.clone(),
+        outbox,
         addresses: platform::client_addr::ClientAddresses::from_settings(&ctx.settings, ctx.keys.clone()),
-        failures_per_email: WindowLimiter::new(settings.signin_failures_per_email, window),
+        failures_per_pair: WindowLimiter::new(settings.signin_failures_per_pair(), window),
         failures_per_client: WindowLimiter::new(settings.signin_failures_per_client, window),
         signups_per_client: WindowLimiter::new(settings.signups_per_client, window),
     });
@@ -68,10 +96,10 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
         .route("/api/users/currentuser", get(routes::current_user))
         .with_state(state);
     Ok(Service {
-        name: "auth",
-        router: ctx.api_router(api),
-        checks: Context::database_readiness(&db),
-        tasks: Vec::new(),
+        name: NAME,
+        router: ctx.api_router(api).layer(RevokedSessions::layer(&db)),
+        checks: ctx.readiness(&db),
+        tasks: vec![relay, ctx.start_retention(&db, &[])],
     })
 }
 

@@ -7,11 +7,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use platform::error::{ApiError, ApiResult, ErrorItem, Json};
+use platform::events::{ContractEvent, SessionRevoked};
 use platform::http::PeerAddr;
 use platform::session::{self, MaybeUser};
+use platform::{outbox, revocation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{AppState, password};
@@ -174,8 +177,10 @@ pub async fn sign_in(
     };
 
     let client = client_key(&state, &headers, peer);
+    // Per pair, not per email: guesses from one address must not lock the owner out of theirs.
+    let pair = format!("{client}/{email}");
     state.failures_per_client.check(&client).map_err(too_many)?;
-    state.failures_per_email.check(&email).map_err(too_many)?;
+    state.failures_per_pair.check(&pair).map_err(too_many)?;
 
     let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
         .bind(&email)
@@ -190,19 +195,44 @@ pub async fn sign_in(
         Some(id) if verified => Uuid::parse_str(&id).map_err(|err| ApiError::Unexpected(err.into()))?,
         _ => {
             state.failures_per_client.hit(&client);
-            state.failures_per_email.hit(&email);
+            state.failures_per_pair.hit(&pair);
             return Err(ApiError::bad_request("Invalid credentials"));
         }
     };
-    state.failures_per_email.reset(&email);
+    state.failures_per_pair.reset(&pair);
     signed_in(&state, StatusCode::OK, id, &email, &headers, &uri)
 }
 
-/// Signs out: clears the `session` cookie.
-#[utoipa::path(post, path = "/api/users/signout", tag = "auth", responses((status = 200, description = "Signed out")))]
-pub async fn sign_out(headers: HeaderMap, uri: Uri) -> Response {
+/// Signs out: revokes the session everywhere and clears the `session` cookie.
+#[utoipa::path(post, path = "/api/users/signout", tag = "auth", responses((status = 200, description = "Signed out; the session's token is refused from now on")))]
+pub async fn sign_out(
+    State(state): State<Arc<AppState>>,
+    MaybeUser(user): MaybeUser,
+    headers: HeaderMap,
+    uri: Uri,
+) -> ApiResult<Response> {
+    if let Some(claims) = user {
+        revoke(&state, &claims).await?;
+    }
     let cookie = session::clear_session_cookie_header(session::is_https(&headers, &uri));
-    (StatusCode::OK, [(header::SET_COOKIE, cookie)], Json(json!({}))).into_response()
+    Ok((StatusCode::OK, [(header::SET_COOKIE, cookie)], Json(json!({}))).into_response())
+}
+
+/// Records the session as revoked here and, in the same transaction, tells the other services.
+async fn revoke(state: &AppState, claims: &session::Claims) -> ApiResult<()> {
+    let revoked = SessionRevoked {
+        id: claims.jti,
+        user_id: claims.id,
+        expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|err| ApiError::Unexpected(err.into()))?,
+    };
+    let mut tx = state.db.begin().await?;
+    if revocation::record(&mut tx, &revoked).await? {
+        outbox::enqueue(&mut tx, &revoked.to_event()).await?;
+    }
+    tx.commit().await?;
+    state.outbox.wake();
+    tracing::info!(user_id = %claims.id, session_id = %claims.jti, "user signed out");
+    Ok(())
 }
 
 /// The signed-in user, or null.

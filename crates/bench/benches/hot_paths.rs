@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use platform::bus::Event;
-use platform::events::{ContractEvent, OrderCreated, PricedTicketRef};
+use platform::events::{ContractEvent, OrderCreated, OrderStatus, PricedTicketRef};
 use platform::money::Currency;
 use platform::session::SessionKeys;
 use serde_json::json;
@@ -31,7 +31,7 @@ fn events(c: &mut Criterion) {
     let event = OrderCreated {
         id: Uuid::now_v7(),
         version: 0,
-        status: "created".into(),
+        status: OrderStatus::Created,
         user_id: Uuid::now_v7(),
         expires_at: time::OffsetDateTime::now_utc(),
         ticket: PricedTicketRef { id: Uuid::now_v7(), price: 1250 },

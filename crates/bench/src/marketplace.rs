@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::api::Routes;
+use crate::cpu::{Cpu, CpuMeter, Mark, NatsWatch, Watch};
 
 /// One server process we started.
 #[derive(Debug)]
@@ -99,6 +100,58 @@ impl Proc {
     }
 }
 
+/// A NATS server of the bench's own (JetStream, file storage under the work dir), so the
+/// CPU it spends is the bench's alone.
+#[derive(Debug)]
+pub struct PrivateNats {
+    pub url: String,
+    child: tokio::process::Child,
+}
+
+impl PrivateNats {
+    /// Starts `binary` on free ports and waits until its health check (JetStream included)
+    /// answers 200.
+    pub async fn start(binary: &Path, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let (port, monitor) = (free_port()?, free_port()?);
+        let log = std::fs::File::create(dir.join("nats.log"))?;
+        let child = tokio::process::Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string(), "-sd"])
+            .arg(dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = client.get(format!("http://127.0.0.1:{monitor}/healthz")).send().await
+                && response.status().is_success()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the private nats-server did not become healthy in 30 s (log: {})",
+                    dir.join("nats.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { url: format!("nats://127.0.0.1:{port}"), child })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
 fn status_field(status: &str, field: &str) -> Option<u64> {
     let line = status.lines().find(|line| line.starts_with(field))?;
     line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
@@ -114,7 +167,16 @@ pub enum Mode {
     /// Every service in one process, SQLite files and the embedded bus in a data dir.
     Embedded,
     /// One process per service on a PostgreSQL database and a NATS stream of their own.
-    Cluster { database_url: String, nats_url: String, stream: String, prefix: String },
+    /// `database` is the database's name (its backends' CPU is counted), `nats` which NATS
+    /// server's CPU is.
+    Cluster {
+        database_url: String,
+        database: String,
+        nats_url: String,
+        nats: NatsWatch,
+        stream: String,
+        prefix: String,
+    },
 }
 
 impl Mode {
@@ -131,6 +193,8 @@ impl Mode {
 pub struct Marketplace {
     pub procs: Vec<Proc>,
     pub routes: Routes,
+    /// CPU of our processes, the database's backends and NATS.
+    pub meter: CpuMeter,
 }
 
 const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "expiration", "payments"];
@@ -146,9 +210,10 @@ impl Marketplace {
                 let args = vec!["serve".to_owned(), "--data-dir".to_owned(), dir.join("data").display().to_string()];
                 let proc = Proc::start("all-in-one", binary, &args, &env, dir.join("ticketing.log")).await?;
                 let routes = Routes::single(&proc.base);
-                Ok(Self { procs: vec![proc], routes })
+                let meter = CpuMeter::start(Watch { ours: proc.pid().into_iter().collect(), ..Watch::default() });
+                Ok(Self { procs: vec![proc], routes, meter })
             }
-            Mode::Cluster { database_url, nats_url, stream, prefix } => {
+            Mode::Cluster { database_url, database, nats_url, nats, stream, prefix } => {
                 env.extend([
                     ("DATABASE_URL".into(), database_url.clone()),
                     ("NATS_URL".into(), nats_url.clone()),
@@ -171,9 +236,27 @@ impl Marketplace {
                     orders: base("orders"),
                     payments: base("payments"),
                 };
-                Ok(Self { procs, routes })
+                let meter = CpuMeter::start(Watch {
+                    ours: procs.iter().filter_map(Proc::pid).collect(),
+                    databases: vec![database.clone()],
+                    nats: *nats,
+                });
+                Ok(Self { procs, routes, meter })
             }
         }
+    }
+
+    /// Starts a measured phase: resets the peak-memory counts and reads the CPU counters.
+    pub fn begin(&self) -> Mark {
+        self.reset_peaks();
+        self.meter.mark()
+    }
+
+    /// Ends a measured phase: waits until the servers are quiet (the events the phase caused
+    /// have been applied), then returns the CPU spent since `mark`.
+    pub async fn cpu_since(&self, mark: &Mark) -> Cpu {
+        self.meter.settle(std::time::Duration::from_secs(15)).await;
+        self.meter.since(mark)
     }
 
     pub fn reset_peaks(&self) {

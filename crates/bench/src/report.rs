@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::cpu::Cpu;
 use crate::scenarios::Row;
 
 /// What the report says about where it ran.
@@ -70,6 +71,70 @@ fn table(out: &mut String, rows: &[&Row]) {
     }
 }
 
+/// The servers' CPU per full purchase in `mode`: a reservation (at 8 buyers) plus a payment,
+/// each with its event cascade.
+pub fn full_purchase_cpu(rows: &[Row], mode: &str) -> Option<Cpu> {
+    let phase = |prefix: &str| {
+        rows.iter().find(|row| row.mode == mode && row.scenario.starts_with(prefix) && row.users == 8)?.cpu
+    };
+    Some(phase("reserve")?.plus(&phase("pay")?))
+}
+
+fn cpu_table(out: &mut String, rows: &[&Row], full_purchase: Option<Cpu>) {
+    let measured: Vec<&&Row> = rows.iter().filter(|row| row.cpu.is_some()).collect();
+    if measured.is_empty() {
+        return;
+    }
+    let machine_wide = measured.iter().any(|row| row.cpu.is_some_and(|cpu| cpu.nats_machine_wide));
+    out.push_str(
+        "\nCPU milliseconds per operation, from `/proc/<pid>/stat` (utime + stime) before the first \
+         request and after the servers went quiet again (so the events an operation caused are \
+         counted with it). Total = ours + PostgreSQL + NATS; in embedded mode SQLite and the event \
+         bus run inside our process, so everything is in ours.\n\n\
+         | scenario | VUs | ops | ours | PostgreSQL | NATS | **total** | load generator | PostgreSQL shared (machine-wide) | measured over s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let line = |out: &mut String, scenario: &str, users: String, ops: String, cpu: &Cpu, over: String| {
+        let _ = writeln!(
+            out,
+            "| {scenario} | {users} | {ops} | {:.2} | {:.2} | {:.2} | **{:.2}** | {:.2} | {:.2} | {over} |",
+            cpu.ours,
+            cpu.postgres,
+            cpu.nats,
+            cpu.total(),
+            cpu.load_generator,
+            cpu.postgres_shared,
+        );
+    };
+    for row in measured {
+        let cpu = row.cpu.expect("filtered");
+        let ops = if row.scenario.starts_with("flash sale") {
+            row.stats.total_ok() + row.stats.error_count()
+        } else if row.scenario.starts_with("propagation") {
+            row.stats.count("sample")
+        } else {
+            row.count()
+        };
+        // Rows sharing a phase carry its CPU on the first: name the whole phase.
+        let scenario = if row.scenario.starts_with("flash sale") {
+            "flash sale: every attempt"
+        } else if row.scenario.starts_with("propagation") {
+            "propagation: list → order → pay → complete"
+        } else if row.scenario.starts_with("expiration") {
+            "expiration: order → expired"
+        } else {
+            row.scenario.as_str()
+        };
+        line(out, scenario, row.users.to_string(), ops.to_string(), &cpu, format!("{:.1}", cpu.elapsed.as_secs_f64()));
+    }
+    if let Some(cpu) = full_purchase {
+        line(out, "**full purchase = reserve (8 VUs) + pay**", "8".into(), "–".into(), &cpu, "–".into());
+    }
+    if machine_wide {
+        out.push_str("\nNATS is a server shared with other users of this machine: its CPU is machine-wide.\n");
+    }
+}
+
 pub fn render(context: &Context, rows: &[Row], goals: &[Goal], command: &str) -> String {
     let mut out = String::new();
     out.push_str("# Benchmarks\n\n");
@@ -117,6 +182,7 @@ pub fn render(context: &Context, rows: &[Row], goals: &[Goal], command: &str) ->
         let _ = writeln!(out, "\n## {mode}\n");
         let selected: Vec<&Row> = rows.iter().filter(|row| row.mode == mode).collect();
         table(&mut out, &selected);
+        cpu_table(&mut out, &selected, full_purchase_cpu(rows, mode));
     }
 
     if !context.idle.is_empty() {
@@ -141,5 +207,26 @@ mod tests {
         assert_eq!(ms(None), "–");
         assert_eq!(memory(&[("all-in-one".into(), 40.0)]), "40.0");
         assert_eq!(memory(&[("auth".into(), 10.0), ("orders".into(), 30.0)]), "40.0 (max orders 30.0)");
+    }
+
+    #[test]
+    fn a_full_purchase_is_a_reservation_at_8_plus_a_payment() {
+        let stats = crate::load::Stats::default();
+        let cpu = |ours: f64| Cpu { ours, postgres: 2.0 * ours, nats: 1.0, ..Cpu::default() };
+        let rows = vec![
+            Row::new("pg", "reserve: POST /api/orders", 8, None, &stats).cpu(cpu(20.0), 10),
+            Row::new("pg", "reserve: POST /api/orders", 32, None, &stats).cpu(cpu(90.0), 10),
+            Row::new("pg", "pay: POST /api/payments", 8, None, &stats).cpu(cpu(50.0), 10),
+        ];
+        let full = full_purchase_cpu(&rows, "pg").expect("both phases measured");
+        assert_eq!((full.ours, full.postgres, full.nats), (7.0, 14.0, 0.2));
+        assert!(full_purchase_cpu(&rows, "embedded").is_none());
+
+        let mut out = String::new();
+        cpu_table(&mut out, &rows.iter().collect::<Vec<_>>(), Some(full));
+        assert!(
+            out.contains("| **full purchase = reserve (8 VUs) + pay** | 8 | – | 7.00 | 14.00 | 0.20 | **21.20** |"),
+            "{out}"
+        );
     }
 }

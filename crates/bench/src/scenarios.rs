@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::api::{Api, Session};
+use crate::cpu::Cpu;
 use crate::load::{Stats, Until, drive};
 use crate::marketplace::Marketplace;
 
@@ -79,6 +80,9 @@ pub struct Row {
     pub label: Option<&'static str>,
     pub stats: Stats,
     pub peak_mib: Vec<(String, f64)>,
+    /// CPU per operation of the phase this row measured (shared by the rows of one phase: only
+    /// the first carries it).
+    pub cpu: Option<Cpu>,
     /// The ratio to this machine's limit measured in the same run, when there is one.
     pub vs: String,
     pub note: String,
@@ -93,6 +97,7 @@ impl Row {
             label,
             stats: stats.clone(),
             peak_mib: Vec::new(),
+            cpu: None,
             vs: String::new(),
             note: String::new(),
         }
@@ -100,6 +105,12 @@ impl Row {
 
     pub fn note(mut self, note: impl Into<String>) -> Self {
         self.note = note.into();
+        self
+    }
+
+    /// The CPU `cpu` of the phase, spread over its `ops` operations.
+    pub fn cpu(mut self, cpu: Cpu, ops: u64) -> Self {
+        self.cpu = Some(cpu.per(ops));
         self
     }
 
@@ -237,10 +248,15 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
     eprintln!("bench: [{mode}] signed up {} users in {:.1?}", buyer_count + 1, started.elapsed());
 
     // Browse.
-    market.reset_peaks();
+    let mark = market.begin();
     let (created, listed) = create_tickets(&api, &seller, sizes.browse_tickets, 8).await;
-    rows.push(Row::new(mode, "list a ticket (POST /api/tickets)", 8, None, &created).peaks(&market.peaks_mib()));
-    market.reset_peaks();
+    let cpu = market.cpu_since(&mark).await;
+    rows.push(
+        Row::new(mode, "list a ticket (POST /api/tickets)", 8, None, &created)
+            .peaks(&market.peaks_mib())
+            .cpu(cpu, created.total_ok()),
+    );
+    let mark = market.begin();
     let api2 = api.clone();
     let list = drive(sizes.browse_users, Until::Elapsed(sizes.browse), move |_, _, _| {
         let api = api2.clone();
@@ -252,12 +268,14 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
         }
     })
     .await;
+    let cpu = market.cpu_since(&mark).await;
     rows.push(
         Row::new(mode, "browse: GET /api/tickets", sizes.browse_users, None, &list)
             .peaks(&market.peaks_mib())
+            .cpu(cpu, list.total_ok())
             .note(format!("{} tickets listed", listed.len())),
     );
-    market.reset_peaks();
+    let mark = market.begin();
     let (api2, listed2) = (api.clone(), Arc::new(listed));
     let show = drive(sizes.browse_users, Until::Elapsed(sizes.browse), move |_, index, _| {
         let (api, listed) = (api2.clone(), listed2.clone());
@@ -270,42 +288,95 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
         }
     })
     .await;
+    let cpu = market.cpu_since(&mark).await;
     rows.push(
-        Row::new(mode, "browse: GET /api/tickets/:id", sizes.browse_users, None, &show).peaks(&market.peaks_mib()),
+        Row::new(mode, "browse: GET /api/tickets/:id", sizes.browse_users, None, &show)
+            .peaks(&market.peaks_mib())
+            .cpu(cpu, show.total_ok()),
     );
 
     // Tickets for the rest, then wait until the orders service has them all.
     let needed = 2 * sizes.reserve_orders + sizes.flash_tickets + sizes.purchases;
     let (_, tickets) = create_tickets(&api, &seller, needed, 8).await;
     wait_for_replica(&api, &seller, &buyers[0]).await?;
+    market.meter.settle(Duration::from_secs(15)).await;
     let mut tickets = tickets.into_iter();
     let mut take = |count: u64| Arc::new(tickets.by_ref().take(count as usize).collect::<Vec<_>>());
 
-    // Reserve at 8 and 32 concurrent buyers, each order on a distinct ticket.
+    // Reserve at 8 and 32 concurrent buyers, each order on a distinct ticket. The orders
+    // placed at 8 are paid below.
+    let reserved = Arc::new(Mutex::new(Vec::new()));
     for users in [8, 32] {
         let slice = take(sizes.reserve_orders);
-        let (api2, buyers2) = (api.clone(), Arc::new(buyers.clone()));
-        market.reset_peaks();
+        let (api2, buyers2, reserved2) = (api.clone(), Arc::new(buyers.clone()), reserved.clone());
+        let mark = market.begin();
         let stats = drive(users, Until::Count(slice.len() as u64), move |user, index, _| {
-            let (api, buyers, slice) = (api2.clone(), buyers2.clone(), slice.clone());
+            let (api, buyers, slice, reserved) = (api2.clone(), buyers2.clone(), slice.clone(), reserved2.clone());
             async move {
-                status_error(
-                    api.order(&buyers[user % buyers.len()], &slice[index as usize]).await,
-                    StatusCode::CREATED,
-                )?;
+                let buyer = user % buyers.len();
+                let order = status_error(api.order(&buyers[buyer], &slice[index as usize]).await, StatusCode::CREATED)?;
+                if users == 8 {
+                    let id = order.str("id").map_err(|err| err.to_string())?;
+                    reserved.lock().expect("reserved lock").push((buyer, id));
+                }
                 Ok("ok")
             }
         })
         .await;
-        rows.push(Row::new(mode, "reserve: POST /api/orders", users, None, &stats).peaks(&market.peaks_mib()));
+        let cpu = market.cpu_since(&mark).await;
+        rows.push(
+            Row::new(mode, "reserve: POST /api/orders", users, None, &stats)
+                .peaks(&market.peaks_mib())
+                .cpu(cpu, stats.total_ok())
+                .note("CPU: the request and its cascade (tickets, expiration, payments, orders' replica)"),
+        );
     }
+
+    // Pay for the orders reserved at 8 buyers: the payment and its cascade (order complete,
+    // ticket sold, timer dropped). With the reservation above, a full purchase.
+    let reserved = Arc::new(std::mem::take(&mut *reserved.lock().expect("reserved lock")));
+    let (api2, buyers2, reserved2) = (api.clone(), Arc::new(buyers.clone()), reserved.clone());
+    let mark = market.begin();
+    let mut paid = drive(8, Until::Count(reserved.len() as u64), move |_, index, _| {
+        let (api, buyers, reserved) = (api2.clone(), buyers2.clone(), reserved2.clone());
+        async move {
+            let (buyer, order_id) = &reserved[index as usize];
+            pay_when_known(&api, &buyers[*buyer], order_id).await?;
+            Ok("ok")
+        }
+    })
+    .await;
+    let cpu = market.cpu_since(&mark).await;
+    let peaks = market.peaks_mib();
+    // Then (not measured) check every paid order completed.
+    let (api2, buyers2, reserved2) = (api.clone(), Arc::new(buyers.clone()), reserved.clone());
+    let completed = drive(8, Until::Count(reserved.len() as u64), move |_, index, _| {
+        let (api, buyers, reserved) = (api2.clone(), buyers2.clone(), reserved2.clone());
+        async move {
+            let (buyer, order_id) = &reserved[index as usize];
+            until_complete(&api, &buyers[*buyer], order_id).await?;
+            Ok("ok")
+        }
+    })
+    .await;
+    for (error, count) in completed.errors {
+        *paid.errors.entry(format!("not complete: {error}")).or_default() += count;
+    }
+    rows.push(Row::new(mode, "pay: POST /api/payments", 8, None, &paid).peaks(&peaks).cpu(cpu, paid.total_ok()).note(
+        format!(
+            "the orders reserved at 8 buyers; CPU: the payment and its cascade (order complete, ticket sold, \
+                 timer dropped); {} of {} orders then seen complete",
+            completed.histograms.values().map(|histogram| histogram.len()).sum::<u64>(),
+            reserved.len()
+        ),
+    ));
 
     // Flash sale: every buyer tries every one of a few tickets, all at once.
     let flash = take(sizes.flash_tickets);
     let winners = Arc::new(Mutex::new(Vec::new()));
     let (api2, buyers2, flash2, winners2) = (api.clone(), Arc::new(buyers.clone()), flash.clone(), winners.clone());
     let buyers_n = sizes.flash_buyers;
-    market.reset_peaks();
+    let mark = market.begin();
     let stats = drive(buyers_n, Until::Count(buyers_n as u64 * flash.len() as u64), move |user, index, _| {
         let (api, buyers, flash, winners) = (api2.clone(), buyers2.clone(), flash2.clone(), winners2.clone());
         async move {
@@ -323,6 +394,7 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
         }
     })
     .await;
+    let cpu = market.cpu_since(&mark).await;
     let winners = winners.lock().expect("winners lock").clone();
     let distinct: HashSet<&String> = winners.iter().collect();
     let verdict = if winners.len() as u64 == sizes.flash_tickets && distinct.len() == winners.len() {
@@ -336,7 +408,12 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
         )
     };
     let peaks = market.peaks_mib();
-    rows.push(Row::new(mode, "flash sale: winners", buyers_n, Some("won"), &stats).peaks(&peaks).note(verdict));
+    rows.push(
+        Row::new(mode, "flash sale: winners", buyers_n, Some("won"), &stats)
+            .peaks(&peaks)
+            .cpu(cpu, stats.total_ok() + stats.error_count())
+            .note(format!("{verdict}; CPU per attempt, winners and losers together")),
+    );
     rows.push(
         Row::new(mode, "flash sale: losers", buyers_n, Some("lost"), &stats)
             .peaks(&peaks)
@@ -346,7 +423,7 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
     // Full purchase: sign in, order, pay, poll until complete.
     let purchase = take(sizes.purchases);
     let (api2, buyers2) = (api.clone(), Arc::new(buyers.clone()));
-    market.reset_peaks();
+    let mark = market.begin();
     let stats = drive(sizes.purchase_users, Until::Count(purchase.len() as u64), move |user, index, recorder| {
         let (api, buyers, purchase) = (api2.clone(), buyers2.clone(), purchase.clone());
         async move {
@@ -367,11 +444,13 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
         }
     })
     .await;
+    let cpu = market.cpu_since(&mark).await;
     let peaks = market.peaks_mib();
     rows.push(
         Row::new(mode, "full purchase: whole flow", sizes.purchase_users, Some("flow"), &stats)
             .peaks(&peaks)
-            .note("sign in → order → pay (tok_visa) → poll until complete"),
+            .cpu(cpu, stats.count("flow"))
+            .note("sign in → order → pay (tok_visa) → poll until complete; CPU includes the sign-in's argon2 and the 2 ms polling"),
     );
     // The steps of the flows above; their errors are counted once, in the whole-flow row.
     let mut steps = stats.clone();
@@ -382,7 +461,7 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
 
     // Propagation: ticket 201 → orderable; payment 201 → order complete.
     let (api2, buyers2, seller2) = (api.clone(), Arc::new(buyers.clone()), seller.clone());
-    market.reset_peaks();
+    let mark = market.begin();
     let users = 4usize.min(sizes.propagation_samples as usize).max(1);
     let stats = drive(users, Until::Count(sizes.propagation_samples), move |user, index, recorder| {
         let (api, buyers, seller) = (api2.clone(), buyers2.clone(), seller2.clone());
@@ -405,13 +484,13 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
         }
     })
     .await;
+    let cpu = market.cpu_since(&mark).await;
     let peaks = market.peaks_mib();
     for step in ["ticket → orderable", "payment → complete"] {
-        rows.push(
-            Row::new(mode, &format!("propagation: {step}"), users, Some(step), &stats)
-                .peaks(&peaks)
-                .note("polled every 2 ms; includes one request round trip"),
-        );
+        let row = Row::new(mode, &format!("propagation: {step}"), users, Some(step), &stats)
+            .peaks(&peaks)
+            .note("polled every 2 ms; includes one request round trip");
+        rows.push(if step.starts_with("ticket") { row.cpu(cpu, stats.count("sample")) } else { row });
     }
     Ok(rows)
 }
@@ -425,8 +504,9 @@ pub async fn expiration(market: &Marketplace, mode: &str, sizes: &Sizes, run_id:
     let buyers = sign_up_many(&api, &format!("exp-buyer-{run_id}"), 8).await?;
     let (_, tickets) = create_tickets(&api, &seller, sizes.expiring_orders, 8).await;
     wait_for_replica(&api, &seller, &buyers[0]).await?;
+    market.meter.settle(Duration::from_secs(15)).await;
 
-    market.reset_peaks();
+    let mark = market.begin();
     let placed = Arc::new(Mutex::new(Vec::new()));
     let (api2, buyers2, tickets2, placed2) = (api.clone(), Arc::new(buyers.clone()), Arc::new(tickets), placed.clone());
     let ordering = drive(8, Until::Count(sizes.expiring_orders), move |user, index, _| {
@@ -477,6 +557,7 @@ pub async fn expiration(market: &Marketplace, mode: &str, sizes: &Sizes, run_id:
         }
         tokio::time::sleep(poll).await;
     }
+    let cpu = market.cpu_since(&mark).await;
     // Not a throughput scenario: the report shows no rate for it.
     stats.elapsed = Duration::ZERO;
     if early > 0 {
@@ -485,13 +566,16 @@ pub async fn expiration(market: &Marketplace, mode: &str, sizes: &Sizes, run_id:
     if !pending.is_empty() {
         stats.error(format!("never cancelled within 30 s: {}", pending.len()));
     }
-    Ok(Row::new(mode, "expiration: lateness after expiresAt", 8, Some("late"), &stats).peaks(&market.peaks_mib()).note(
-        format!(
-            "{} orders due within {:.2} s (ORDER_EXPIRATION_SECONDS={}); order lists polled every {} ms, so lateness is an upper bound",
+    let expired = stats.count("late") + early;
+    Ok(Row::new(mode, "expiration: lateness after expiresAt", 8, Some("late"), &stats)
+        .peaks(&market.peaks_mib())
+        .cpu(cpu, expired)
+        .note(format!(
+            "{} orders due within {:.2} s (ORDER_EXPIRATION_SECONDS={}); order lists polled every {} ms, so lateness is an upper bound; \
+             CPU per order: placing it, its expiry and cascade, and the polling",
             placed.len(),
             (last_due - first_due).as_seconds_f64(),
             sizes.expiration_seconds,
             poll.as_millis()
-        ),
-    ))
+        )))
 }

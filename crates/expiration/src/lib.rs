@@ -54,12 +54,8 @@ pub async fn start(ctx: &Context, settings: &ExpirationSettings) -> anyhow::Resu
     let consumer = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(Arc::new(handler)), ctx.shutdown.clone()).await?;
     let timer_loop = timers.spawn(ctx.shutdown.clone());
     sample_due_timers(ctx, &db);
-    Ok(Service {
-        name: NAME,
-        router: ctx.api_router(Router::new()),
-        checks: ctx.readiness(&db),
-        tasks: vec![relay, consumer, timer_loop],
-    })
+    let tasks = vec![relay, consumer, timer_loop, ctx.start_retention(&db, &[timers::ENDED_TIMERS])];
+    Ok(Service { name: NAME, router: ctx.api_router(Router::new()), checks: ctx.readiness(&db), tasks })
 }
 
 /// Counts, at each scrape, the timers that are due and not fired yet.

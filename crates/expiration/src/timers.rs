@@ -59,14 +59,24 @@ pub async fn unschedule(tx: &mut Tx, order_id: Uuid) -> Result<bool, sqlx::Error
             .fetch_optional(&mut **tx)
             .await?;
     sqlx::query(
-        "INSERT INTO timers (order_id, fire_at, locked_until, status) VALUES ($1, 0, 0, 'ended') \
-         ON CONFLICT (order_id) DO UPDATE SET status = 'ended'",
+        "INSERT INTO timers (order_id, fire_at, locked_until, status, ended_at) VALUES ($1, 0, 0, 'ended', $2) \
+         ON CONFLICT (order_id) DO UPDATE SET status = 'ended', ended_at = COALESCE(timers.ended_at, $2)",
     )
     .bind(&order_id)
+    .bind(now_millis())
     .execute(&mut **tx)
     .await?;
     Ok(was_scheduled.is_some())
 }
+
+/// Retention of ended timers (see [`platform::retention`]): an ended row only has to outlive a
+/// late `order:created` of its order.
+pub const ENDED_TIMERS: platform::retention::Sweep = platform::retention::Sweep {
+    table: "timers",
+    sql: "DELETE FROM timers WHERE order_id IN (SELECT order_id FROM timers \
+          WHERE status = 'ended' AND COALESCE(ended_at, fire_at) < $1 LIMIT $2)",
+    cutoff: platform::retention::Cutoff::Retained,
+};
 
 /// Wakes a [`TimerLoop`] so it reconsiders when to fire next (after a timer committed).
 pub type TimerWaker = platform::worker::Waker;
@@ -197,9 +207,11 @@ impl TimerLoop {
         };
         let mut tx = self.db.begin().await?;
         let ended: Option<Option<String>> = sqlx::query_scalar(
-            "UPDATE timers SET status = 'ended' WHERE order_id = $1 AND status = 'scheduled' RETURNING trace_id",
+            "UPDATE timers SET status = 'ended', ended_at = $2 WHERE order_id = $1 AND status = 'scheduled' \
+             RETURNING trace_id",
         )
         .bind(order_id)
+        .bind(now_millis())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(trace_id) = ended else {

@@ -155,7 +155,7 @@ fn order_created(expires_at: OffsetDateTime) -> OrderCreated {
     OrderCreated {
         id: Uuid::new_v4(),
         version: 0,
-        status: "created".into(),
+        status: platform::events::OrderStatus::Created,
         user_id: Uuid::new_v4(),
         expires_at,
         ticket: PricedTicketRef { id: Uuid::new_v4(), price: 1500 },
@@ -177,7 +177,8 @@ async fn timer_count(db: &Db, order_id: Uuid) -> i64 {
 testkit::on_both_backends!(
     orders_expire_at_their_window_and_only_live_ones,
     a_window_that_ends_while_stopped_fires_after_restart,
-    an_order_that_ended_before_its_creation_was_applied_never_expires
+    an_order_that_ended_before_its_creation_was_applied_never_expires,
+    retention_deletes_old_ended_timers_and_processed_events_only
 );
 
 /// Applies one event the way the consumer does, in its own transaction.
@@ -207,6 +208,47 @@ async fn an_order_that_ended_before_its_creation_was_applied_never_expires(backe
     let live = order_created(in_millis(60_000));
     apply(&db, &live).await;
     assert_eq!(timer_count(&db, live.id).await, 1);
+}
+
+/// Retention deletes timers that ended before its cutoff, and the processed-event ids older than
+/// it; live timers and recent rows stay, and an order that ended recently still never gets a
+/// timer from a late `order:created`.
+async fn retention_deletes_old_ended_timers_and_processed_events_only(backend: Backend) {
+    use platform::retention::Retention;
+    let stand = Stand::new(backend).await;
+    let db = stand.db().await;
+    let live = order_created(in_millis(60_000));
+    apply(&db, &live).await;
+    let ended = order_created(in_millis(-1_000));
+    apply(&db, &ended).await;
+    apply(&db, &OrderCancelled { id: ended.id, version: 1, ticket: TicketRef { id: ended.ticket.id } }).await;
+    sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ('c', 'old', 1), ('c', 'new', $1)",
+    )
+    .bind(now_millis())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rows = |sql: &'static str| {
+        let db = db.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&db.pool).await.unwrap() }
+    };
+    let retention = Retention::new(db.clone(), Some(Duration::from_secs(3_600)), &[expiration::timers::ENDED_TIMERS]);
+
+    // Kept for an hour: nothing here ended an hour ago but the old processed event.
+    let (deleted, full) = retention.sweep(now_millis()).await.unwrap();
+    assert_eq!((deleted, full), (1, false));
+    assert_eq!(rows("SELECT COUNT(*) FROM timers").await, 2);
+    apply(&db, &ended).await;
+    assert_eq!(timer_count(&db, ended.id).await, 0, "a late order:created revived a recently ended order");
+
+    // An hour and a second later, the ended timer and the newer processed event go; the live
+    // timer stays.
+    let (deleted, _) = retention.sweep(now_millis() + 3_601_000).await.unwrap();
+    assert_eq!(deleted, 2);
+    assert_eq!(rows("SELECT COUNT(*) FROM processed_events WHERE consumer = 'c'").await, 0);
+    assert_eq!(timer_count(&db, live.id).await, 1);
+    assert_eq!(rows("SELECT COUNT(*) FROM timers").await, 1);
 }
 
 async fn orders_expire_at_their_window_and_only_live_ones(backend: Backend) {

@@ -6,9 +6,9 @@
 //! the matching event in the same transaction.
 
 use platform::db::Tx;
+pub use platform::events::OrderStatus;
 use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef};
 use platform::outbox;
-use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -18,35 +18,6 @@ use crate::store;
 pub const ALREADY_RESERVED: &str = "Ticket is already reserved";
 pub const OWN_TICKET: &str = "Cannot purchase your own ticket";
 pub const COMPLETED: &str = "Cannot cancel a completed order";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub enum OrderStatus {
-    #[serde(rename = "created")]
-    Created,
-    #[serde(rename = "cancelled")]
-    Cancelled,
-    #[serde(rename = "awaiting:payment")]
-    AwaitingPayment,
-    #[serde(rename = "complete")]
-    Complete,
-}
-
-impl OrderStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Cancelled => "cancelled",
-            Self::AwaitingPayment => "awaiting:payment",
-            Self::Complete => "complete",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Created, Self::Cancelled, Self::AwaitingPayment, Self::Complete]
-            .into_iter()
-            .find(|status| status.as_str() == text)
-    }
-}
 
 /// The replica of a ticket, as the tickets service last described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +107,7 @@ impl Order {
         OrderCreated {
             id: self.id,
             version: self.version,
-            status: self.status.as_str().to_owned(),
+            status: self.status,
             user_id: self.user_id,
             expires_at: self.expires_at,
             ticket: PricedTicketRef { id: self.ticket_id, price: self.snapshot.price },

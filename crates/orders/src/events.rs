@@ -13,15 +13,16 @@
 //!   ticket went to another buyer) the payment is rejected with `order:payment-rejected`, and
 //!   payments owes its refund.
 //! - `refund:created` / `refund:completed` record what the order shows about refunds.
+//! - `session:revoked` adds the session to the revoked list ([`platform::revocation`]).
 
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
 use platform::db::{Tx, millis};
 use platform::events::{
     ContractEvent, ExpirationComplete, OrderPaymentRejected, PaymentCreated, RefundCompleted, RefundCreated,
-    TicketCreated, TicketUpdated,
+    SessionRevoked, TicketCreated, TicketUpdated,
 };
-use platform::outbox;
+use platform::{outbox, revocation};
 use uuid::Uuid;
 
 use crate::domain::{self, EndReason, Ended, OrderStatus};
@@ -35,6 +36,7 @@ pub const KINDS: &[&str] = &[
     PaymentCreated::KIND,
     RefundCreated::KIND,
     RefundCompleted::KIND,
+    SessionRevoked::KIND,
 ];
 
 /// Applies ticket, expiration, payment and refund events. Wrap it in
@@ -65,6 +67,7 @@ impl EventHandler for OrderEvents {
                 tracing::info!(order_id = %done.order_id, payment_id = %done.payment_id, amount = done.amount, "refunded");
                 Ok(())
             }
+            SessionRevoked::KIND => revocation::apply_event(tx, event).await,
             other => Err(HandleError::Malformed(anyhow::anyhow!("orders does not consume {other}"))),
         }
     }

@@ -20,6 +20,7 @@ use platform::consumer::Consumer;
 use platform::db::Db;
 use platform::money::Currency;
 use platform::outbox::OutboxWaker;
+use platform::revocation::RevokedSessions;
 use platform::service::{Context, Service};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -58,7 +59,12 @@ pub async fn start(ctx: &Context, settings: &OrdersSettings) -> anyhow::Result<S
         .route("/api/orders", get(routes::list_orders).post(routes::create_order))
         .route("/api/orders/{id}", get(routes::show_order).delete(routes::cancel_order))
         .with_state(state);
-    Ok(Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: vec![relay, subscriber] })
+    Ok(Service {
+        name: NAME,
+        router: ctx.api_router(api).layer(RevokedSessions::layer(&db)),
+        checks: ctx.readiness(&db),
+        tasks: vec![relay, subscriber, ctx.start_retention(&db, &[])],
+    })
 }
 
 #[derive(utoipa::OpenApi)]

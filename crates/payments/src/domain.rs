@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use platform::db::{Db, now_millis};
-use platform::events::{ContractEvent, PaymentCreated, RefundCompleted, RefundCreated};
+use platform::events::{ContractEvent, OrderStatus, PaymentCreated, RefundCompleted, RefundCreated};
 use platform::money::Currency;
 use platform::outbox::{self, OutboxWaker};
 use platform::worker::{Job, Step, Waker, Worker};
@@ -63,7 +63,7 @@ use uuid::Uuid;
 use crate::gateway::{
     Charge, ChargeRequest, Gateway, GatewayError, Refund, RefundRequest, charge_idempotency_key, refund_idempotency_key,
 };
-use crate::store::{self, ChargeAttempt, OrderRecord, PaymentRecord, attempt_status, payment_status, status};
+use crate::store::{self, ChargeAttempt, OrderRecord, PaymentRecord, attempt_status, payment_status};
 
 /// How long Stripe remembers an idempotency key.
 const GATEWAY_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -193,10 +193,10 @@ impl PaymentService {
             // Held only for the checks: never across the gateway call.
             let mut conn = self.db.pool.acquire().await?;
             let order = store::find_order(&mut conn, order_id).await?.ok_or(PayError::UnknownOrder)?;
-            if order.status == status::CANCELLED {
+            if order.status == OrderStatus::Cancelled {
                 return Err(PayError::Cancelled);
             }
-            if order.status == status::COMPLETE || store::kept_payment(&mut conn, order_id).await?.is_some() {
+            if order.status == OrderStatus::Complete || store::kept_payment(&mut conn, order_id).await?.is_some() {
                 return Err(PayError::AlreadyPaid);
             }
             if now_millis() > order.expires_at {
@@ -228,7 +228,10 @@ impl PaymentService {
         loop {
             {
                 let mut conn = self.db.pool.acquire().await?;
-                if store::find_order(&mut conn, order_id).await?.is_some_and(|order| order.status == status::COMPLETE) {
+                if store::find_order(&mut conn, order_id)
+                    .await?
+                    .is_some_and(|order| order.status == OrderStatus::Complete)
+                {
                     return Ok(payment_id);
                 }
                 let payment = store::find_payment(&mut conn, payment_id).await?;
@@ -339,14 +342,14 @@ impl PaymentService {
         let mut tx = self.db.begin().await?;
         let current = store::lock_order(&mut tx, order_id).await?;
         let decision = match store::payment_by_charge(&mut tx, &charge.id).await? {
-            Some(recorded) => Decision::AlreadyRecorded(match current.as_ref().map(|order| order.status.as_str()) {
-                Some(status::CANCELLED) if recorded.status != payment_status::SUCCEEDED => PayError::Cancelled,
+            Some(recorded) => Decision::AlreadyRecorded(match current.as_ref().map(|order| order.status) {
+                Some(OrderStatus::Cancelled) if recorded.status != payment_status::SUCCEEDED => PayError::Cancelled,
                 _ => PayError::AlreadyPaid,
             }),
             // A cancelled order is orders' to decide: a payment accepted before it ended wins
             // (see docs/purchase-flow.md); one that did not is rejected, then refunded.
-            None => match current.as_ref().map(|order| order.status.as_str()) {
-                Some(status::COMPLETE) => Decision::GiveBack(PayError::AlreadyPaid),
+            None => match current.as_ref().map(|order| order.status) {
+                Some(OrderStatus::Complete) => Decision::GiveBack(PayError::AlreadyPaid),
                 _ if store::kept_payment(&mut tx, order_id).await?.is_some() => {
                     Decision::GiveBack(PayError::AlreadyPaid)
                 }

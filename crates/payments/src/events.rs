@@ -14,15 +14,18 @@ use std::sync::Arc;
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
 use platform::db::{Tx, millis};
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderPaymentRejected};
+use platform::events::{
+    ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderPaymentRejected, OrderStatus, SessionRevoked,
+};
+use platform::revocation;
 use uuid::Uuid;
 
 use crate::domain::PaymentService;
-use crate::store::{self, OrderRecord, status};
+use crate::store::{self, OrderRecord};
 
 /// The event kinds payments consumes.
 pub const KINDS: &[&str] =
-    &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND, OrderPaymentRejected::KIND];
+    &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND, OrderPaymentRejected::KIND, SessionRevoked::KIND];
 
 pub struct OrderEvents {
     pub payments: Arc<PaymentService>,
@@ -36,7 +39,13 @@ enum Step {
 
 impl OrderEvents {
     /// Applies a status change at `version` with the version rule.
-    async fn change_status(&self, tx: &mut Tx, id: Uuid, new_status: &str, version: i64) -> Result<Step, HandleError> {
+    async fn change_status(
+        &self,
+        tx: &mut Tx,
+        id: Uuid,
+        new_status: OrderStatus,
+        version: i64,
+    ) -> Result<Step, HandleError> {
         let Some(order) = store::find_order(tx, id).await? else {
             return Err(HandleError::Retry(anyhow::anyhow!("order {id} is not known yet (order:created pending)")));
         };
@@ -72,7 +81,7 @@ impl EventHandler for OrderEvents {
             }
             OrderCancelled::KIND => {
                 let order: OrderCancelled = payload(event)?;
-                if let Step::Applied = self.change_status(tx, order.id, status::CANCELLED, order.version).await? {
+                if let Step::Applied = self.change_status(tx, order.id, OrderStatus::Cancelled, order.version).await? {
                     tracing::debug!(order_id = %order.id, "order cancelled");
                 }
                 // A payment of the order is not refunded here: one accepted before the order
@@ -84,10 +93,11 @@ impl EventHandler for OrderEvents {
             }
             OrderCompleted::KIND => {
                 let order: OrderCompleted = payload(event)?;
-                if let Step::Applied = self.change_status(tx, order.id, status::COMPLETE, order.version).await? {
+                if let Step::Applied = self.change_status(tx, order.id, OrderStatus::Complete, order.version).await? {
                     tracing::debug!(order_id = %order.id, "order complete");
                 }
             }
+            SessionRevoked::KIND => revocation::apply_event(tx, event).await?,
             other => return Err(HandleError::Malformed(anyhow::anyhow!("payments does not consume {other}"))),
         }
         Ok(())

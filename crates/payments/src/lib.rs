@@ -29,6 +29,7 @@ use axum::routing::post;
 use platform::bus::dyn_handler;
 use platform::consumer::Consumer;
 use platform::money::Currency;
+use platform::revocation::RevokedSessions;
 use platform::service::{Context, Service};
 
 pub use domain::PaymentService;
@@ -211,9 +212,9 @@ async fn launch(
     let api = Router::new().route("/api/payments", post(routes::payments::create_payment)).with_state(payments.clone());
     let service = Service {
         name: NAME,
-        router: ctx.api_router(api),
+        router: ctx.api_router(api).layer(RevokedSessions::layer(&db)),
         checks: ctx.readiness(&db),
-        tasks: vec![relay, subscription, reconciler],
+        tasks: vec![relay, subscription, reconciler, ctx.start_retention(&db, &[])],
     };
     Ok((service, payments))
 }

@@ -2,16 +2,10 @@
 //! what was asked of the gateway) and the payments themselves. Portable SQL only.
 
 use platform::db::uuid_column;
+use platform::events::OrderStatus;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
-
-/// Order statuses, as the orders service names them.
-pub mod status {
-    pub const CREATED: &str = "created";
-    pub const CANCELLED: &str = "cancelled";
-    pub const COMPLETE: &str = "complete";
-}
 
 /// Payment statuses.
 pub mod payment_status {
@@ -41,7 +35,7 @@ pub struct OrderRecord {
     pub user_id: Uuid,
     /// In minor units.
     pub price: i64,
-    pub status: String,
+    pub status: OrderStatus,
     pub version: i64,
     /// Milliseconds since the epoch.
     pub expires_at: i64,
@@ -89,12 +83,16 @@ pub struct ChargeAttempt {
     pub updated_at: i64,
 }
 
+fn order_status(text: String) -> Result<OrderStatus, sqlx::Error> {
+    OrderStatus::parse(&text).ok_or_else(|| sqlx::Error::Decode(format!("unknown order status {text:?}").into()))
+}
+
 fn order_from(row: &AnyRow) -> Result<OrderRecord, sqlx::Error> {
     Ok(OrderRecord {
         id: uuid_column(row, "id")?,
         user_id: uuid_column(row, "user_id")?,
         price: row.try_get("price")?,
-        status: row.try_get("status")?,
+        status: order_status(row.try_get("status")?)?,
         version: row.try_get("version")?,
         expires_at: row.try_get("expires_at")?,
     })
@@ -170,7 +168,7 @@ pub async fn insert_order(conn: &mut AnyConnection, order: &OrderRecord) -> Resu
     .bind(order.id.to_string())
     .bind(order.user_id.to_string())
     .bind(order.price)
-    .bind(&order.status)
+    .bind(order.status.as_str())
     .bind(order.version)
     .bind(order.expires_at)
     .execute(conn)
@@ -183,11 +181,11 @@ pub async fn insert_order(conn: &mut AnyConnection, order: &OrderRecord) -> Resu
 pub async fn update_order_status(
     conn: &mut AnyConnection,
     id: Uuid,
-    status: &str,
+    status: OrderStatus,
     version: i64,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query("UPDATE orders SET status = $1, version = $2 WHERE id = $3 AND version = $4")
-        .bind(status)
+        .bind(status.as_str())
         .bind(version)
         .bind(id.to_string())
         .bind(version - 1)

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Outage, Stand, TestGateway, WAIT, messages, quick_reconciler};
+use common::{Outage, Stand, TestGateway, WAIT, messages, quick_reconciler, reconcile_rounds};
 use payments::gateway::{Gateway, SandboxGateway};
 use reqwest::StatusCode;
 use testkit::{Backend, eventually};
@@ -15,9 +15,6 @@ use time::Duration;
 use uuid::Uuid;
 
 const WINDOW: Duration = Duration::minutes(15);
-
-/// Long enough for several reconciler rounds past the grace period of [`quick_reconciler`].
-const SEVERAL_ROUNDS: std::time::Duration = std::time::Duration::from_millis(1000);
 
 testkit::on_both_backends!(
     a_charge_taken_before_a_crash_is_recorded_after_the_restart,
@@ -80,7 +77,7 @@ async fn a_charge_taken_before_a_crash_is_recorded_after_the_restart(backend: Ba
     );
 
     // Later rounds, and the client paying again, change nothing.
-    tokio::time::sleep(SEVERAL_ROUNDS).await;
+    reconcile_rounds(&stand.payments, 3).await;
     let (status, body) = stand.user_as(buyer.id).pay(order.id, "tok_visa").await;
     assert_eq!((status, messages(&body)), (StatusCode::BAD_REQUEST, vec!["Order has already been paid".to_owned()]));
     assert_eq!(gateway.keys_asked_for(order.id).len(), 2);
@@ -112,7 +109,7 @@ async fn an_attempt_that_never_reached_the_gateway_is_charged_after_the_restart(
     assert_eq!(gateway.keys_asked_for(order.id), vec![attempt.idempotency_key.clone()]);
     assert_eq!(stand.created.wait_for(order.id).await.charge_id, charges[0].id);
 
-    tokio::time::sleep(SEVERAL_ROUNDS).await;
+    reconcile_rounds(&stand.payments, 3).await;
     assert_eq!(sandbox.charges().await.len(), 1);
     assert_eq!(stand.created.for_order(order.id).len(), 1);
     stand.stop().await;
@@ -161,7 +158,7 @@ async fn an_unavailable_gateway_answers_503_and_the_reconciler_settles_later(bac
     gateway.set_outage(Outage::LosesAnswers);
     let (status, body) = buyer.pay(order.id, "tok_visa").await;
     assert_eq!((status, messages(&body)), unavailable);
-    tokio::time::sleep(SEVERAL_ROUNDS).await;
+    reconcile_rounds(&stand.payments, 3).await;
     let attempts = stand.attempts_of(order.id).await;
     assert_eq!((attempts.len(), attempts[0].status.as_str()), (1, "charging"), "{attempts:?}");
     assert!(stand.payments_of(order.id).await.is_empty());
@@ -200,7 +197,7 @@ async fn an_unavailable_gateway_answers_503_and_the_reconciler_settles_later(bac
     let order = stand.order(&buyer, 1500, WINDOW).await;
     let (status, body) = buyer.pay(order.id, "tok_chargeDeclined").await;
     assert_eq!((status, messages(&body)), (StatusCode::PAYMENT_REQUIRED, vec!["Your card was declined.".to_owned()]));
-    tokio::time::sleep(SEVERAL_ROUNDS).await;
+    reconcile_rounds(&stand.payments, 3).await;
     let attempts = stand.attempts_of(order.id).await;
     assert_eq!(
         (attempts.len(), attempts[0].status.as_str(), attempts[0].outcome.as_deref(), attempts[0].token.as_deref()),

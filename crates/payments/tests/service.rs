@@ -345,7 +345,7 @@ async fn a_cancellation_that_arrives_first_waits_for_its_order(backend: Backend)
     let order = platform::events::OrderCreated {
         id: Uuid::new_v4(),
         version: 0,
-        status: "created".into(),
+        status: platform::events::OrderStatus::Created,
         user_id: buyer.id,
         expires_at: time::OffsetDateTime::now_utc() + WINDOW,
         ticket: platform::events::PricedTicketRef { id: Uuid::new_v4(), price: 1500 },

@@ -61,12 +61,42 @@ pub struct PricedTicketRef {
     pub price: i64,
 }
 
+/// An order's status, spelled as the contract spells it on the wire and in every database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum OrderStatus {
+    #[serde(rename = "created")]
+    Created,
+    #[serde(rename = "cancelled")]
+    Cancelled,
+    #[serde(rename = "awaiting:payment")]
+    AwaitingPayment,
+    #[serde(rename = "complete")]
+    Complete,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Cancelled => "cancelled",
+            Self::AwaitingPayment => "awaiting:payment",
+            Self::Complete => "complete",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Created, Self::Cancelled, Self::AwaitingPayment, Self::Complete]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCreated {
     pub id: Uuid,
     pub version: i64,
-    pub status: String,
+    pub status: OrderStatus,
     pub user_id: Uuid,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
@@ -169,4 +199,22 @@ pub struct RefundCompleted {
 
 impl ContractEvent for RefundCompleted {
     const KIND: &'static str = "refund:completed";
+}
+
+/// A session token was revoked (its holder signed out): every service that authenticates
+/// requests refuses it from now on, until it would have expired anyway. Published by auth.
+/// **(ours)**
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRevoked {
+    /// The session id: the token's `jti`.
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// The token's `exp`: after it the token is refused anyway, so the revocation can go.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl ContractEvent for SessionRevoked {
+    const KIND: &'static str = "session:revoked";
 }

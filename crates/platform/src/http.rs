@@ -34,18 +34,63 @@ pub struct ReadinessCheck {
 }
 
 /// What `/readyz` answers: "starting" until the process's services have started (they wait for
-/// their database and bus, retrying), then the result of their checks.
+/// their database and bus, retrying), then the result of their checks. It also holds what
+/// `/healthz` answers: a process whose background loop stopped before shutdown is not live.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<std::sync::RwLock<Option<Arc<Vec<ReadinessCheck>>>>>);
+pub struct Readiness {
+    checks: Arc<std::sync::RwLock<Option<Arc<Vec<ReadinessCheck>>>>>,
+    /// The loops that stopped while they should still run.
+    dead: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
 
 impl Readiness {
+    /// Watches a service's background loop: if it ends before `shutdown` (it returned, or
+    /// panicked outside the steps its worker already catches), the cause is logged and
+    /// `/healthz` answers 503 from then on, so an orchestrator restarts the process instead of
+    /// leaving it serving without, say, its event consumer. The returned task ends with it.
+    pub fn watch(
+        &self,
+        service: &'static str,
+        task: tokio::task::JoinHandle<()>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let dead = self.dead.clone();
+        tokio::spawn(async move {
+            let ended = task.await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match ended {
+                Ok(()) => {
+                    tracing::error!(service, "a background loop stopped before shutdown; the process is no longer live")
+                }
+                Err(err) => {
+                    tracing::error!(service, error = %err, "a background loop died; the process is no longer live")
+                }
+            }
+            dead.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(service);
+        })
+    }
+
+    fn live(&self) -> Response {
+        let dead = self.dead.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if dead.is_empty() {
+            return "ok".into_response();
+        }
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "a background loop stopped", "services": dead })),
+        )
+            .into_response()
+    }
+
     /// The services started; from now on `/readyz` runs `checks`.
     pub fn started(&self, checks: Vec<ReadinessCheck>) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(checks));
+        *self.checks.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(checks));
     }
 
     fn checks(&self) -> Option<Arc<Vec<ReadinessCheck>>> {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.checks.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Runs every check at once and answers 200 unless a required one fails, with each check's
@@ -99,43 +144,50 @@ struct HealthProbe;
 
 /// The outermost layers: request ids, request logs, trace ids, health endpoints.
 pub fn with_observability(app: Router, readiness: Readiness) -> Router {
-    app.route("/healthz", get(|| async { (axum::Extension(HealthProbe), "ok") }))
-        .route(
-            "/readyz",
-            get(move || {
-                let readiness = readiness.clone();
-                async move { (axum::Extension(HealthProbe), readiness.respond().await) }
+    let liveness = readiness.clone();
+    app.route(
+        "/healthz",
+        get(move || {
+            let liveness = liveness.clone();
+            async move { (axum::Extension(HealthProbe), liveness.live()) }
+        }),
+    )
+    .route(
+        "/readyz",
+        get(move || {
+            let readiness = readiness.clone();
+            async move { (axum::Extension(HealthProbe), readiness.respond().await) }
+        }),
+    )
+    // Events written while answering carry the request id on (see `telemetry`).
+    .layer(middleware::from_fn(scope_trace_id))
+    // A panicking handler answers 500 in the envelope, and the panic is logged (inside the
+    // request's span, so with its id) instead of the connection just dropping.
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+    .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+    .layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|request: &Request<Body>| {
+                let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                let path = request.uri().path();
+                if path == "/healthz" || path == "/readyz" {
+                    tracing::debug_span!("request", method = %request.method(), path = %path, request_id = %request_id)
+                } else {
+                    tracing::info_span!("request", method = %request.method(), path = %path, request_id = %request_id)
+                }
+            })
+            .on_response(|response: &Response, latency: Duration, _: &tracing::Span| {
+                let status = response.status().as_u16();
+                let latency_us = latency.as_micros() as u64;
+                if response.extensions().get::<HealthProbe>().is_some() {
+                    tracing::debug!(status, latency_us, "finished processing request");
+                } else {
+                    tracing::info!(status, latency_us, "finished processing request");
+                }
             }),
-        )
-        // Events written while answering carry the request id on (see `telemetry`).
-        .layer(middleware::from_fn(scope_trace_id))
-        // A panicking handler answers 500 in the envelope, and the panic is logged (inside the
-        // request's span, so with its id) instead of the connection just dropping.
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<Body>| {
-                    let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    let path = request.uri().path();
-                    if path == "/healthz" || path == "/readyz" {
-                        tracing::debug_span!("request", method = %request.method(), path = %path, request_id = %request_id)
-                    } else {
-                        tracing::info_span!("request", method = %request.method(), path = %path, request_id = %request_id)
-                    }
-                })
-                .on_response(|response: &Response, latency: Duration, _: &tracing::Span| {
-                    let status = response.status().as_u16();
-                    let latency_us = latency.as_micros() as u64;
-                    if response.extensions().get::<HealthProbe>().is_some() {
-                        tracing::debug!(status, latency_us, "finished processing request");
-                    } else {
-                        tracing::info!(status, latency_us, "finished processing request");
-                    }
-                }),
-        )
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
-        .layer(middleware::from_fn(nosniff))
+    )
+    .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+    .layer(middleware::from_fn(nosniff))
 }
 
 /// Every answer, API or page or error, is what its `Content-Type` says: a browser must not
@@ -407,6 +459,49 @@ mod tests {
         assert!(response.headers().contains_key("x-request-id"));
         let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], br#"{"errors":[{"message":"Something went wrong"}]}"#);
+    }
+
+    /// A background loop that dies makes `/healthz` answer 503 with the service's name; one
+    /// that ends because the process is shutting down does not.
+    #[tokio::test]
+    async fn a_process_whose_loop_died_is_not_live() {
+        let readiness = Readiness::default();
+        let app = with_observability(Router::new(), readiness.clone());
+        let health = || async {
+            let response = app.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+            let status = response.status();
+            (
+                status,
+                String::from_utf8(axum::body::to_bytes(response.into_body(), 1024).await.unwrap().to_vec()).unwrap(),
+            )
+        };
+        let running = tokio_util::sync::CancellationToken::new();
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let watched = readiness.watch("orders", tokio::spawn(async move { drop(wait.await) }), running.clone());
+        assert_eq!(health().await, (StatusCode::OK, "ok".to_owned()));
+
+        let stopping = tokio_util::sync::CancellationToken::new();
+        stopping.cancel();
+        readiness.watch("tickets", tokio::spawn(async {}), stopping).await.unwrap();
+        assert_eq!(health().await.0, StatusCode::OK, "a loop stopped by shutdown is not a death");
+
+        drop(release);
+        watched.await.unwrap();
+        let (status, body) = health().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("orders"), "{body}");
+
+        readiness
+            .watch(
+                "payments",
+                tokio::spawn(async {
+                    let _ = panic_now("loop bug");
+                }),
+                running,
+            )
+            .await
+            .unwrap();
+        assert!(health().await.1.contains("payments"));
     }
 
     #[derive(Clone, Default)]

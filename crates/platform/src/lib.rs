@@ -7,6 +7,7 @@
 //! - [`bus`]: the durable event bus (NATS JetStream or embedded);
 //! - [`outbox`] and [`consumer`]: exactly-once effects over an at-least-once bus;
 //! - [`events`]: the contract's event payloads;
+//! - [`revocation`]: the revoked-session list every authenticating service keeps;
 //! - [`http`], [`telemetry`], [`metrics`]: the HTTP surface, logs and metrics every service
 //!   shares.
 
@@ -21,6 +22,8 @@ pub mod metrics;
 pub mod money;
 pub mod outbox;
 pub mod ratelimit;
+pub mod retention;
+pub mod revocation;
 pub mod service;
 pub mod session;
 pub mod settings;

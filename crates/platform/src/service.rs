@@ -16,8 +16,10 @@ use crate::bus::EventBus;
 use crate::db::{Db, database_url};
 use crate::http::ReadinessCheck;
 use crate::outbox::{OutboxRelay, OutboxWaker};
+use crate::retention::{RETENTION_EVERY, Retention, Sweep};
 use crate::session::SessionKeys;
 use crate::settings::Settings;
+use crate::worker::Worker;
 
 /// What every service is started with.
 #[derive(Clone)]
@@ -60,6 +62,16 @@ impl Context {
         let waker = OutboxWaker::default();
         let task = OutboxRelay::new(db.clone(), self.bus.clone()).spawn(waker.clone(), self.shutdown.clone());
         (waker, task)
+    }
+
+    /// Starts the deletion of `db`'s old rows: processed-event ids and what `sweeps` name after
+    /// `RETENTION_DAYS`, revoked sessions once expired (see [`crate::retention`]).
+    pub fn start_retention(&self, db: &Db, sweeps: &[Sweep]) -> JoinHandle<()> {
+        let job = Retention::new(db.clone(), self.settings.retention(), sweeps);
+        Worker::new(job)
+            .poll_every(RETENTION_EVERY)
+            .max_backoff(std::time::Duration::from_secs(60))
+            .spawn(self.shutdown.clone())
     }
 
     /// Readiness of a service that uses the bus: ready while its database answers; the bus's

@@ -4,6 +4,12 @@
 //! algorithm (including `alg=none`) makes the request anonymous; it is never an error by itself.
 //! Handlers ask for [`MaybeUser`] or [`RequireUser`]; the keys travel in a request extension
 //! put there by [`crate::http::service_router`], so services need no extra state for this.
+//!
+//! Every token carries a session id (`jti`, a UUIDv7). The extractors also refuse a token whose
+//! session was revoked (signed out): they look it up in the service's own revoked-session list,
+//! [`crate::revocation::RevokedSessions`], which the service puts on its API router. A token
+//! without a `jti` (issued before sessions could be revoked) is anonymous, since it could never
+//! be signed out.
 
 use std::sync::Arc;
 
@@ -16,6 +22,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::revocation::RevokedSessions;
 
 pub const COOKIE_NAME: &str = "session";
 
@@ -26,6 +33,8 @@ pub struct Claims {
     pub email: String,
     pub iat: i64,
     pub exp: i64,
+    /// The session id, named in `session:revoked` when the session is signed out **(ours)**.
+    pub jti: Uuid,
 }
 
 /// The signed-in user of a request.
@@ -88,7 +97,13 @@ impl SessionKeys {
     /// A fresh token for this user, valid for the configured lifetime.
     pub fn issue(&self, id: Uuid, email: &str) -> anyhow::Result<String> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let claims = Claims { id, email: email.to_owned(), iat: now, exp: now + self.lifetime.whole_seconds() };
+        let claims = Claims {
+            id,
+            email: email.to_owned(),
+            iat: now,
+            exp: now + self.lifetime.whole_seconds(),
+            jti: Uuid::now_v7(),
+        };
         Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }
 
@@ -171,6 +186,21 @@ fn keys(parts: &Parts) -> Result<&Arc<SessionKeys>, ApiError> {
         .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("session keys are not installed on this router")))
 }
 
+/// The user a request's token proves, unless their session was revoked.
+async fn signed_in_user(parts: &Parts) -> Result<Option<CurrentUser>, ApiError> {
+    let Some(claims) = keys(parts)?.user_from_headers(&parts.headers) else {
+        return Ok(None);
+    };
+    let revoked = parts.extensions.get::<RevokedSessions>().ok_or_else(|| {
+        ApiError::Unexpected(anyhow::anyhow!("the revoked-session list is not installed on this router"))
+    })?;
+    if revoked.contains(claims.jti).await? {
+        tracing::debug!(session_id = %claims.jti, "revoked session token refused");
+        return Ok(None);
+    }
+    Ok(Some(claims))
+}
+
 /// The signed-in user, if there is one.
 #[derive(Debug, Clone)]
 pub struct MaybeUser(pub Option<CurrentUser>);
@@ -179,7 +209,7 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(keys(parts)?.user_from_headers(&parts.headers)))
+        Ok(Self(signed_in_user(parts).await?))
     }
 }
 
@@ -191,7 +221,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequireUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        keys(parts)?.user_from_headers(&parts.headers).map(Self).ok_or(ApiError::Unauthorized)
+        signed_in_user(parts).await?.map(Self).ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -239,6 +269,19 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn tokens_without_a_session_id_are_refused_and_each_token_has_its_own() {
+        let keys = keys();
+        let id = Uuid::new_v4();
+        let (first, second) = (keys.issue(id, "a@b.co").unwrap(), keys.issue(id, "a@b.co").unwrap());
+        assert_ne!(keys.verify(&first).unwrap().jti, keys.verify(&second).unwrap().jti);
+        // Signed with the right key, but from before sessions had ids: it can never be revoked.
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let legacy = serde_json::json!({"id": id, "email": "a@b.co", "iat": now, "exp": now + 60});
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &legacy, &keys.encoding).unwrap();
+        assert!(keys.verify(&token).is_none());
     }
 
     #[test]

@@ -99,6 +99,11 @@ pub struct Settings {
     #[arg(long, env = "ACK_WAIT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub ack_wait_seconds: u64,
 
+    /// Days kept of what only grows: processed-event ids, ended timers, settled embedded-bus
+    /// messages (0: forever). Keep it above the stream's age limit.
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 7)]
+    pub retention_days: u32,
+
     /// JetStream stream holding the marketplace's events.
     #[arg(long, env = "NATS_STREAM", default_value = "TICKETING")]
     pub nats_stream: String,
@@ -181,6 +186,7 @@ impl std::fmt::Debug for Settings {
             .field("nats_stream_max_bytes", &self.nats_stream_max_bytes)
             .field("nats_stream_storage", &self.nats_stream_storage)
             .field("ack_wait_seconds", &self.ack_wait_seconds)
+            .field("retention_days", &self.retention_days)
             .field("nats_stream", &self.nats_stream)
             .field("subject_prefix", &self.subject_prefix)
             .field("jwt_key", &self.jwt_key.as_ref().map(|_| "<set>"))
@@ -205,6 +211,11 @@ impl Settings {
     /// Embedded mode: no external database and no external bus.
     pub fn is_embedded(&self) -> bool {
         self.database_url.is_none() && self.nats_url.is_none()
+    }
+
+    /// How long retention keeps rows; `None` keeps them forever (`RETENTION_DAYS=0`).
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        (self.retention_days > 0).then(|| std::time::Duration::from_secs(u64::from(self.retention_days) * 86_400))
     }
 
     /// The session secret: `JWT_KEY`, else `JWT_KEY_FILE`, else (embedded mode only) a random

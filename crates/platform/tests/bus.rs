@@ -15,7 +15,7 @@ use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{BusError, Delivery, DynHandler, Event, EventBus, Handler, Outcome, RetryPolicy};
 use platform::consumer::{self, Consumer, EventHandler, HandleError};
-use platform::db::{Db, Tx};
+use platform::db::{Db, Tx, now_millis};
 use platform::outbox::{self, OutboxRelay, OutboxWaker};
 use serde_json::json;
 use sqlx::migrate::Migrator;
@@ -1126,4 +1126,39 @@ async fn the_embedded_bus_has_one_owner_and_its_successor_releases_dead_leases()
     assert!(started.elapsed() < Duration::from_secs(30), "waited for the dead lease: {:?}", started.elapsed());
     assert_eq!(survivor.all()[0].event.id, sent.id);
     running.stop().await;
+}
+
+/// Retention on the embedded bus deletes the messages every group has settled once they are
+/// old, and keeps the ones a group still has to handle, which are then delivered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_retention_deletes_settled_messages_only() {
+    let setup = Setup::new(Which::Embedded);
+    let bus =
+        Arc::new(EmbeddedBus::open(&setup.dir.path().join("bus.db"), &setup.prefix, policy()).await.expect("opens"));
+    let retention = bus.retention(Duration::from_secs(3_600));
+    let group = unique_name("g");
+    let seen = Seen::default();
+    let running = subscribe(&*bus, &group, &[KIND], acking(&seen)).await;
+    let settled = Event::new(KIND, json!({ "n": 1 }));
+    bus.publish(&settled).await.expect("cannot publish");
+    seen.wait_for(1, "the first event").await;
+    running.stop().await;
+    let pending = Event::new(KIND, json!({ "n": 2 }));
+    bus.publish(&pending).await.expect("cannot publish");
+
+    // Nothing is old yet.
+    assert_eq!(retention.sweep_before(now_millis() - 3_600_000).await.unwrap(), 0);
+    // Past the cutoff, only the settled one goes (once its acknowledgement is recorded).
+    eventually(WAIT, "the settled message to be deleted", || {
+        let retention = &retention;
+        async move { (retention.sweep_before(now_millis() + 1_000).await.unwrap() == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(retention.sweep_before(now_millis() + 1_000).await.unwrap(), 0);
+
+    let later = Seen::default();
+    let running = subscribe(&*bus, &group, &[KIND], acking(&later)).await;
+    later.wait_for_id(pending.id, WAIT, "the pending event after the sweep").await;
+    running.stop().await;
+    assert_eq!(later.ids(), vec![pending.id]);
 }

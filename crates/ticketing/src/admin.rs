@@ -68,6 +68,10 @@ pub struct Selection {
 const CONSUMERS: &[ServiceName] =
     &[ServiceName::Tickets, ServiceName::Orders, ServiceName::Expiration, ServiceName::Payments];
 
+/// The services with an outbox: the consumers, and auth (`session:revoked`).
+const PUBLISHERS: &[ServiceName] =
+    &[ServiceName::Auth, ServiceName::Tickets, ServiceName::Orders, ServiceName::Expiration, ServiceName::Payments];
+
 /// Runs an admin command; returns what to print.
 pub async fn run(args: &AdminArgs) -> anyhow::Result<String> {
     match &args.command {
@@ -112,7 +116,7 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<String> {
         }
         AdminCommand::Outbox => {
             let mut out = String::from("SERVICE\tWAITING\tOLDEST AGE (s)\n");
-            for service in CONSUMERS {
+            for service in PUBLISHERS {
                 let db = open(&args.settings, *service).await?;
                 let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox")
                     .fetch_one(&db.pool)

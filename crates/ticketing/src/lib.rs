@@ -15,9 +15,11 @@ use platform::bus::nats::{NatsBus, NatsConnection, StreamSettings};
 use platform::bus::{EventBus, RetryPolicy};
 use platform::error::ApiError;
 use platform::http::{Readiness, ReadinessCheck};
+use platform::retention::RETENTION_EVERY;
 use platform::service::{Context, Service};
 use platform::session::SessionKeys;
 use platform::settings::Settings;
+use platform::worker::Worker;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -128,7 +130,7 @@ fn retry_policy(settings: &Settings) -> RetryPolicy {
 /// The bus named by the settings. NATS connects in the background (the process runs while it is
 /// down); this fails only on settings that cannot work, or when the embedded bus's data dir is
 /// held by another process.
-async fn connect_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
+async fn connect_bus(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn EventBus>> {
     let policy = retry_policy(settings);
     Ok(match &settings.nats_url {
         Some(url) => {
@@ -155,7 +157,11 @@ async fn connect_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
         }
         None => {
             platform::settings::create_private_dir(&settings.data_dir)?;
-            Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db"), &settings.subject_prefix, policy).await?)
+            let bus = EmbeddedBus::open(&settings.data_dir.join("bus.db"), &settings.subject_prefix, policy).await?;
+            if let Some(keep) = settings.retention() {
+                Worker::new(bus.retention(keep)).poll_every(RETENTION_EVERY).spawn(shutdown.clone());
+            }
+            Arc::new(bus)
         }
     })
 }
@@ -278,6 +284,7 @@ pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow
     };
     let _ = services_app.set(router);
     readiness.started(checks);
+    let tasks = tasks.into_iter().map(|(service, task)| readiness.watch(service, task, shutdown.clone())).collect();
     tracing::info!(
         %addr,
         services = ?names,
@@ -297,7 +304,7 @@ async fn start_services(
     settings: Settings,
     keys: Arc<SessionKeys>,
     attempt: CancellationToken,
-) -> anyhow::Result<(Router, Vec<ReadinessCheck>, Vec<JoinHandle<()>>)> {
+) -> anyhow::Result<(Router, Vec<ReadinessCheck>, Vec<(&'static str, JoinHandle<()>)>)> {
     let mut services: Vec<Service> = Vec::new();
     let started = start_each(&args, &names, &settings, &keys, &attempt, &mut services).await;
     if let Err(err) = started {
@@ -316,7 +323,7 @@ async fn start_services(
     for service in services {
         app = app.merge(service.router);
         checks.extend(service.checks);
-        tasks.extend(service.tasks);
+        tasks.extend(service.tasks.into_iter().map(|task| (service.name, task)));
     }
     if names.iter().any(|name| *name != ServiceName::Web) {
         let spec = openapi(&names);
@@ -339,7 +346,7 @@ async fn start_each(
     attempt: &CancellationToken,
     services: &mut Vec<Service>,
 ) -> anyhow::Result<()> {
-    let bus = connect_bus(settings).await?;
+    let bus = connect_bus(settings, attempt).await?;
     let ctx = Context { settings: settings.clone(), keys: keys.clone(), bus, shutdown: attempt.clone() };
     for name in names {
         let service = match name {
@@ -350,7 +357,9 @@ async fn start_each(
             ServiceName::Payments => payments::start(&ctx, &args.payments).await,
             ServiceName::Web => web::start(&ctx, &args.web).await,
         };
-        services.push(service.with_context(|| format!("cannot start the {name:?} service"))?);
+        let service = service.with_context(|| format!("cannot start the {name:?} service"))?;
+        tracing::info!(service = service.name, "started");
+        services.push(service);
     }
     Ok(())
 }
@@ -367,7 +376,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     }
     for name in names {
         let (service, migrator) = match name {
-            ServiceName::Auth => ("auth", &auth::MIGRATOR),
+            ServiceName::Auth => (auth::NAME, &auth::MIGRATOR),
             ServiceName::Tickets => (tickets::NAME, &tickets::MIGRATOR),
             ServiceName::Orders => (orders::NAME, &orders::MIGRATOR),
             ServiceName::Expiration => (expiration::NAME, &expiration::MIGRATOR),

@@ -35,7 +35,7 @@ const STREAM: &str = "TICKETING";
 /// The subject each service publishes in this test: one of its own aggregate's.
 fn own_subject(service: &str) -> &'static str {
     match service {
-        "auth" => "ticketing.user.signed_up",
+        "auth" => "ticketing.session.revoked",
         "tickets" => "ticketing.ticket.created",
         "orders" => "ticketing.order.created",
         "expiration" => "ticketing.expiration.complete",

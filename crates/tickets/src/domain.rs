@@ -176,6 +176,41 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
+/// How many tickets one seller may list per hour, counted over the last hour (a sliding
+/// window, so there is no burst at the turn of the hour). 0: unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreationLimit {
+    pub per_hour: u32,
+}
+
+impl CreationLimit {
+    pub const WINDOW_MILLIS: i64 = 3_600_000;
+
+    /// The limit, or `None` when there is none.
+    pub fn per_window(self) -> Option<i64> {
+        (self.per_hour > 0).then_some(i64::from(self.per_hour))
+    }
+
+    /// Tickets created after this instant (ms) count against the limit at `now_ms`.
+    pub fn window_start(now_ms: i64) -> i64 {
+        now_ms - Self::WINDOW_MILLIS
+    }
+
+    /// Given when the seller's latest tickets inside the window were created (the latest
+    /// `per_hour` of them at most, any order), how long until they may list another: `None`
+    /// if they may now.
+    pub fn wait(self, recent_ms: &[i64], now_ms: i64) -> Option<std::time::Duration> {
+        let limit = usize::try_from(self.per_window()?).unwrap_or(usize::MAX);
+        if recent_ms.len() < limit {
+            return None;
+        }
+        // A slot frees when the oldest of the latest `limit` leaves the window.
+        let oldest = recent_ms.iter().copied().min()?;
+        let millis = (oldest + Self::WINDOW_MILLIS - now_ms).max(1000);
+        Some(std::time::Duration::from_millis(millis.unsigned_abs()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -286,5 +321,20 @@ mod tests {
     fn search_keys_ignore_case_beyond_ascii() {
         assert_eq!(search_key("Café ÉTÉ Jazz"), "café été jazz");
         assert_eq!(search_key("ΣΟΦΙΑ"), "σοφια");
+    }
+
+    #[test]
+    fn the_creation_limit_counts_the_last_hour_and_says_when_a_slot_frees() {
+        let limit = CreationLimit { per_hour: 3 };
+        let now = 10 * CreationLimit::WINDOW_MILLIS;
+        assert_eq!(limit.wait(&[now - 10, now - 5], now), None);
+        // Full: the oldest of the three leaves the window in 10 minutes.
+        let oldest = now - 50 * 60_000;
+        let wait = limit.wait(&[now - 5, oldest, now - 10], now).unwrap();
+        assert_eq!(wait.as_millis(), 10 * 60_000);
+        // Never "retry now": at least a second.
+        assert_eq!(limit.wait(&[now, now, CreationLimit::window_start(now) + 1], now).unwrap().as_millis(), 1000);
+        assert_eq!(CreationLimit { per_hour: 0 }.wait(&[now; 1000], now), None);
+        assert_eq!(CreationLimit { per_hour: 0 }.per_window(), None);
     }
 }

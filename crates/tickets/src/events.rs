@@ -11,15 +11,15 @@
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
 use platform::db::Tx;
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated};
-use platform::outbox;
+use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, SessionRevoked};
+use platform::{outbox, revocation};
 use uuid::Uuid;
 
 use crate::domain::Ticket;
 use crate::store;
 
 /// The event kinds the tickets service consumes.
-pub const KINDS: &[&str] = &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND];
+pub const KINDS: &[&str] = &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND, SessionRevoked::KIND];
 
 /// Applies order events to tickets. Wrap it in [`platform::consumer::Consumer`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,6 +37,7 @@ impl EventHandler for OrderEvents {
                 let completed: OrderCompleted = payload(event)?;
                 order_ended(tx, completed.id, completed.version, End::Completed).await
             }
+            SessionRevoked::KIND => revocation::apply_event(tx, event).await,
             other => Err(HandleError::Malformed(anyhow::anyhow!("tickets does not consume {other}"))),
         }
     }
@@ -83,8 +84,8 @@ enum End {
 /// Releases (cancelled) or sells (completed) the ticket the order holds.
 async fn order_ended(tx: &mut Tx, order_id: Uuid, version: i64, end: End) -> Result<(), HandleError> {
     let status = match end {
-        End::Cancelled => "cancelled",
-        End::Completed => "complete",
+        End::Cancelled => OrderStatus::Cancelled,
+        End::Completed => OrderStatus::Complete,
     };
     let ticket_id = match store::advance_known_order(tx, order_id, version, status).await? {
         Some(ticket_id) => ticket_id,

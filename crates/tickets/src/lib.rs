@@ -20,6 +20,7 @@ use platform::consumer::Consumer;
 use platform::db::Db;
 use platform::money::Currency;
 use platform::outbox::OutboxWaker;
+use platform::revocation::RevokedSessions;
 use platform::service::{Context, Service};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -29,16 +30,22 @@ pub const NAME: &str = "tickets";
 
 /// The tickets service's own settings.
 #[derive(Debug, Clone, clap::Args)]
-pub struct TicketsSettings {}
+pub struct TicketsSettings {
+    /// Tickets one user may list in any hour (0: unlimited). Counted in the tickets database,
+    /// so it holds across instances.
+    #[arg(long, env = "TICKET_CREATIONS_PER_USER_PER_HOUR", default_value_t = 100)]
+    pub ticket_creations_per_user_per_hour: u32,
+}
 
 pub(crate) struct AppState {
     db: Db,
     outbox: OutboxWaker,
     currency: Currency,
+    creation_limit: domain::CreationLimit,
 }
 
 /// Starts the tickets service: its database, outbox relay, order-event consumer and routes.
-pub async fn start(ctx: &Context, _settings: &TicketsSettings) -> anyhow::Result<Service> {
+pub async fn start(ctx: &Context, settings: &TicketsSettings) -> anyhow::Result<Service> {
     let db = ctx.database(NAME, &MIGRATOR).await?;
     let filled = store::fill_missing_search_keys(&db).await?;
     if filled > 0 {
@@ -47,12 +54,22 @@ pub async fn start(ctx: &Context, _settings: &TicketsSettings) -> anyhow::Result
     let (outbox, relay) = ctx.start_outbox_relay(&db);
     let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox.clone()));
     let subscriber = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(consumer), ctx.shutdown.clone()).await?;
-    let state = Arc::new(AppState { db: db.clone(), outbox, currency: Currency::new(&ctx.settings.currency) });
+    let state = Arc::new(AppState {
+        db: db.clone(),
+        outbox,
+        currency: Currency::new(&ctx.settings.currency),
+        creation_limit: domain::CreationLimit { per_hour: settings.ticket_creations_per_user_per_hour },
+    });
     let api = Router::new()
         .route("/api/tickets", get(routes::list_tickets).post(routes::create_ticket))
         .route("/api/tickets/{id}", get(routes::show_ticket).put(routes::update_ticket))
         .with_state(state);
-    Ok(Service { name: NAME, router: ctx.api_router(api), checks: ctx.readiness(&db), tasks: vec![relay, subscriber] })
+    Ok(Service {
+        name: NAME,
+        router: ctx.api_router(api).layer(RevokedSessions::layer(&db)),
+        checks: ctx.readiness(&db),
+        tasks: vec![relay, subscriber, ctx.start_retention(&db, &[])],
+    })
 }
 
 #[derive(utoipa::OpenApi)]

@@ -18,7 +18,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::domain::{Cursor, ListQuery, Listing, RESERVED, Ticket};
+use crate::domain::{CreationLimit, Cursor, ListQuery, Listing, RESERVED, Ticket};
 use crate::store;
 
 /// `{title, price}`. Taken as raw JSON so a missing or mistyped field is reported against
@@ -74,6 +74,7 @@ fn listing(input: &TicketInput, currency: &Currency) -> ApiResult<Listing> {
         (status = 201, description = "Listed", body = TicketBody),
         (status = 400, description = "Invalid title or price", body = platform::error::ErrorBody),
         (status = 401, description = "Not signed in", body = platform::error::ErrorBody),
+        (status = 429, description = "The seller listed their hourly limit of tickets (`TICKET_CREATIONS_PER_USER_PER_HOUR`); see `Retry-After`", body = platform::error::ErrorBody),
     ))]
 pub async fn create_ticket(
     State(state): State<Arc<AppState>>,
@@ -82,6 +83,15 @@ pub async fn create_ticket(
 ) -> ApiResult<(StatusCode, Json<TicketBody>)> {
     let ticket = Ticket::new(user.id, listing(&input, &state.currency)?);
     let mut tx = state.db.begin().await?;
+    if let Some(limit) = state.creation_limit.per_window() {
+        store::lock_seller(&mut tx, user.id).await?;
+        let since = CreationLimit::window_start(platform::db::now_millis());
+        let recent = store::listed_since(&mut tx, user.id, since, limit).await?;
+        if let Some(wait) = state.creation_limit.wait(&recent, platform::db::now_millis()) {
+            tracing::info!(user_id = %user.id, limit, "ticket creation limit reached");
+            return Err(ApiError::TooManyRequests { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
+        }
+    }
     store::insert(&mut tx, &ticket).await?;
     outbox::enqueue(&mut tx, &ticket.created_event().to_event()).await?;
     tx.commit().await?;

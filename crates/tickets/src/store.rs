@@ -6,6 +6,7 @@
 
 use platform::db::uuid_column;
 use platform::db::{Tx, now_millis};
+use platform::events::OrderStatus;
 use sqlx::Row;
 use sqlx::any::{AnyExecutor, AnyRow};
 use uuid::Uuid;
@@ -241,13 +242,13 @@ pub async fn advance_known_order(
     tx: &mut Tx,
     order_id: Uuid,
     version: i64,
-    status: &str,
+    status: OrderStatus,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE known_orders SET version = $1, status = $2 WHERE id = $3 AND version = $4 RETURNING ticket_id",
     )
     .bind(version)
-    .bind(status)
+    .bind(status.as_str())
     .bind(order_id.to_string())
     .bind(version - 1)
     .fetch_optional(&mut **tx)
@@ -262,6 +263,38 @@ pub async fn is_sold(tx: &mut Tx, ticket_id: Uuid) -> Result<bool, sqlx::Error> 
         .fetch_optional(&mut **tx)
         .await?;
     Ok(status.as_deref() == Some("sold"))
+}
+
+/// Serialises ticket creations of one seller until `tx` ends (a row lock on PostgreSQL; SQLite
+/// has one writer), so counting their recent tickets next is exact across instances.
+pub async fn lock_seller(tx: &mut Tx, user_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sellers (user_id, last_listed_at) VALUES ($1, $2) \
+         ON CONFLICT (user_id) DO UPDATE SET last_listed_at = excluded.last_listed_at",
+    )
+    .bind(user_id.to_string())
+    .bind(now_millis())
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
+
+/// When `user_id` listed their tickets created after `since` (ms), oldest first, at most
+/// `limit` of them.
+pub async fn listed_since(tx: &mut Tx, user_id: Uuid, since: i64, limit: i64) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query(
+        "SELECT created_at FROM tickets WHERE user_id = $1 AND created_at > $2 \
+         ORDER BY created_at DESC LIMIT $3",
+    )
+    .bind(user_id.to_string())
+    .bind(since)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|row| row.try_get("created_at"))
+    .rev()
+    .collect()
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ fn created(order: Uuid, ticket: Uuid) -> Event {
     OrderCreated {
         id: order,
         version: 0,
-        status: "created".into(),
+        status: platform::events::OrderStatus::Created,
         user_id: Uuid::new_v4(),
         expires_at: time::OffsetDateTime::now_utc() + time::Duration::minutes(15),
         ticket: PricedTicketRef { id: ticket, price: 2000 },

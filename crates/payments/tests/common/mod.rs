@@ -40,6 +40,16 @@ struct Cli {
 
 /// Payments settings for tests that want the reconciler quick: it runs every 50 ms and asks
 /// again for attempts unsettled for 300 ms.
+/// Runs `rounds` reconciler rounds now, with no grace period (every unsettled attempt is asked
+/// again), so a test shows what later rounds do without waiting for the service's own loop.
+pub async fn reconcile_rounds(payments: &Arc<PaymentService>, rounds: usize) {
+    use platform::worker::Job as _;
+    let reconciler = payments::domain::Reconciler::new(payments.clone(), Duration::from_secs(3600), Duration::ZERO);
+    for _ in 0..rounds {
+        reconciler.step().await.expect("a reconciler round");
+    }
+}
+
 pub fn quick_reconciler(settings: &mut PaymentsSettings) {
     settings.reconcile_every_millis = 50;
     settings.charge_grace_millis = 300;
@@ -167,7 +177,7 @@ impl Stand {
         let order = OrderCreated {
             id: Uuid::new_v4(),
             version: 0,
-            status: "created".into(),
+            status: platform::events::OrderStatus::Created,
             user_id: owner.id,
             expires_at: OffsetDateTime::now_utc() + expires_in,
             ticket: PricedTicketRef { id: Uuid::new_v4(), price },
@@ -196,7 +206,7 @@ impl Stand {
     pub async fn wait_for_order_status(&self, order_id: Uuid, status: &str) {
         eventually(WAIT, &format!("order {order_id} to be {status} in payments"), || async {
             let order = self.payments.order(order_id).await.unwrap();
-            order.filter(|order| order.status == status).map(drop)
+            order.filter(|order| order.status.as_str() == status).map(drop)
         })
         .await;
     }

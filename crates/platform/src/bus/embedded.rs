@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (grp, seq)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (grp, visible_at, seq);
+CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
 ";
 
 pub struct EmbeddedBus {
@@ -93,6 +94,12 @@ impl EmbeddedBus {
             tracing::info!(released, "released deliveries leased by an earlier process");
         }
         Ok(Self { pool, _lock: lock, prefix: prefix.to_owned(), policy, published: Arc::new(Notify::new()) })
+    }
+
+    /// A job deleting the messages every group has settled once they are older than `keep`, as
+    /// a stream's age limit would: a group subscribing later no longer sees them.
+    pub fn retention(&self, keep: Duration) -> MessageRetention {
+        MessageRetention { pool: self.pool.clone(), keep }
     }
 
     async fn subscribe_group(&self, group: &str, kinds: &[&str]) -> Result<(), sqlx::Error> {
@@ -471,5 +478,43 @@ fn log_panic(group: &str, joined: Result<(), tokio::task::JoinError>) {
     if let Err(err) = joined {
         // Its outcome was not recorded, so the delivery is made again when its lease runs out.
         tracing::error!(%group, error = %err, "event handler task failed");
+    }
+}
+
+/// Deletes settled messages of the embedded bus; see [`EmbeddedBus::retention`].
+pub struct MessageRetention {
+    pool: SqlitePool,
+    keep: Duration,
+}
+
+impl MessageRetention {
+    /// Rows deleted per step.
+    const BATCH: i64 = 1_000;
+
+    /// Deletes at most one batch of settled messages stored before `cutoff` (ms since the
+    /// epoch); returns how many.
+    pub async fn sweep_before(&self, cutoff: i64) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "DELETE FROM messages WHERE seq IN (SELECT m.seq FROM messages m WHERE m.stored_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = m.seq) ORDER BY m.seq LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(Self::BATCH)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::worker::Job for MessageRetention {
+    fn name(&self) -> &'static str {
+        "bus retention"
+    }
+
+    async fn step(&self) -> anyhow::Result<crate::worker::Step> {
+        let keep = i64::try_from(self.keep.as_millis()).unwrap_or(i64::MAX);
+        let deleted = self.sweep_before(now_millis().saturating_sub(keep)).await?;
+        Ok(if deleted == Self::BATCH as u64 { crate::worker::Step::Busy } else { crate::worker::Step::Idle })
     }
 }

@@ -260,7 +260,7 @@ async fn bearer_tokens_work_like_the_cookie(backend: Backend) {
 
 async fn failed_sign_ins_are_rate_limited(backend: Backend) {
     let app = spawn_app_with(backend, |args| {
-        args.auth.signin_failures_per_email = 3;
+        args.auth.signin_failures_per_email_and_client = Some(3);
         args.auth.signin_failures_per_client = 5;
     })
     .await;
@@ -272,7 +272,7 @@ async fn failed_sign_ins_are_rate_limited(backend: Backend) {
     for _ in 0..3 {
         assert_eq!(attempt(&user.email, "wrong-password").await.unwrap().status(), StatusCode::BAD_REQUEST);
     }
-    // The email is locked now, even with the right password.
+    // The email is locked for this client now, even with the right password.
     let response = attempt(&user.email, "correct horse battery").await.unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();

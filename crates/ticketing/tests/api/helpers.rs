@@ -44,7 +44,8 @@ pub async fn test_args(backend: Backend, data_dir: &TempDir) -> ServeArgs {
     // Tests sign up many users from one address; the limits have tests of their own.
     args.auth.signups_per_client = 0;
     args.auth.signin_failures_per_client = 0;
-    args.auth.signin_failures_per_email = 0;
+    args.auth.signin_failures_per_email_and_client = Some(0);
+    args.tickets.ticket_creations_per_user_per_hour = 0;
     args
 }
 

@@ -14,4 +14,5 @@ mod orders;
 mod payments;
 mod platform;
 mod security;
+mod sessions;
 mod tickets;

@@ -138,7 +138,7 @@ async fn metrics_and_admin_follow_a_scripted_scenario(backend: Backend) {
 
     let outbox = ticketing::admin::run(&admin(&app, AdminCommand::Outbox)).await.expect("admin outbox");
     let services: Vec<&str> = outbox.lines().skip(1).map(|line| line.split('\t').next().unwrap_or("")).collect();
-    assert_eq!(services, ["tickets", "orders", "expiration", "payments"], "{outbox}");
+    assert_eq!(services, ["auth", "tickets", "orders", "expiration", "payments"], "{outbox}");
     let payments = ticketing::admin::run(&admin(&app, AdminCommand::Payments)).await.expect("admin payments");
     assert!(payments.starts_with("REFUNDS OWED\n") && payments.contains("CHARGE ATTEMPTS NOT SETTLED"), "{payments}");
     app.stop().await;

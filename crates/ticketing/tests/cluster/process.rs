@@ -129,15 +129,37 @@ fn setpriv() -> Option<&'static Path> {
 }
 
 /// A loopback port nobody listens on now, never handed out twice by this process.
+///
+/// The port is passed to a child that binds it a moment later, and kept across its restarts.
+/// Ports the kernel hands out for `bind(0)` and for outgoing connections (the ephemeral range)
+/// could be taken meanwhile by any other test running beside this one, so the port is picked
+/// below that range, where only a fixed configuration would listen (and the bind check sees it).
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("addr").port();
+    let (low, high) = below_ephemeral_range();
+    // Start somewhere different in each test process, then walk up.
+    let span = u32::from(high - low);
+    let mut candidate = low + (std::process::id().wrapping_mul(2_654_435_761) % span) as u16;
+    for _ in 0..span {
+        candidate = if candidate + 1 >= high { low } else { candidate + 1 };
         let mut given = GIVEN.lock().expect("ports lock");
-        if given.get_or_insert_with(HashSet::new).insert(port) {
-            return port;
+        let given = given.get_or_insert_with(HashSet::new);
+        if !given.contains(&candidate) && std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            given.insert(candidate);
+            return candidate;
         }
     }
+    panic!("no free loopback port between {low} and {high}");
+}
+
+/// Up to 12,000 ports just below the kernel's ephemeral range (`ip_local_port_range`), above 1024.
+fn below_ephemeral_range() -> (u16, u16) {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    assert!(first_ephemeral > 4_096, "the ephemeral port range starts at {first_ephemeral}: no room below it");
+    (first_ephemeral.saturating_sub(12_000).max(1_025), first_ephemeral)
 }
 
 /// A required setting of the test environment; a clear failure when missing, never a skip.

@@ -56,6 +56,7 @@ pub fn common_env(database_url: &str, replicas: usize) -> Vec<(String, String)> 
         ("SIGNUPS_PER_CLIENT", "0".to_owned()),
         ("SIGNIN_FAILURES_PER_CLIENT", "0".to_owned()),
         ("SIGNIN_FAILURES_PER_EMAIL", "0".to_owned()),
+        ("TICKET_CREATIONS_PER_USER_PER_HOUR", "0".to_owned()),
         ("NO_COLOR", "1".to_owned()),
         ("RUST_LOG", "info,sqlx=warn,async_nats=info,tower_http=warn".to_owned()),
     ]

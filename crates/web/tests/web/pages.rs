@@ -110,6 +110,37 @@ async fn signing_in_goes_back_where_the_visitor_was_going_and_signing_out_return
     app.stop().await;
 }
 
+/// Issue 10: the sign-out button revokes the session, so a copy of the cookie taken before is
+/// refused afterwards by the API (auth and the other services) and by the pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_in_the_pages_revokes_the_session_everywhere() {
+    use reqwest::cookie::CookieStore;
+
+    let app = spawn_app(Backend::Embedded).await;
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let visitor = Browser::with_jar(&app.base, jar.clone());
+    visitor.sign_up_fresh().await;
+    let cookies = jar.cookies(&app.base.parse().unwrap()).expect("the visitor has cookies");
+    let copied = cookies.to_str().unwrap().split("; ").find(|c| c.starts_with("session=")).unwrap().to_owned();
+    let thief = reqwest::Client::new();
+    let orders_with_copy =
+        || async { thief.get(app.url("/api/orders")).header("cookie", &copied).send().await.unwrap().status() };
+    assert_eq!(orders_with_copy().await, StatusCode::OK);
+
+    let confirm = visitor.get("/auth/signout").await;
+    let home = visitor.submit(&confirm, "/auth/signout", &[]).await;
+    assert_eq!(home.path, "/");
+    let me = thief.get(app.url("/api/users/currentuser")).header("cookie", &copied).send().await.unwrap();
+    assert_eq!(me.json::<serde_json::Value>().await.unwrap(), json!({"currentUser": null}));
+    let page = thief.get(app.url("/orders")).header("cookie", &copied).send().await.unwrap();
+    assert_eq!(page.url().path(), "/auth/signin", "the pages see no session either");
+    eventually(WAIT, "orders to refuse the copied session", || async {
+        (orders_with_copy().await == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selling_a_ticket_validates_in_place_and_lists_it() {
     let app = spawn_app(Backend::Embedded).await;

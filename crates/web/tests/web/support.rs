@@ -106,6 +106,16 @@ impl Browser {
         Self { client, base: base.to_owned() }
     }
 
+    /// A visitor whose cookies the test can read in `jar` (to copy a session, say).
+    pub fn with_jar(base: &str, jar: std::sync::Arc<reqwest::cookie::Jar>) -> Self {
+        let client = reqwest::Client::builder()
+            .cookie_provider(jar)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client builds");
+        Self { client, base: base.to_owned() }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
