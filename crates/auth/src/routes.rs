@@ -207,7 +207,7 @@ pub async fn sign_in(
 
     let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
         .bind(&email)
-        .fetch_optional(&state.db.pool)
+        .fetch_optional(state.db.reader())
         .await?;
     let (id, stored) = match &row {
         Some(row) => (Some(row.try_get::<String, _>("id")?), Some(row.try_get::<String, _>("password_hash")?)),

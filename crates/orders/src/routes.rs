@@ -109,7 +109,7 @@ pub async fn create_order(
 ) -> ApiResult<(StatusCode, Json<OrderBody>)> {
     let ticket_id =
         domain::parse_ticket_id(&input.ticket_id).map_err(|message| ApiError::invalid("ticketId", message))?;
-    let ticket = store::find_ticket(&state.db.pool, ticket_id).await?.ok_or(ApiError::NotFound)?;
+    let ticket = store::find_ticket(state.db.reader(), ticket_id).await?.ok_or(ApiError::NotFound)?;
     if ticket.user_id == user.id {
         return Err(ApiError::bad_request(OWN_TICKET));
     }
@@ -140,10 +140,10 @@ pub async fn list_orders(
     State(state): State<Arc<AppState>>,
     RequireUser(user): RequireUser,
 ) -> ApiResult<Json<Vec<OrderBody>>> {
-    let orders = store::list_orders(&state.db.pool, user.id).await?;
+    let orders = store::list_orders(state.db.reader(), user.id).await?;
     let mut bodies = Vec::with_capacity(orders.len());
     for order in orders {
-        let refund = store::refund_of(&state.db.pool, order.id).await?;
+        let refund = store::refund_of(state.db.reader(), order.id).await?;
         bodies.push(OrderBody::new(order, refund, &state.currency));
     }
     Ok(Json(bodies))
@@ -163,11 +163,11 @@ pub async fn show_order(
     RequireUser(user): RequireUser,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<OrderBody>> {
-    let order = store::find_order(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
+    let order = store::find_order(state.db.reader(), id).await?.ok_or(ApiError::NotFound)?;
     if order.user_id != user.id {
         return Err(ApiError::Unauthorized);
     }
-    let refund = store::refund_of(&state.db.pool, order.id).await?;
+    let refund = store::refund_of(state.db.reader(), order.id).await?;
     Ok(Json(OrderBody::new(order, refund, &state.currency)))
 }
 
@@ -186,7 +186,7 @@ pub async fn cancel_order(
     RequireUser(user): RequireUser,
     IdPath(id): IdPath,
 ) -> ApiResult<StatusCode> {
-    let order = store::find_order(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
+    let order = store::find_order(state.db.reader(), id).await?.ok_or(ApiError::NotFound)?;
     if order.status == OrderStatus::Complete {
         return Err(ApiError::bad_request(COMPLETED));
     }

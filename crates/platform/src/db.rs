@@ -10,6 +10,17 @@
 //! On PostgreSQL each service lives in its own schema (named after the service), so one
 //! database can host several services without sharing a table; on SQLite each service has
 //! its own file in the data dir.
+//!
+//! Readers and writers: SQLite lets one connection write at a time, but in WAL mode any number
+//! of readers go on beside it, each on the snapshot its statement started with. So on SQLite a
+//! `Db` has one writer connection ([`Db::pool`], which also serialises our writers in the
+//! pool instead of failing them with `SQLITE_BUSY`) and a pool of read-only connections
+//! ([`Db::reader`]): a long list read no longer holds up every write of the service, nor the
+//! other reads. Writers take the write lock when their transaction starts (`BEGIN
+//! IMMEDIATE`), so a transaction that reads before it writes never fails upgrading its lock.
+//! On PostgreSQL both are the same pool, where MVCC already keeps readers and writers apart.
+//! A query goes to the reader only when it reads committed data on its own (not inside a
+//! transaction that then writes); what it reads is everything committed before it started.
 
 use std::path::Path;
 use std::time::Duration;
@@ -30,7 +41,13 @@ pub enum Backend {
 /// A service's database.
 #[derive(Debug, Clone)]
 pub struct Db {
+    /// The writer: every transaction, every write, and reads that decide a write. On SQLite
+    /// it has one connection.
     pub pool: AnyPool,
+    /// Read-only connections beside the writer on SQLite; the same pool as `pool` on
+    /// PostgreSQL (and on an in-memory SQLite database, which a second connection would not
+    /// see).
+    readers: AnyPool,
     pub backend: Backend,
 }
 
@@ -60,7 +77,8 @@ impl Db {
         Self::connect_with(url, service, migrator, DEFAULT_POOL_SIZE).await
     }
 
-    /// [`Db::connect`] with at most `pool_size` PostgreSQL connections (SQLite always has one).
+    /// [`Db::connect`] with at most `pool_size` PostgreSQL connections; on SQLite, one writer
+    /// and at most `pool_size` readers.
     pub async fn connect_with(url: &str, service: &str, migrator: &Migrator, pool_size: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
@@ -72,7 +90,7 @@ impl Db {
         let schema = service.to_owned();
         let pool_options = match backend {
             // SQLite has one writer; one connection per service database serialises writers in
-            // the pool instead of failing them with SQLITE_BUSY on a read-to-write upgrade.
+            // the pool instead of failing them with SQLITE_BUSY. The readers are beside it.
             Backend::Sqlite => AnyPoolOptions::new().max_connections(1).after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(
@@ -100,12 +118,29 @@ impl Db {
         };
         let pool = pool_options
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("cannot connect to the {service} database"))?;
-        let db = Self { pool, backend };
+        let readers = match backend {
+            Backend::Sqlite if !is_in_memory(url) => sqlite_readers(pool_size).connect_lazy_with(options),
+            _ => pool.clone(),
+        };
+        let db = Self { pool, readers, backend };
         db.migrate(service, migrator).await?;
         Ok(db)
+    }
+
+    /// Where read-only queries go: they never wait for a writer, nor a writer for them (on
+    /// SQLite; on PostgreSQL this is the writer's pool). Never for a read that decides a write
+    /// in the same transaction: that belongs in [`Db::begin`]'s transaction.
+    pub fn reader(&self) -> &AnyPool {
+        &self.readers
+    }
+
+    /// Closes the writer and the readers.
+    pub async fn close(&self) {
+        self.pool.close().await;
+        self.readers.close().await;
     }
 
     /// Runs the platform's and the service's migrations. On PostgreSQL the schema is created and
@@ -145,14 +180,44 @@ impl Db {
         migrated
     }
 
+    /// A write transaction. On SQLite it holds the write lock from its first statement
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that read first and then wrote would fail
+    /// with `SQLITE_BUSY` if another connection (another process on the file) wrote meanwhile,
+    /// since its snapshot would be stale; waiting for the lock up front cannot fail that way.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        self.pool.begin().await
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
-    /// For `/readyz`.
+    /// For `/readyz`: the writer and the readers answer.
     pub async fn check(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.readers).await.map(drop)
     }
+}
+
+/// `sqlite::memory:` and `mode=memory` databases live in their connection: a reader would open
+/// a database of its own.
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// The read-only connections of a SQLite database, opened when first needed (after the
+/// writer has created and migrated the file). `query_only` makes a write through them an
+/// error instead of a second writer.
+fn sqlite_readers(pool_size: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(pool_size.max(1))
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;").await?;
+                Ok(())
+            })
+        })
 }
 
 /// True when the error means the database is unreachable rather than the query being wrong.

@@ -259,14 +259,15 @@ pub fn sample_database(until: CancellationToken, service: &str, db: &crate::db::
 async fn sample_tables(db: &crate::db::Db, service: &str) -> Result<(), sqlx::Error> {
     use sqlx::Row;
     let m = metrics();
-    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox").fetch_one(&db.pool).await?;
+    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox").fetch_one(db.reader()).await?;
     let pending: i64 = row.try_get("n")?;
     let oldest: Option<i64> = row.try_get("oldest")?;
     let labels = ServiceLabels { service: service.to_owned() };
     m.outbox_pending.get_or_create(&labels).set(pending);
     let age = oldest.map_or(0.0, |at| (crate::db::now_millis() - at).max(0) as f64 / 1000.0);
     m.outbox_oldest_age.get_or_create(&labels).set(age);
-    let parked: i64 = sqlx::query("SELECT COUNT(*) AS n FROM parked_events").fetch_one(&db.pool).await?.try_get("n")?;
+    let parked: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM parked_events").fetch_one(db.reader()).await?.try_get("n")?;
     m.parked_events.get_or_create(&GroupLabels { group: service.to_owned() }).set(parked);
     Ok(())
 }

@@ -37,7 +37,8 @@ pub struct Settings {
     pub database_url: Option<String>,
 
     /// PostgreSQL connections this process may open in all, shared by the services it runs
-    /// (each gets an equal part, at least one). Default: 4 per service.
+    /// (each gets an equal part, at least one). Default: 4 per service. On SQLite the same
+    /// part is each service's number of read-only connections beside its one writer.
     #[arg(long, env = "DATABASE_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
     pub database_pool_size: Option<u32>,
 

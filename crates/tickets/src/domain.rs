@@ -84,6 +84,98 @@ impl Listing {
     }
 }
 
+/// Tickets on a page of the list when the client does not say.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+/// The most tickets a page of the list may have.
+pub const MAX_PAGE_SIZE: u32 = 200;
+
+pub const BAD_LIMIT: &str = "Limit must be a whole number from 1 to 200";
+
+pub const BAD_CURSOR: &str = "Cursor is invalid; use the link of the page before";
+
+/// A position in the list of tickets for sale, which is ordered newest first: by creation
+/// time, then by id (two tickets can be listed in one millisecond). A page starts just after
+/// it. Keyed on what never changes about a ticket, so walking the pages shows each ticket
+/// once however many are listed or bought meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// Opaque to clients: base64url of the creation time (8 bytes, big-endian) and the id.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.created_at.to_be_bytes());
+        bytes[8..].copy_from_slice(self.id.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// `None` for anything [`Cursor::encode`] did not make.
+    pub fn decode(text: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
+        let bytes: [u8; 24] = bytes.try_into().ok()?;
+        let created_at = i64::from_be_bytes(bytes[..8].try_into().ok()?);
+        let id = Uuid::from_slice(&bytes[8..]).ok()?;
+        (created_at >= 0).then_some(Self { created_at, id })
+    }
+}
+
+/// What a title search compares: the title in lower case, so that the search ignores case the
+/// same way on every database (SQLite's own `lower` and `LIKE` fold ASCII letters only).
+pub fn search_key(text: &str) -> String {
+    text.to_lowercase()
+}
+
+/// Which page of the list a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub limit: u32,
+    /// The page starts after this ticket; the first page when `None`.
+    pub after: Option<Cursor>,
+    /// Only titles containing this text, ignoring case (as the client wrote it, trimmed).
+    pub search: Option<String>,
+}
+
+impl ListQuery {
+    /// Reads `limit`, `cursor` and `q` as given in the URL; an empty value counts as absent.
+    /// One error per bad field.
+    pub fn parse(limit: Option<&str>, cursor: Option<&str>, q: Option<&str>) -> Result<Self, Vec<ErrorItem>> {
+        let limit = match limit.filter(|text| !text.is_empty()) {
+            None => Ok(DEFAULT_PAGE_SIZE),
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|limit| text.bytes().all(|b| b.is_ascii_digit()) && (1..=MAX_PAGE_SIZE).contains(limit))
+                .ok_or(BAD_LIMIT),
+        };
+        let after = match cursor.filter(|text| !text.is_empty()) {
+            None => Ok(None),
+            Some(text) => Cursor::decode(text).map(Some).ok_or(BAD_CURSOR),
+        };
+        let search = q.map(str::trim).filter(|q| !q.is_empty()).map(str::to_owned);
+        match (limit, after) {
+            (Ok(limit), Ok(after)) => Ok(Self { limit, after, search }),
+            (limit, after) => Err([("limit", limit.err()), ("cursor", after.err())]
+                .into_iter()
+                .filter_map(|(field, message)| Some(ErrorItem::field(field, message?)))
+                .collect()),
+        }
+    }
+}
+
+/// One page of the list, and where the next one starts if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub tickets: Vec<Ticket>,
+    pub next: Option<Cursor>,
+}
+
 /// How many tickets one seller may list per hour, counted over the last hour (a sliding
 /// window, so there is no burst at the turn of the hour). 0: unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +263,64 @@ mod tests {
         }
         assert_eq!(errors(json!("ok"), json!(-1)), vec![price("Price must be greater than 0")]);
         assert_eq!(errors(json!([]), json!("ten")), vec![title("Title is required"), price("Price must be a number")]);
+    }
+
+    #[test]
+    fn cursors_survive_the_round_trip_and_nothing_else_passes() {
+        let cursor = Cursor { created_at: 1_764_547_200_123, id: Uuid::now_v7() };
+        let text = cursor.encode();
+        assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{text}");
+        assert_eq!(Cursor::decode(&text), Some(cursor));
+        let mut other = text.clone();
+        other.push('A');
+        for bad in [
+            "",
+            "x",
+            "not a cursor",
+            "%%%",
+            &text[1..],
+            &other,
+            &format!("{text}="),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ] {
+            assert_eq!(Cursor::decode(bad), None, "{bad:?}");
+        }
+        // A negative creation time is no cursor we made.
+        let negative = Cursor { created_at: -1, id: Uuid::nil() }.encode();
+        assert_eq!(Cursor::decode(&negative), None);
+    }
+
+    #[test]
+    fn list_queries_default_bound_and_report_each_bad_field() {
+        let query = ListQuery::parse(None, None, None).unwrap();
+        assert_eq!(query, ListQuery { limit: DEFAULT_PAGE_SIZE, after: None, search: None });
+        assert_eq!(ListQuery::parse(Some(""), Some(""), Some("  ")).unwrap(), query);
+        assert_eq!(ListQuery::parse(Some("1"), None, None).unwrap().limit, 1);
+        assert_eq!(ListQuery::parse(Some("200"), None, None).unwrap().limit, 200);
+        assert_eq!(ListQuery::parse(None, None, Some(" Jazz ")).unwrap().search.as_deref(), Some("Jazz"));
+        let cursor = Cursor { created_at: 5, id: Uuid::now_v7() };
+        assert_eq!(ListQuery::parse(None, Some(&cursor.encode()), None).unwrap().after, Some(cursor));
+
+        let fields = |limit: Option<&str>, cursor: Option<&str>| -> Vec<(String, String)> {
+            ListQuery::parse(limit, cursor, None)
+                .expect_err("invalid")
+                .into_iter()
+                .map(|item| (item.field.unwrap_or_default(), item.message))
+                .collect()
+        };
+        let limit = ("limit".to_owned(), BAD_LIMIT.to_owned());
+        for bad in ["0", "201", "-1", "+5", "1.5", "ten", "99999999999999999999", " 5"] {
+            assert_eq!(fields(Some(bad), None), vec![limit.clone()], "{bad:?}");
+        }
+        let cursor = ("cursor".to_owned(), BAD_CURSOR.to_owned());
+        assert_eq!(fields(None, Some("garbage")), vec![cursor.clone()]);
+        assert_eq!(fields(Some("0"), Some("garbage")), vec![limit, cursor]);
+    }
+
+    #[test]
+    fn search_keys_ignore_case_beyond_ascii() {
+        assert_eq!(search_key("Café ÉTÉ Jazz"), "café été jazz");
+        assert_eq!(search_key("ΣΟΦΙΑ"), "σοφια");
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub(crate) struct AppState {
 /// Starts the tickets service: its database, outbox relay, order-event consumer and routes.
 pub async fn start(ctx: &Context, settings: &TicketsSettings) -> anyhow::Result<Service> {
     let db = ctx.database(NAME, &MIGRATOR).await?;
+    let filled = store::fill_missing_search_keys(&db).await?;
+    if filled > 0 {
+        tracing::info!(filled, "filled in the search keys of tickets listed before title search");
+    }
     let (outbox, relay) = ctx.start_outbox_relay(&db);
     let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox.clone()));
     let subscriber = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(consumer), ctx.shutdown.clone()).await?;

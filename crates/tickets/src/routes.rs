@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use platform::error::{ApiError, ApiResult, IdPath, Json};
 use platform::events::ContractEvent;
 use platform::money::{Currency, PriceText};
@@ -18,7 +18,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::domain::{CreationLimit, Listing, RESERVED, Ticket};
+use crate::domain::{CreationLimit, Cursor, ListQuery, Listing, RESERVED, Ticket};
 use crate::store;
 
 /// `{title, price}`. Taken as raw JSON so a missing or mistyped field is reported against
@@ -102,12 +102,80 @@ pub async fn create_ticket(
     Ok((StatusCode::CREATED, Json(TicketBody::new(ticket, &state.currency))))
 }
 
-/// Tickets for sale (neither reserved nor sold), newest first.
+/// The query of `GET /api/tickets`.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the parameters; they are read by `ListQuery::parse`.
+pub struct ListParams {
+    /// Tickets per page.
+    #[param(minimum = 1, maximum = 200, default = 50)]
+    limit: Option<u32>,
+    /// Where the page starts: the `cursor` of the previous page's `Link: <...>; rel="next"`
+    /// URL. Opaque.
+    cursor: Option<String>,
+    /// Only tickets whose title contains this text, ignoring case.
+    q: Option<String>,
+}
+
+/// Tickets for sale (neither reserved nor sold), newest first, one page at a time.
+///
+/// The body is the page's tickets. When more follow, the `Link` header holds the URL of the
+/// next page (`<...>; rel="next"`), with the same `limit` and `q`; the last page has none.
+/// Tickets listed while a client walks the pages are newer than its position and do not
+/// shift the pages it has not read yet.
 #[utoipa::path(get, path = "/api/tickets", tag = "tickets",
-    responses((status = 200, description = "Tickets for sale, newest first", body = [TicketBody])))]
-pub async fn list_tickets(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<TicketBody>>> {
-    let tickets = store::list_available(&state.db.pool).await?;
-    Ok(Json(tickets.into_iter().map(|ticket| TicketBody::new(ticket, &state.currency)).collect()))
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of tickets for sale, newest first", body = [TicketBody],
+            headers(("Link" = String, description = "`</api/tickets?...>; rel=\"next\"`: the next page, if any"))),
+        (status = 400, description = "Invalid `limit` or `cursor`", body = platform::error::ErrorBody),
+    ))]
+pub async fn list_tickets(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<(HeaderMap, Json<Vec<TicketBody>>)> {
+    let query = list_query(raw.as_deref().unwrap_or_default())?;
+    let page = store::list_available(state.db.reader(), &query).await?;
+    let mut headers = HeaderMap::new();
+    if let Some(next) = &page.next {
+        headers.insert(header::LINK, next_page_link(&query, next)?);
+    }
+    let tickets = page.tickets.into_iter().map(|ticket| TicketBody::new(ticket, &state.currency)).collect();
+    Ok((headers, Json(tickets)))
+}
+
+/// `limit`, `cursor` and `q` from the query string; each at most once.
+fn list_query(raw: &str) -> ApiResult<ListQuery> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw).map_err(|_| ApiError::bad_request("Malformed query string"))?;
+    let mut errors = Vec::new();
+    let mut value = |name: &str| {
+        let mut values = pairs.iter().filter(|(key, _)| key == name).map(|(_, value)| value.as_str());
+        let first = values.next();
+        if values.next().is_some() {
+            errors.push(platform::error::ErrorItem::field(name, format!("Give {name} at most once")));
+        }
+        first
+    };
+    let (limit, cursor, q) = (value("limit"), value("cursor"), value("q"));
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    ListQuery::parse(limit, cursor, q).map_err(ApiError::Invalid)
+}
+
+/// `</api/tickets?limit=..&q=..&cursor=..>; rel="next"`.
+fn next_page_link(query: &ListQuery, next: &Cursor) -> ApiResult<HeaderValue> {
+    let limit = query.limit.to_string();
+    let cursor = next.encode();
+    let mut params = vec![("limit", limit.as_str())];
+    if let Some(search) = &query.search {
+        params.push(("q", search));
+    }
+    params.push(("cursor", &cursor));
+    let query_string = serde_urlencoded::to_string(params).map_err(|err| ApiError::Unexpected(err.into()))?;
+    HeaderValue::try_from(format!("</api/tickets?{query_string}>; rel=\"next\""))
+        .map_err(|err| ApiError::Unexpected(err.into()))
 }
 
 /// One ticket, whatever its state.
@@ -118,7 +186,7 @@ pub async fn list_tickets(State(state): State<Arc<AppState>>) -> ApiResult<Json<
         (status = 404, description = "Unknown ticket", body = platform::error::ErrorBody),
     ))]
 pub async fn show_ticket(State(state): State<Arc<AppState>>, IdPath(id): IdPath) -> ApiResult<Json<TicketBody>> {
-    let ticket = store::find(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
+    let ticket = store::find(state.db.reader(), id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(TicketBody::new(ticket, &state.currency)))
 }
 
@@ -139,7 +207,8 @@ pub async fn update_ticket(
     Json(input): Json<TicketInput>,
 ) -> ApiResult<Json<TicketBody>> {
     let listing = listing(&input, &state.currency)?;
-    let ticket = store::find(&state.db.pool, id).await?.ok_or(ApiError::NotFound)?;
+    // Only decides the answer: the change below is guarded on its own.
+    let ticket = store::find(state.db.reader(), id).await?.ok_or(ApiError::NotFound)?;
     if ticket.order_id.is_some() {
         return Err(ApiError::bad_request(RESERVED));
     }

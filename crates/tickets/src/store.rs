@@ -11,7 +11,7 @@ use sqlx::Row;
 use sqlx::any::{AnyExecutor, AnyRow};
 use uuid::Uuid;
 
-use crate::domain::{Listing, Ticket};
+use crate::domain::{Cursor, ListQuery, Listing, Page, Ticket, search_key};
 
 const COLUMNS: &str = "id, title, price, user_id, version, order_id";
 
@@ -32,8 +32,8 @@ fn ticket(row: &AnyRow) -> Result<Ticket, sqlx::Error> {
 
 pub async fn insert(tx: &mut Tx, ticket: &Ticket) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO tickets (id, title, price, user_id, version, order_id, status, created_at) \
-         VALUES ($1, $2, $3, $4, $5, NULL, 'available', $6)",
+        "INSERT INTO tickets (id, title, price, user_id, version, order_id, status, created_at, search_title) \
+         VALUES ($1, $2, $3, $4, $5, NULL, 'available', $6, $7)",
     )
     .bind(ticket.id.to_string())
     .bind(&ticket.title)
@@ -41,6 +41,7 @@ pub async fn insert(tx: &mut Tx, ticket: &Ticket) -> Result<(), sqlx::Error> {
     .bind(ticket.user_id.to_string())
     .bind(ticket.version)
     .bind(now_millis())
+    .bind(search_key(&ticket.title))
     .execute(&mut **tx)
     .await
     .map(drop)
@@ -56,14 +57,86 @@ pub async fn find<'c>(executor: impl AnyExecutor<'c>, id: Uuid) -> Result<Option
         .transpose()
 }
 
-/// Tickets that can be bought: neither reserved nor sold. Newest first.
-pub async fn list_available<'c>(executor: impl AnyExecutor<'c>) -> Result<Vec<Ticket>, sqlx::Error> {
-    sqlx::query(&format!("SELECT {COLUMNS} FROM tickets WHERE status = 'available' ORDER BY created_at DESC, id DESC"))
-        .fetch_all(executor)
-        .await?
-        .iter()
-        .map(ticket)
-        .collect()
+/// One page of the tickets that can be bought (neither reserved nor sold), newest first.
+///
+/// Keyset pagination: the page starts after the query's cursor, found through the
+/// `tickets_for_sale` index, so a deep page costs what the first does. One row more than the
+/// page is read to know whether another page follows.
+pub async fn list_available<'c>(executor: impl AnyExecutor<'c>, query: &ListQuery) -> Result<Page, sqlx::Error> {
+    let mut sql = format!("SELECT {COLUMNS}, created_at FROM tickets WHERE status = 'available'");
+    let mut params = 0;
+    if query.after.is_some() {
+        sql.push_str(&format!(" AND (created_at, id) < (${}, ${})", params + 1, params + 2));
+        params += 2;
+    }
+    if query.search.is_some() {
+        sql.push_str(&format!(" AND search_title LIKE ${} ESCAPE '\\'", params + 1));
+        params += 1;
+    }
+    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", params + 1));
+    let mut statement = sqlx::query(&sql);
+    if let Some(after) = &query.after {
+        statement = statement.bind(after.created_at).bind(after.id.to_string());
+    }
+    if let Some(search) = &query.search {
+        statement = statement.bind(contains_pattern(&search_key(search)));
+    }
+    let rows = statement.bind(i64::from(query.limit) + 1).fetch_all(executor).await?;
+    let page_rows = &rows[..rows.len().min(query.limit as usize)];
+    let next = match page_rows.last() {
+        Some(last) if rows.len() > page_rows.len() => {
+            Some(Cursor { created_at: last.try_get("created_at")?, id: uuid_column(last, "id")? })
+        }
+        _ => None,
+    };
+    Ok(Page { tickets: page_rows.iter().map(ticket).collect::<Result<_, _>>()?, next })
+}
+
+/// A `LIKE` pattern (with `ESCAPE '\'`) matching any text that contains `text` as it is:
+/// `%`, `_` and `\` in it match only themselves.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Fills in the search key of tickets stored without one (listed before the column existed,
+/// or by an older version of the service during an upgrade), a batch at a time. Guarded by
+/// `search_title IS NULL`, so an edit committed meanwhile (which sets the key) wins.
+pub async fn fill_missing_search_keys(db: &platform::db::Db) -> Result<u64, sqlx::Error> {
+    let mut filled = 0;
+    // Walks the primary key, so each batch is found without scanning the table.
+    let mut after = String::new();
+    loop {
+        let rows =
+            sqlx::query("SELECT id, title FROM tickets WHERE id > $1 AND search_title IS NULL ORDER BY id LIMIT 500")
+                .bind(&after)
+                .fetch_all(&db.pool)
+                .await?;
+        let Some(last) = rows.last() else {
+            return Ok(filled);
+        };
+        after = last.try_get("id")?;
+        let mut tx = db.begin().await?;
+        for row in &rows {
+            let title: String = row.try_get("title")?;
+            let id: String = row.try_get("id")?;
+            filled += sqlx::query("UPDATE tickets SET search_title = $1 WHERE id = $2 AND search_title IS NULL")
+                .bind(search_key(&title))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+    }
 }
 
 /// Runs an order's change of a ticket (`$1` the ticket, `$2` the order); the changed ticket,
@@ -87,12 +160,13 @@ async fn change_by_order(
 /// A new title and price, unless an order holds the ticket (`None`).
 pub async fn update_listing(tx: &mut Tx, id: Uuid, listing: &Listing) -> Result<Option<Ticket>, sqlx::Error> {
     sqlx::query(&format!(
-        "UPDATE tickets SET title = $1, price = $2, version = version + 1 \
+        "UPDATE tickets SET title = $1, price = $2, search_title = $4, version = version + 1 \
          WHERE id = $3 AND order_id IS NULL RETURNING {COLUMNS}"
     ))
     .bind(&listing.title)
     .bind(listing.price)
     .bind(id.to_string())
+    .bind(search_key(&listing.title))
     .fetch_optional(&mut **tx)
     .await?
     .as_ref()
@@ -221,4 +295,17 @@ pub async fn listed_since(tx: &mut Tx, user_id: Uuid, since: i64, limit: i64) ->
     .map(|row| row.try_get("created_at"))
     .rev()
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn search_patterns_escape_the_like_wildcards() {
+        assert_eq!(contains_pattern("jazz"), "%jazz%");
+        assert_eq!(contains_pattern("100%"), "%100\\%%");
+        assert_eq!(contains_pattern("a_b"), "%a\\_b%");
+        assert_eq!(contains_pattern("c:\\d"), "%c:\\\\d%");
+    }
 }

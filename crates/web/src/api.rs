@@ -65,6 +65,13 @@ pub struct Ticket {
     pub order_id: Option<String>,
 }
 
+/// A page of the tickets for sale, and the cursor of the next one if there is one.
+#[derive(Debug, Clone)]
+pub struct TicketPage {
+    pub tickets: Vec<Ticket>,
+    pub next_cursor: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
@@ -188,8 +195,25 @@ impl Api {
         Ok(set_cookies(self.send(request).await?.headers()))
     }
 
-    pub async fn list_tickets(&self, visitor: &Visitor) -> ApiResult<Vec<Ticket>> {
-        self.json(self.request(Method::GET, "/api/tickets", visitor)).await
+    /// One page of the tickets for sale: from `cursor` on (the first page without one), only
+    /// titles containing `q` when given; the API's page size.
+    pub async fn list_tickets(
+        &self,
+        visitor: &Visitor,
+        cursor: Option<&str>,
+        q: Option<&str>,
+    ) -> ApiResult<TicketPage> {
+        let params: Vec<(&str, &str)> =
+            [("q", q), ("cursor", cursor)].into_iter().filter_map(|(name, value)| Some((name, value?))).collect();
+        let mut path = "/api/tickets".to_owned();
+        if !params.is_empty() {
+            let query = serde_urlencoded::to_string(&params).map_err(|err| ApiFailure::Unavailable(err.into()))?;
+            path = format!("{path}?{query}");
+        }
+        let response = self.send(self.request(Method::GET, &path, visitor)).await?;
+        let next_cursor = next_cursor(response.headers());
+        let tickets = response.json().await.map_err(|err| ApiFailure::Unavailable(err.into()))?;
+        Ok(TicketPage { tickets, next_cursor })
     }
 
     /// `id` must be a parsed UUID: it goes into the path.
@@ -235,6 +259,52 @@ impl Api {
     }
 }
 
+/// The `cursor` of the URL in `Link: <...>; rel="next"`, if the API gave one.
+fn next_cursor(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::LINK)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().split_once(';')?;
+            let is_next = params.split(';').any(|param| param.trim() == "rel=\"next\"");
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            let query = target.split_once('?')?.1;
+            let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).ok()?;
+            is_next.then(|| pairs.into_iter().find(|(name, _)| name == "cursor").map(|(_, cursor)| cursor))?
+        })
+}
+
 fn set_cookies(headers: &HeaderMap) -> SetCookies {
     SetCookies(headers.get_all(header::SET_COOKIE).iter().cloned().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::LINK, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_next_cursor_is_read_from_the_link_header() {
+        let next = |values: &[&str]| next_cursor(&links(values));
+        assert_eq!(next(&[r#"</api/tickets?limit=50&cursor=AbC-_9>; rel="next""#]).as_deref(), Some("AbC-_9"));
+        assert_eq!(
+            next(&[r#"</api/tickets?q=a%26b&cursor=x%2By>; rel="next""#]).as_deref(),
+            Some("x+y"),
+            "percent-decoded"
+        );
+        assert_eq!(next(&[r#"</x?cursor=p>; rel="prev", </x?cursor=n>; rel="next""#]).as_deref(), Some("n"));
+        assert_eq!(next(&[r#"</x?cursor=p>; rel="prev""#]), None);
+        assert_eq!(next(&[r#"</api/tickets?limit=50>; rel="next""#]), None);
+        assert_eq!(next(&["garbage"]), None);
+        assert_eq!(next(&[]), None);
+    }
 }

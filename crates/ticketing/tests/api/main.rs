@@ -7,6 +7,7 @@ mod service_db;
 mod auth;
 mod expiration;
 mod flow;
+mod listing;
 mod money;
 mod observability;
 mod orders;

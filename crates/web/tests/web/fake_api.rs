@@ -259,3 +259,83 @@ async fn the_visitor_address_is_taken_from_trusted_proxies_only_and_signed_for_t
     assert_eq!(signed_address(&api), "127.0.0.1", "anything but an address is nobody's address");
     behind_proxy.stop().await;
 }
+
+/// Issues 10 and 12: the home page shows one page of the API's list, links the next page with
+/// the cursor of the API's `Link` header, and keeps the visitor's search on every page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_page_follows_the_apis_cursor_and_keeps_the_search() {
+    type Query = Vec<(String, String)>;
+    let queries: Arc<std::sync::Mutex<Vec<Query>>> = Arc::default();
+    let seen = queries.clone();
+    let tickets = move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
+        let seen = seen.clone();
+        async move {
+            let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query.unwrap_or_default()).unwrap();
+            seen.lock().unwrap().push(pairs.clone());
+            let param = |name: &str| pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+            let title = |n: u32| format!("{} {n}", param("q").unwrap_or_else(|| "Concert".to_owned()));
+            let ticket = |n: u32| json!({ "id": TICKET_ID, "title": title(n), "price": 10, "userId": USER_ID, "version": 0, "orderId": null });
+            match param("cursor").as_deref() {
+                None => {
+                    let q = param("q").map(|q| format!("&q={}", q.replace(' ', "+").replace('&', "%26"))).unwrap_or_default();
+                    let link = format!("</api/tickets?limit=50{q}&cursor=second%2Bpage>; rel=\"next\"");
+                    ([(header::LINK, link)], axum::Json(json!([ticket(1)]))).into_response()
+                }
+                Some("second+page") => axum::Json(json!([ticket(2)])).into_response(),
+                Some(_) => (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({ "errors": [{ "message": "Cursor is invalid; use the link of the page before", "field": "cursor" }] })),
+                )
+                    .into_response(),
+            }
+        }
+    };
+    let api = FakeApi::start(
+        Router::new()
+            .route("/api/tickets", get(tickets))
+            .route("/api/users/currentuser", get(|| async { axum::Json(json!({ "currentUser": null })) })),
+    )
+    .await;
+    let app = spawn_web(&api.url, |_| {}).await;
+    let browser = Browser::new(&app.base);
+
+    let first = browser.get("/").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first.has(">Concert 1</a>"), "{}", first.body);
+    assert!(first.has(r#"<form class="search" method="get" action="/" role="search">"#), "{}", first.body);
+    assert!(first.has_label("q", "Search titles"));
+    assert!(first.has(r#"<a class="next" href="/?cursor=second%2Bpage" rel="next">Next page</a>"#), "{}", first.body);
+    assert!(!first.has("Newest tickets"), "the first page links no first page");
+    let second = browser.get("/?cursor=second%2Bpage").await;
+    assert!(second.has(">Concert 2</a>") && !second.has(">Concert 1</a>"), "{}", second.body);
+    assert!(!second.has("Next page"), "the last page links no next page");
+    assert!(second.has(r#"<a href="/">Newest tickets</a>"#), "{}", second.body);
+
+    // A search: the API is asked with `q`, the box keeps it, the next page keeps it.
+    let found = browser.get("/?q=jazz+%26+blues").await;
+    assert!(found.has(">jazz & blues 1</a>"), "{}", found.body);
+    assert_eq!(found.input_value("q").as_deref(), Some("jazz & blues"));
+    let next = r#"href="/?q=jazz%20%26%20blues&cursor=second%2Bpage" rel="next""#;
+    assert!(found.has(next), "{}", found.body);
+    let found_next = browser.get("/?q=jazz%20%26%20blues&cursor=second%2Bpage").await;
+    assert!(found_next.has(">jazz & blues 2</a>"), "{}", found_next.body);
+    assert!(found_next.has(r#"<a href="/?q=jazz%20%26%20blues">Newest tickets</a>"#), "{}", found_next.body);
+
+    // A cursor the API refuses gets the error page with the API's message.
+    let refused = browser.get("/?cursor=bogus").await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.has("Cursor is invalid"), "{}", refused.body);
+
+    let pair = |key: &str, value: &str| (key.to_owned(), value.to_owned());
+    assert_eq!(
+        *queries.lock().unwrap(),
+        vec![
+            vec![],
+            vec![pair("cursor", "second+page")],
+            vec![pair("q", "jazz & blues")],
+            vec![pair("q", "jazz & blues"), pair("cursor", "second+page")],
+            vec![pair("cursor", "bogus")],
+        ]
+    );
+    app.stop().await;
+}

@@ -374,3 +374,46 @@ async fn in_the_whole_marketplace_unknown_pages_are_html_and_unknown_api_paths_j
     assert_eq!((health.status, health.body.as_str()), (StatusCode::OK, "ok"));
     app.stop().await;
 }
+
+/// Issues 10 and 12: the home page shows one page (50 tickets) and links the next one with the
+/// API's cursor until every ticket was shown once; the search box finds titles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_pages_through_every_ticket_and_searches_titles() {
+    let app = spawn_app(Backend::Embedded).await;
+    let mut titles = Vec::new();
+    // A few tickets per seller: sellers may be limited in how many they list.
+    for _ in 0..11 {
+        let seller = app.user().await;
+        for n in 0..5 {
+            let title = format!("{} {}-{n}", if n == 0 { "Jazz" } else { "Show" }, titles.len());
+            let (status, body) = seller.post("/api/tickets", json!({ "title": title, "price": 10 })).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            titles.push(title);
+        }
+    }
+    let visitor = Browser::new(&app.base);
+    let cards = |page: &crate::support::Page| page.body.matches(r#"class="card ticket-card""#).count();
+    let first = visitor.get("/").await;
+    assert_eq!((first.status, cards(&first)), (StatusCode::OK, 50), "{}", first.body);
+    let text = first.text();
+    let link =
+        text.split(r#"<a class="next" href=""#).nth(1).and_then(|rest| rest.split('"').next()).expect("a next page");
+    let second = visitor.get(link).await;
+    assert_eq!((second.status, cards(&second)), (StatusCode::OK, 5), "{}", second.body);
+    assert!(!second.has("Next page"));
+    let shown: Vec<&String> = titles
+        .iter()
+        .filter(|title| first.has(&format!(">{title}</a>")) || second.has(&format!(">{title}</a>")))
+        .collect();
+    assert_eq!(shown.len(), titles.len(), "every ticket on one of the pages");
+    // Newest first: the last listed opens the first page, the first listed closes the last.
+    assert!(first.has(&format!(">{}</a>", titles[54])) && second.has(&format!(">{}</a>", titles[0])));
+
+    let found = visitor.get("/?q=jazz").await;
+    assert_eq!((found.status, cards(&found)), (StatusCode::OK, 11), "{}", found.body);
+    assert!(!found.has("Show ") && !found.has("Next page"));
+    assert_eq!(found.input_value("q").as_deref(), Some("jazz"));
+    let none = visitor.get("/?q=opera").await;
+    assert!(none.has("No tickets for sale match “opera”."), "{}", none.body);
+    app.stop().await;
+}
