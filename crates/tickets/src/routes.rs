@@ -111,7 +111,8 @@ pub struct ListParams {
     #[param(minimum = 1, maximum = 200, default = 50)]
     limit: Option<u32>,
     /// Where the page starts: the `cursor` of the previous page's `Link: <...>; rel="next"`
-    /// URL. Opaque.
+    /// URL. Opaque: only a cursor the server gave is valid.
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     cursor: Option<String>,
     /// Only tickets whose title contains this text, ignoring case.
     q: Option<String>,
