@@ -137,16 +137,21 @@ fn token_from_headers(headers: &HeaderMap) -> Option<&str> {
     bearer.or_else(|| session_cookie(headers))
 }
 
-/// The raw `session` cookie of a request, if it has one.
+/// The raw `session` cookie of a request, if it has exactly one. Two different `session`
+/// cookies mean someone planted one (a sibling subdomain or a plain-http hop can set a cookie
+/// for this host, and the browser sends both): neither is trusted, so the request is anonymous
+/// rather than possibly acting in the planter's session.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .map(|(_, value)| value.trim())
+        .filter(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value.trim());
+    let first = values.next()?;
+    values.all(|other| other == first).then_some(first)
 }
 
 /// Whether the client reached us over TLS, directly or through a proxy that says so.
@@ -228,6 +233,22 @@ impl<S: Send + Sync> FromRequestParts<S> for RequireUser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_different_session_cookies_make_the_request_anonymous() {
+        let with = |cookies: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for cookie in cookies {
+                headers.append(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+            }
+            session_cookie(&headers).map(str::to_owned)
+        };
+        assert_eq!(with(&["a=1; session=tok"]), Some("tok".to_owned()));
+        assert_eq!(with(&["session=tok; session=tok"]), Some("tok".to_owned()));
+        assert_eq!(with(&["session=planted; session=mine"]), None);
+        assert_eq!(with(&["session=planted", "session=mine"]), None);
+        assert_eq!(with(&["other=1"]), None);
+    }
 
     fn keys() -> SessionKeys {
         SessionKeys::new(b"test-secret-test-secret-test-secret", time::Duration::hours(1))
