@@ -12,8 +12,10 @@
 //! ([`platform::revocation`]). Auth refuses the token at once; the others within the event's
 //! delivery time.
 
+mod domain;
 mod password;
 mod routes;
+mod store;
 
 use std::sync::Arc;
 use std::time::Duration;

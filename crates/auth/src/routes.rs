@@ -7,17 +7,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use platform::error::{ApiError, ApiResult, ErrorItem, Json};
-use platform::events::{ContractEvent, SessionRevoked};
+use platform::events::SessionRevoked;
 use platform::http::PeerAddr;
 use platform::session::{self, MaybeUser};
-use platform::{outbox, revocation};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{AppState, password};
+use crate::{AppState, domain, password, store};
 
 const PASSWORD_RULE: &str = "Password must be between 8 and 128 characters";
 
@@ -78,27 +76,6 @@ pub struct SignIn {
     password: String,
 }
 
-/// A trimmed, NFC-normalised, lower-cased email, or `None` if it is not a plausible address.
-/// NFC first, so the NFC and NFD spellings of `josé@example.com` are one account.
-fn normalize_email(value: &Value) -> Option<String> {
-    use unicode_normalization::UnicodeNormalization;
-    let email: String = value.as_str()?.trim().nfc().collect();
-    let email = email.as_str();
-    let (local, domain) = email.split_once('@')?;
-    let valid_local = !local.is_empty() && local.len() <= 64;
-    let valid_domain = domain.len() <= 253
-        && domain.contains('.')
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
-        });
-    let clean = !platform::text::has_forbidden(email)
-        && !email.chars().any(|c| platform::text::is_invisible(c) || c == '"' || c == '<' || c == '>');
-    (valid_local && valid_domain && clean && !domain.contains('@')).then(|| email.to_lowercase().nfc().collect())
-}
-
 fn client_key(state: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
     state.addresses.client_ip(headers, peer)
 }
@@ -138,7 +115,7 @@ pub async fn sign_up(
     let client = client_key(&state, &headers, peer);
     state.signups_per_client.check(&client).map_err(too_many)?;
 
-    let email = normalize_email(&input.email);
+    let email = input.email.as_str().and_then(domain::normalize_email);
     let password = input.password.as_str().filter(|p| (8..=128).contains(&p.chars().count()));
     let mut errors = Vec::new();
     if email.is_none() {
@@ -154,18 +131,7 @@ pub async fn sign_up(
 
     let hash = password::hash(password.to_owned()).await?;
     let id = Uuid::new_v4();
-    let inserted = sqlx::query(
-        "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (email) DO NOTHING",
-    )
-    .bind(id.to_string())
-    .bind(&email)
-    .bind(&hash)
-    .bind(platform::db::now_millis())
-    .execute(&state.db.pool)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    if !store::insert_user(&state.db, id, &email, &hash).await? {
         return Err(ApiError::invalid("email", "Email in use"));
     }
     tracing::info!(user_id = %id, "user signed up");
@@ -186,7 +152,7 @@ pub async fn sign_in(
     uri: Uri,
     Json(input): Json<Credentials>,
 ) -> ApiResult<Response> {
-    let email = normalize_email(&input.email);
+    let email = input.email.as_str().and_then(domain::normalize_email);
     let password = input.password.as_str().filter(|p| !p.is_empty() && p.chars().count() <= 1024);
     let mut errors = Vec::new();
     if email.is_none() {
@@ -205,17 +171,11 @@ pub async fn sign_in(
     state.failures_per_client.check(&client).map_err(too_many)?;
     state.failures_per_pair.check(&pair).map_err(too_many)?;
 
-    let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_optional(state.db.reader())
-        .await?;
-    let (id, stored) = match &row {
-        Some(row) => (Some(row.try_get::<String, _>("id")?), Some(row.try_get::<String, _>("password_hash")?)),
-        None => (None, None),
-    };
+    let account = store::find_by_email(&state.db, &email).await?;
+    let (id, stored) = account.map(|account| (account.id, account.password_hash)).unzip();
     let verified = password::verify(password.to_owned(), stored).await?;
     let id = match id {
-        Some(id) if verified => Uuid::parse_str(&id).map_err(|err| ApiError::Unexpected(err.into()))?,
+        Some(id) if verified => id,
         _ => {
             state.failures_per_client.hit(&client);
             state.failures_per_pair.hit(&pair);
@@ -242,18 +202,11 @@ pub async fn sign_out(
     Ok((StatusCode::OK, [(header::SET_COOKIE, cookie)], Json(json!({}))).into_response())
 }
 
-/// Records the session as revoked here and, in the same transaction, tells the other services.
+/// Records the session as revoked here and tells the other services.
 async fn revoke(state: &AppState, claims: &session::Claims) -> ApiResult<()> {
-    let revoked = SessionRevoked {
-        id: claims.jti,
-        user_id: claims.id,
-        expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|err| ApiError::Unexpected(err.into()))?,
-    };
-    let mut tx = state.db.begin().await?;
-    if revocation::record(&mut tx, &revoked).await? {
-        outbox::enqueue(&mut tx, &revoked.to_event()).await?;
-    }
-    tx.commit().await?;
+    let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|err| ApiError::Unexpected(err.into()))?;
+    let revoked = SessionRevoked { id: claims.jti, user_id: claims.id, expires_at };
+    store::revoke_session(&state.db, &revoked).await?;
     state.outbox.wake();
     tracing::info!(user_id = %claims.id, session_id = %claims.jti, "user signed out");
     Ok(())
@@ -266,36 +219,4 @@ async fn revoke(state: &AppState, claims: &session::Claims) -> ApiResult<()> {
 pub async fn current_user(MaybeUser(user): MaybeUser) -> Json<CurrentUserBody> {
     let current_user = user.map(|claims| SessionUser { id: claims.id, email: claims.email, iat: claims.iat });
     Json(CurrentUserBody { current_user })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emails_are_normalized_and_checked() {
-        assert_eq!(normalize_email(&json!("  Ann@Example.COM ")), Some("ann@example.com".into()));
-        for bad in [
-            "",
-            "ann",
-            "ann@",
-            "@example.com",
-            "ann@example",
-            "a b@example.com",
-            "ann@@example.com",
-            "ann@exa mple.com",
-            "ann@-x.com",
-        ] {
-            assert_eq!(normalize_email(&json!(bad)), None, "{bad}");
-        }
-        assert_eq!(normalize_email(&json!(42)), None);
-        // Issue 10: NFC and NFD spellings, and case, make one address.
-        let nfc = normalize_email(&json!("Jos\u{e9}@Example.com")).unwrap();
-        assert_eq!(normalize_email(&json!("JOSE\u{301}@example.com")), Some(nfc.clone()));
-        assert_eq!(nfc, "jos\u{e9}@example.com");
-        for invisible in ["ann\u{202e}@example.com", "ann\u{0}@example.com", "ann\u{1b}@example.com"] {
-            assert_eq!(normalize_email(&json!(invisible)), None, "{invisible:?}");
-        }
-        assert_eq!(normalize_email(&Value::Null), None);
-    }
 }
