@@ -42,9 +42,9 @@ pub const KINDS: &[&str] = &[
 /// Applies ticket, expiration, payment and refund events. Wrap it in
 /// [`platform::consumer::Consumer`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct OrderEvents;
+pub struct TicketExpirationAndPaymentEvents;
 
-impl EventHandler for OrderEvents {
+impl EventHandler for TicketExpirationAndPaymentEvents {
     async fn apply(&self, tx: &mut Tx, event: &Event) -> Result<(), HandleError> {
         match event.kind.as_str() {
             TicketCreated::KIND => ticket_created(tx, payload(event)?).await,

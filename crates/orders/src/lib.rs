@@ -47,7 +47,7 @@ pub(crate) struct AppState {
 pub async fn start(ctx: &Context, settings: &OrdersSettings) -> anyhow::Result<Service> {
     let db = ctx.database(NAME, &MIGRATOR).await?;
     let (outbox, relay) = ctx.start_outbox_relay(&db);
-    let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox.clone()));
+    let consumer = Consumer::new(NAME, db.clone(), events::TicketExpirationAndPaymentEvents, Some(outbox.clone()));
     let subscriber = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(consumer), ctx.shutdown.clone()).await?;
     let state = Arc::new(AppState {
         db: db.clone(),

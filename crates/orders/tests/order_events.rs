@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use orders::events::OrderEvents;
+use orders::events::TicketExpirationAndPaymentEvents;
 use platform::bus::{Delivery, Event, Handler, Outcome};
 use platform::consumer::Consumer;
 use platform::db::Db;
@@ -41,7 +41,7 @@ on_both_databases!(
 
 struct Harness {
     db: Db,
-    consumer: Arc<Consumer<OrderEvents>>,
+    consumer: Arc<Consumer<TicketExpirationAndPaymentEvents>>,
     _dir: TempDir,
 }
 
@@ -53,7 +53,7 @@ impl Harness {
             Backend::Distributed => testkit::fresh_postgres_url().await,
         };
         let db = Db::connect(&url, orders::NAME, &orders::MIGRATOR).await.expect("database connects");
-        let consumer = Consumer::new(orders::NAME, db.clone(), OrderEvents, None);
+        let consumer = Consumer::new(orders::NAME, db.clone(), TicketExpirationAndPaymentEvents, None);
         Self { db, consumer, _dir: dir }
     }
 
