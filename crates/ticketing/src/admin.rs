@@ -222,7 +222,9 @@ async fn replay(args: &AdminArgs, selection: &Selection) -> anyhow::Result<Strin
                 Consumer::new(name, db.clone(), tickets::events::OrderEvents, None).handle(delivery).await
             }
             ServiceName::Orders => {
-                Consumer::new(name, db.clone(), orders::events::TicketExpirationAndPaymentEvents, None).handle(delivery).await
+                Consumer::new(name, db.clone(), orders::events::TicketExpirationAndPaymentEvents, None)
+                    .handle(delivery)
+                    .await
             }
             ServiceName::Expiration => {
                 Consumer::new(name, db.clone(), expiration::events::OrderEvents, None).handle(delivery).await

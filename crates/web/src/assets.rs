@@ -6,7 +6,6 @@
 
 use std::sync::LazyLock;
 
-use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -69,11 +68,10 @@ pub static URLS: LazyLock<AssetUrls> = LazyLock::new(|| AssetUrls {
     favicon: url_of("favicon"),
 });
 
-/// `GET /assets/{file}`: the asset, cacheable for a year; an unknown (or outdated) name is 404.
-pub async fn serve(Path(file): Path<String>, headers: HeaderMap) -> Response {
-    let Some(asset) = ASSETS.iter().find(|asset| asset.file == file) else {
-        return crate::pages::not_found_page();
-    };
+/// `GET /assets/{file}`: the asset, cacheable for a year; `None` for an unknown (or outdated)
+/// name, which the router answers with the 404 page.
+pub fn serve(file: &str, headers: &HeaderMap) -> Option<Response> {
+    let asset = ASSETS.iter().find(|asset| asset.file == file)?;
     let cache = [
         (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable")),
         (header::ETAG, HeaderValue::from_str(&asset.etag).expect("a quoted hex etag is a valid header value")),
@@ -83,9 +81,9 @@ pub async fn serve(Path(file): Path<String>, headers: HeaderMap) -> Response {
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.split(',').any(|tag| tag.trim() == asset.etag));
     if revalidated {
-        return (StatusCode::NOT_MODIFIED, cache).into_response();
+        return Some((StatusCode::NOT_MODIFIED, cache).into_response());
     }
-    (cache, [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))], asset.body).into_response()
+    Some((cache, [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))], asset.body).into_response())
 }
 
 #[cfg(test)]

@@ -136,7 +136,12 @@ pub fn router(config: WebConfig) -> anyhow::Result<Router> {
         .with_state(web);
 
     Ok(Router::new()
-        .route("/assets/{file}", get(assets::serve))
+        .route(
+            "/assets/{file}",
+            get(|axum::extract::Path(file): axum::extract::Path<String>, headers: axum::http::HeaderMap| async move {
+                assets::serve(&file, &headers).unwrap_or_else(pages::not_found_page)
+            }),
+        )
         // In a process without the API, its paths still answer in the API's language.
         .route("/api", any(platform::error::not_found))
         .route("/api/{*rest}", any(platform::error::not_found))

@@ -9,10 +9,9 @@ use std::sync::{Arc, LazyLock};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 
-use crate::api::ApiFailure;
 use crate::assets;
 
 /// The name in the header of every page.
@@ -108,53 +107,6 @@ pub fn csrf_failure() -> Response {
             status => 403,
         },
     )
-}
-
-/// Why a page could not be shown, and what to show instead.
-#[derive(Debug, thiserror::Error)]
-pub enum PageError {
-    #[error("not found")]
-    NotFound,
-    /// The visitor must sign in, then come back to `next`.
-    #[error("sign in first")]
-    SignIn { next: String },
-    #[error("forbidden: {0}")]
-    Forbidden(&'static str),
-    #[error(transparent)]
-    Api(#[from] ApiFailure),
-}
-
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
-        match self {
-            Self::NotFound => not_found_page(),
-            Self::SignIn { next } => Redirect::to(&sign_in_url(&next)).into_response(),
-            Self::Forbidden(message) => error_page(StatusCode::FORBIDDEN, message),
-            Self::Api(ApiFailure::Refused { status, errors }) => {
-                let message = errors.first().map(|e| e.message.as_str());
-                match status {
-                    StatusCode::NOT_FOUND => not_found_page(),
-                    StatusCode::TOO_MANY_REQUESTS => {
-                        error_page(status, message.unwrap_or("Too many requests. Please wait a little and try again."))
-                    }
-                    status if status.is_client_error() => {
-                        error_page(status, message.unwrap_or("That request could not be completed."))
-                    }
-                    status => error_page(
-                        if status.is_server_error() { status } else { StatusCode::BAD_GATEWAY },
-                        "Something went wrong on our side. Please try again in a moment.",
-                    ),
-                }
-            }
-            Self::Api(ApiFailure::Unavailable(err)) => {
-                tracing::error!(error = %format!("{err:#}"), "the API is unreachable");
-                error_page(
-                    StatusCode::BAD_GATEWAY,
-                    "The marketplace cannot be reached right now. Please try again in a moment.",
-                )
-            }
-        }
-    }
 }
 
 /// `/auth/signin?next=...`, back to `next` once signed in.

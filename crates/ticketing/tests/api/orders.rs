@@ -307,7 +307,12 @@ async fn record_payment(app: &TestApp, order_id: &str) {
 
     let settings = &app.args.settings;
     let db = crate::service_db::service_db(settings, ::orders::NAME, &::orders::MIGRATOR).await;
-    let consumer = ::platform::consumer::Consumer::new(::orders::NAME, db, ::orders::events::TicketExpirationAndPaymentEvents, None);
+    let consumer = ::platform::consumer::Consumer::new(
+        ::orders::NAME,
+        db,
+        ::orders::events::TicketExpirationAndPaymentEvents,
+        None,
+    );
     let payment = PaymentCreated {
         id: uuid::Uuid::new_v4(),
         order_id: uuid::Uuid::parse_str(order_id).unwrap(),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::value::Serde;
 use minijinja::{Value, context};
 use platform::error::ErrorItem;
@@ -18,8 +18,55 @@ use platform::money::Currency;
 use serde::Serialize;
 
 use crate::api::{ApiFailure, ApiResult, User};
-use crate::pages::{self, PageError};
+use crate::pages::{self, error_page, not_found_page, sign_in_url};
 use crate::visitor::Visitor;
+
+/// Why a page could not be shown, and what to show instead.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error("not found")]
+    NotFound,
+    /// The visitor must sign in, then come back to `next`.
+    #[error("sign in first")]
+    SignIn { next: String },
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error(transparent)]
+    Api(#[from] ApiFailure),
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::NotFound => not_found_page(),
+            Self::SignIn { next } => Redirect::to(&sign_in_url(&next)).into_response(),
+            Self::Forbidden(message) => error_page(StatusCode::FORBIDDEN, message),
+            Self::Api(ApiFailure::Refused { status, errors }) => {
+                let message = errors.first().map(|e| e.message.as_str());
+                match status {
+                    StatusCode::NOT_FOUND => not_found_page(),
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        error_page(status, message.unwrap_or("Too many requests. Please wait a little and try again."))
+                    }
+                    status if status.is_client_error() => {
+                        error_page(status, message.unwrap_or("That request could not be completed."))
+                    }
+                    status => error_page(
+                        if status.is_server_error() { status } else { StatusCode::BAD_GATEWAY },
+                        "Something went wrong on our side. Please try again in a moment.",
+                    ),
+                }
+            }
+            Self::Api(ApiFailure::Unavailable(err)) => {
+                tracing::error!(error = %format!("{err:#}"), "the API is unreachable");
+                error_page(
+                    StatusCode::BAD_GATEWAY,
+                    "The marketplace cannot be reached right now. Please try again in a moment.",
+                )
+            }
+        }
+    }
+}
 
 pub type PageResult = Result<Response, PageError>;
 

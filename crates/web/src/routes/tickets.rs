@@ -10,13 +10,13 @@ use minijinja::context;
 use minijinja::value::Serde;
 use serde::Deserialize;
 
+use super::PageError;
 use super::{
     FormErrors, PageResult, catching_up, form_refusal, format_price, page, parse_id, price_for_api, price_for_form,
     require_user, unauthorized,
 };
 use crate::Web;
 use crate::api::{Ticket, User};
-use crate::pages::PageError;
 use crate::visitor::Visitor;
 
 #[derive(Debug, Deserialize)]
