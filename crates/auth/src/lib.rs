@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use platform::outbox::OutboxWaker;
 use platform::ratelimit::WindowLimiter;
-use platform::revocation::RevokedSessions;
 use platform::service::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -95,7 +94,7 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
     let api = api.with_state(state);
     Ok(Service {
         name: NAME,
-        router: ctx.api_router(api).layer(RevokedSessions::layer(&db)),
+        router: ctx.api_router(api, &db),
         checks: ctx.readiness(&db),
         tasks: vec![relay, ctx.start_retention(&db, &[])],
     })

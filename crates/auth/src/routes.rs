@@ -55,6 +55,27 @@ pub struct Credentials {
     password: Value,
 }
 
+impl Credentials {
+    /// The normalised email and the password, if the password passes `password_rule`; else a
+    /// 400 naming each bad field (`rule_message` for the password).
+    fn parse(&self, password_rule: impl Fn(&str) -> bool, rule_message: &str) -> ApiResult<(String, &str)> {
+        let email = self.email.as_str().and_then(domain::normalize_email);
+        let password = self.password.as_str().filter(|p| password_rule(p));
+        match (email, password) {
+            (Some(email), Some(password)) => Ok((email, password)),
+            (email, password) => Err(ApiError::Invalid(
+                [
+                    email.is_none().then(|| ErrorItem::field("email", "Email must be valid")),
+                    password.is_none().then(|| ErrorItem::field("password", rule_message)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            )),
+        }
+    }
+}
+
 /// Sign-up's body, as documented (read as [`Credentials`]).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Describes the body; the handler reads `Credentials`.
@@ -115,18 +136,7 @@ pub async fn sign_up(
     let client = client_key(&state, &headers, peer);
     state.signups_per_client.check(&client).map_err(too_many)?;
 
-    let email = input.email.as_str().and_then(domain::normalize_email);
-    let password = input.password.as_str().filter(|p| (8..=128).contains(&p.chars().count()));
-    let mut errors = Vec::new();
-    if email.is_none() {
-        errors.push(ErrorItem::field("email", "Email must be valid"));
-    }
-    if password.is_none() {
-        errors.push(ErrorItem::field("password", PASSWORD_RULE));
-    }
-    let (Some(email), Some(password)) = (email, password) else {
-        return Err(ApiError::Invalid(errors));
-    };
+    let (email, password) = input.parse(|p| (8..=128).contains(&p.chars().count()), PASSWORD_RULE)?;
     state.signups_per_client.hit(&client);
 
     let hash = password::hash(password.to_owned()).await?;
@@ -152,18 +162,8 @@ pub async fn sign_in(
     uri: Uri,
     Json(input): Json<Credentials>,
 ) -> ApiResult<Response> {
-    let email = input.email.as_str().and_then(domain::normalize_email);
-    let password = input.password.as_str().filter(|p| !p.is_empty() && p.chars().count() <= 1024);
-    let mut errors = Vec::new();
-    if email.is_none() {
-        errors.push(ErrorItem::field("email", "Email must be valid"));
-    }
-    if password.is_none() {
-        errors.push(ErrorItem::field("password", "You must supply a password"));
-    }
-    let (Some(email), Some(password)) = (email, password) else {
-        return Err(ApiError::Invalid(errors));
-    };
+    let (email, password) =
+        input.parse(|p| !p.is_empty() && p.chars().count() <= 1024, "You must supply a password")?;
 
     let client = client_key(&state, &headers, peer);
     // Per pair, not per email: guesses from one address must not lock the owner out of theirs.

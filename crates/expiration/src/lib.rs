@@ -55,7 +55,7 @@ pub async fn start(ctx: &Context, settings: &ExpirationSettings) -> anyhow::Resu
     let timer_loop = timers.spawn(ctx.shutdown.clone());
     sample_due_timers(ctx, &db);
     let tasks = vec![relay, consumer, timer_loop, ctx.start_retention(&db, &[timers::ENDED_TIMERS])];
-    Ok(Service { name: NAME, router: ctx.api_router(Router::new()), checks: ctx.readiness(&db), tasks })
+    Ok(Service { name: NAME, router: ctx.api_router(Router::new(), &db), checks: ctx.readiness(&db), tasks })
 }
 
 /// Counts, at each scrape, the timers that are due and not fired yet.

@@ -18,7 +18,6 @@ use platform::consumer::Consumer;
 use platform::db::Db;
 use platform::money::Currency;
 use platform::outbox::OutboxWaker;
-use platform::revocation::RevokedSessions;
 use platform::service::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -59,7 +58,7 @@ pub async fn start(ctx: &Context, settings: &OrdersSettings) -> anyhow::Result<S
     let api = api.with_state(state);
     Ok(Service {
         name: NAME,
-        router: ctx.api_router(api).layer(RevokedSessions::layer(&db)),
+        router: ctx.api_router(api, &db),
         checks: ctx.readiness(&db),
         tasks: vec![relay, subscriber, ctx.start_retention(&db, &[])],
     })

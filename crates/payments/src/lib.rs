@@ -27,7 +27,6 @@ use anyhow::Context as _;
 use platform::bus::dyn_handler;
 use platform::consumer::Consumer;
 use platform::money::Currency;
-use platform::revocation::RevokedSessions;
 use platform::service::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -213,7 +212,7 @@ async fn launch(
     let api = api.with_state(payments.clone());
     let service = Service {
         name: NAME,
-        router: ctx.api_router(api).layer(RevokedSessions::layer(&db)),
+        router: ctx.api_router(api, &db),
         checks: ctx.readiness(&db),
         tasks: vec![relay, subscription, reconciler, ctx.start_retention(&db, &[])],
     };

@@ -52,9 +52,11 @@ impl Context {
         Ok(db)
     }
 
-    /// Wraps a service's API routes with sessions, the error envelope and body limits.
-    pub fn api_router(&self, api: Router) -> Router {
+    /// Wraps a service's API routes with sessions (checked against the revoked sessions in
+    /// `db`, the service's own database), the error envelope and body limits.
+    pub fn api_router(&self, api: Router, db: &Db) -> Router {
         crate::http::service_router(api, self.keys.clone(), self.settings.max_body_bytes)
+            .layer(crate::revocation::RevokedSessions::layer(db))
     }
 
     /// Starts the service's outbox relay; wake it after committing events.
