@@ -9,6 +9,8 @@
 //! - [`events`]: the contract's event payloads;
 //! - [`openapi`]: what the API description says alike for every service;
 //! - [`revocation`]: the revoked-session list every authenticating service keeps;
+//! - [`worker`]: the one background loop (relay, timers, reconciler, retention);
+//! - [`retention`]: deleting what only grows;
 //! - [`http`], [`telemetry`], [`metrics`]: the HTTP surface, logs and metrics every service
 //!   shares.
 
