@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clap::Parser;
 use expiration::{ExpirationSettings, MIGRATOR, NAME, TimerLoop};
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
@@ -26,14 +25,6 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    settings: Settings,
-    #[command(flatten)]
-    expiration: ExpirationSettings,
-}
-
 /// Where one test's expiration service keeps its state; it can be started, stopped and
 /// started again on it.
 struct Stand {
@@ -46,7 +37,8 @@ struct Stand {
 impl Stand {
     async fn new(backend: Backend) -> Self {
         let dir = TempDir::new();
-        let Cli { mut settings, expiration } = Cli::parse_from(["expiration-test"]);
+        let mut settings = testkit::settings();
+        let expiration: ExpirationSettings = testkit::defaults();
         settings.data_dir = dir.path().to_owned();
         let policy = RetryPolicy {
             backoff: [20, 50, 100].into_iter().map(Duration::from_millis).collect(),

@@ -314,23 +314,11 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        settings: Settings,
-    }
-
     fn settings(data_dir: &Path) -> Settings {
-        let mut settings = Cli::parse_from(["test"]).settings;
+        let mut settings: Settings = testkit::defaults();
         settings.data_dir = data_dir.to_owned();
-        settings.jwt_key = None;
-        settings.jwt_key_file = None;
-        settings.database_url = None;
-        settings.nats_url = None;
         settings
     }
 

@@ -5,8 +5,17 @@
 //! that needs one and finds it unset fails with a message saying how to run the suite;
 //! it never skips silently. Every test gets its own database and its own stream and
 //! subject prefix, so tests run in parallel without seeing each other.
+//!
+//! Settings are built in code ([`defaults`], [`settings`]), never read from the shell's
+//! environment; a consumer is driven directly with [`ConsumerHarness`].
+
+mod consumer;
+mod settings;
 
 use std::time::{Duration, Instant};
+
+pub use consumer::{ConsumerHarness, republished};
+pub use settings::{command_without_env, defaults, settings};
 
 use sqlx::Connection;
 

@@ -8,7 +8,6 @@ pub mod stripe_standin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clap::Parser;
 use payments::gateway::{Charge, ChargeRequest, GatewayError, Refund, RefundRequest};
 use payments::store::ChargeAttempt;
 use payments::{Gateway, PaymentService, PaymentsSettings};
@@ -29,14 +28,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(15);
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    settings: Settings,
-    #[command(flatten)]
-    payments: PaymentsSettings,
-}
 
 /// Payments settings for tests that want the reconciler quick: it runs every 50 ms and asks
 /// again for attempts unsettled for 300 ms.
@@ -87,7 +78,8 @@ impl Stand {
             platform::telemetry::init(platform::settings::LogFormat::Human);
         }
         let dir = TempDir::new();
-        let Cli { mut settings, payments: mut payments_settings } = Cli::parse_from(["payments-test"]);
+        let mut settings = testkit::settings();
+        let mut payments_settings: PaymentsSettings = testkit::defaults();
         // No orders service here to confirm payments: answer at once.
         payments_settings.confirm_wait_millis = 0;
         tweak(&mut payments_settings);
@@ -134,7 +126,7 @@ impl Stand {
             tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops promptly").unwrap();
         }
         self.service = self.shutdown.child_token();
-        let Cli { payments: mut payments_settings, .. } = Cli::parse_from(["payments-test"]);
+        let mut payments_settings: PaymentsSettings = testkit::defaults();
         payments_settings.confirm_wait_millis = 0;
         tweak(&mut payments_settings);
         (self.base, self.payments, self.tasks) =

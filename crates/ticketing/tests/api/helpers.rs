@@ -2,17 +2,10 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::{Backend, TempDir};
 use ticketing::{Running, ServeArgs};
-
-#[derive(Parser)]
-struct TestCli {
-    #[command(flatten)]
-    args: ServeArgs,
-}
 
 pub struct TestApp {
     pub base: String,
@@ -23,7 +16,7 @@ pub struct TestApp {
 
 /// Settings for a test marketplace: port 0, its own data dir, database, stream, prefix.
 pub async fn test_args(backend: Backend, data_dir: &TempDir) -> ServeArgs {
-    let mut args = TestCli::parse_from(["ticketing-test"]).args;
+    let mut args: ServeArgs = testkit::defaults();
     let settings = &mut args.settings;
     settings.addr = "127.0.0.1:0".parse().expect("valid address");
     settings.data_dir = data_dir.path().to_owned();
