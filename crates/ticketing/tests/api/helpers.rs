@@ -175,6 +175,24 @@ impl User {
 }
 
 /// Status and JSON body (Null for an empty body).
+/// The `session` token a sign-up or sign-in answer sets.
+pub fn session_token(response: &reqwest::Response) -> String {
+    let cookie = response.headers().get(reqwest::header::SET_COOKIE).expect("a session cookie").to_str().unwrap();
+    cookie.trim_start_matches("session=").split(';').next().unwrap().to_owned()
+}
+
+/// A fresh session token for `email` (password as the helpers sign up with).
+pub async fn sign_in_token(app: &TestApp, email: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(app.url("/api/users/signin"))
+        .json(&json!({"email": email, "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    session_token(&response)
+}
+
 pub async fn into_parts(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let bytes = response.bytes().await.expect("body read");

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::Backend;
 
-use crate::helpers::{field_errors, into_parts, spawn_app};
+use crate::helpers::{field_errors, into_parts, sign_in_token, spawn_app};
 
 /// The raw JSON text, as curl would send it: `json!` would already have rounded the number.
 async fn post_raw(user: &crate::helpers::User, path: &str, body: &str) -> (StatusCode, Value) {
@@ -324,17 +324,4 @@ async fn a_planted_csrf_cookie_does_not_let_another_site_post_forms() {
     let (_, mine) = victim.get("/api/tickets").await;
     assert!(mine.as_array().unwrap().iter().all(|t| t["title"] != "Planted"), "{mine}");
     app.stop().await;
-}
-
-/// A fresh session token for `email` (password as the helpers sign up with).
-async fn sign_in_token(app: &crate::helpers::TestApp, email: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(app.url("/api/users/signin"))
-        .json(&json!({"email": email, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response.headers()["set-cookie"].to_str().unwrap();
-    cookie.trim_start_matches("session=").split(';').next().unwrap().to_owned()
 }

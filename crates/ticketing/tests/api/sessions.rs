@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use testkit::{Backend, eventually, on_both_backends};
 
-use crate::helpers::{TestApp, into_parts, messages, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, into_parts, messages, session_token, sign_in_token, spawn_app, spawn_app_with};
 use crate::service_db::service_db;
 
 on_both_backends!(
@@ -22,12 +22,6 @@ on_both_backends!(
 
 /// How long the services may take to apply `session:revoked` ("within seconds").
 const REVOCATION_DEADLINE: Duration = Duration::from_secs(10);
-
-/// The `session` token a sign-up or sign-in answer sets.
-fn session_token(response: &reqwest::Response) -> String {
-    let cookie = response.headers().get(SET_COOKIE).expect("a session cookie").to_str().unwrap();
-    cookie.trim_start_matches("session=").split(';').next().unwrap().to_owned()
-}
 
 async fn sign_up(app: &TestApp, email: &str) -> (String, String) {
     let response = reqwest::Client::new()
@@ -40,17 +34,6 @@ async fn sign_up(app: &TestApp, email: &str) -> (String, String) {
     let token = session_token(&response);
     let (_, body) = into_parts(response).await;
     (body["id"].as_str().unwrap().to_owned(), token)
-}
-
-async fn sign_in(app: &TestApp, email: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(app.url("/api/users/signin"))
-        .json(&json!({"email": email, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    session_token(&response)
 }
 
 /// What each authenticating service makes of a bearer token: auth's current user, tickets'
@@ -95,7 +78,7 @@ async fn a_copied_token_is_refused_everywhere_after_sign_out(backend: Backend) {
     let mut app = spawn_app(backend).await;
     let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
     let (id, copied) = sign_up(&app, &email).await;
-    let other_session = sign_in(&app, &email).await;
+    let other_session = sign_in_token(&app, &email).await;
     let before = seen_with(&app, &copied).await;
     assert_eq!(before.current_user["id"], id.as_str());
     assert_eq!(
