@@ -14,12 +14,20 @@ pub struct Routes {
     pub tickets: String,
     pub orders: String,
     pub payments: String,
+    /// The HTML pages (every path outside `/api`).
+    pub pages: String,
 }
 
 impl Routes {
     /// Every prefix on one origin (the all-in-one process).
     pub fn single(base: &str) -> Self {
-        Self { auth: base.to_owned(), tickets: base.to_owned(), orders: base.to_owned(), payments: base.to_owned() }
+        Self {
+            auth: base.to_owned(),
+            tickets: base.to_owned(),
+            orders: base.to_owned(),
+            payments: base.to_owned(),
+            pages: base.to_owned(),
+        }
     }
 
     fn base_for(&self, path: &str) -> &str {
@@ -29,8 +37,10 @@ impl Routes {
             &self.tickets
         } else if path.starts_with("/api/orders") {
             &self.orders
-        } else {
+        } else if path.starts_with("/api/payments") {
             &self.payments
+        } else {
+            &self.pages
         }
     }
 }
@@ -94,6 +104,18 @@ impl Api {
         let status = response.status();
         let body = response.bytes().await.map_err(|err| transport(&err))?;
         Ok((status, body.len()))
+    }
+
+    /// Sends a GET and returns its status, the number of items of its JSON array body and the
+    /// path of the `Link: <...>; rel="next"` header, if any.
+    pub async fn page(&self, path: &str) -> Result<(StatusCode, usize, Option<String>), String> {
+        let response = self.request(Method::GET, path, None).send().await.map_err(|err| transport(&err))?;
+        let status = response.status();
+        let next =
+            response.headers().get(reqwest::header::LINK).and_then(|value| value.to_str().ok()).and_then(next_link);
+        let bytes = response.bytes().await.map_err(|err| transport(&err))?;
+        let items = serde_json::from_slice::<Vec<Value>>(&bytes).map_or(0, |items| items.len());
+        Ok((status, items, next))
     }
 
     pub async fn call(
@@ -171,6 +193,21 @@ fn transport(err: &reqwest::Error) -> String {
     }
 }
 
+/// The target of the `rel="next"` link of a `Link` header, as a path (`/api/tickets?...`).
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        params.split(';').any(|param| param.trim() == "rel=\"next\"").then_some(())?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        // An absolute URL keeps only its path: the bench routes by path itself.
+        let path = match target.find("://") {
+            Some(scheme) => &target[target[scheme + 3..].find('/').map(|at| scheme + 3 + at)?..],
+            None => target,
+        };
+        Some(path.to_owned())
+    })
+}
+
 /// The value of the `session` cookie in a `Set-Cookie` header.
 fn session_token(header: &str) -> Option<&str> {
     let pair = header.split(';').next()?.trim();
@@ -190,10 +227,35 @@ mod tests {
 
     #[test]
     fn routes_by_prefix() {
-        let routes = Routes { auth: "a".into(), tickets: "t".into(), orders: "o".into(), payments: "p".into() };
+        let routes = Routes {
+            auth: "a".into(),
+            tickets: "t".into(),
+            orders: "o".into(),
+            payments: "p".into(),
+            pages: "w".into(),
+        };
         assert_eq!(routes.base_for("/api/users/signin"), "a");
         assert_eq!(routes.base_for("/api/tickets/1"), "t");
         assert_eq!(routes.base_for("/api/orders"), "o");
         assert_eq!(routes.base_for("/api/payments"), "p");
+        assert_eq!(routes.base_for("/"), "w");
+        assert_eq!(routes.base_for("/?cursor=abc"), "w");
+    }
+
+    #[test]
+    fn follows_the_next_link() {
+        assert_eq!(
+            next_link(r#"</api/tickets?limit=200&cursor=AbC_9>; rel="next""#).as_deref(),
+            Some("/api/tickets?limit=200&cursor=AbC_9")
+        );
+        assert_eq!(
+            next_link(r#"<http://127.0.0.1:3000/api/tickets?cursor=x>; rel="next""#).as_deref(),
+            Some("/api/tickets?cursor=x")
+        );
+        assert_eq!(
+            next_link(r#"</api/tickets?cursor=a>; rel="prev", </api/tickets?cursor=b>; rel="next""#).as_deref(),
+            Some("/api/tickets?cursor=b")
+        );
+        assert_eq!(next_link(r#"</api/tickets?cursor=a>; rel="prev""#), None);
     }
 }

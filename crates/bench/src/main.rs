@@ -11,6 +11,7 @@
 mod api;
 mod baseline;
 mod cpu;
+mod listing;
 mod load;
 mod marketplace;
 mod report;
@@ -25,7 +26,7 @@ use clap::{Parser, Subcommand};
 use crate::api::Api;
 use crate::cpu::NatsWatch;
 use crate::load::{Until, drive};
-use crate::marketplace::{Marketplace, Mode, PrivateNats, Proc};
+use crate::marketplace::{Marketplace, Mode, PrivateNats, Proc, Services};
 use crate::report::Goal;
 use crate::scenarios::{Row, Sizes};
 
@@ -73,6 +74,10 @@ struct RunArgs {
     /// Skip the one-process-per-service mode even when PostgreSQL and NATS are given.
     #[arg(long)]
     embedded_only: bool,
+    /// Measure the HTTP limit and the listing scenarios only (issue 12's pages at 1k, 10k and
+    /// 100k tickets), in every mode, without the purchase scenarios and pgbench.
+    #[arg(long)]
+    listing_only: bool,
     /// Where servers keep their data and logs (default: a fresh directory under the temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -173,6 +178,27 @@ async fn run_mode(
     sizes: &Sizes,
     run_id: &str,
     context: &mut report::Context,
+    listing_only: bool,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows =
+        if listing_only { Vec::new() } else { purchase_scenarios(binary, mode, work, sizes, run_id, context).await? };
+    eprintln!("bench: listing scenarios ({})", mode.name());
+    let dir = work.join("listing");
+    let market = Marketplace::start_services(binary, mode, Services::Browsing, &dir, &common_env(None)).await?;
+    let listed = listing::run(&market, &listing::TicketsTable::of(mode, &dir), mode.name(), sizes).await;
+    market.stop().await;
+    rows.extend(listed?);
+    Ok(rows)
+}
+
+/// The scenarios of issue 5 on a marketplace in `mode`, then expiration on another one.
+async fn purchase_scenarios(
+    binary: &Path,
+    mode: &Mode,
+    work: &Path,
+    sizes: &Sizes,
+    run_id: &str,
+    context: &mut report::Context,
 ) -> anyhow::Result<Vec<Row>> {
     eprintln!("bench: starting the marketplace ({})", mode.name());
     let market = Marketplace::start(binary, mode, &work.join("main"), &common_env(None)).await?;
@@ -214,7 +240,65 @@ fn find<'a>(rows: &'a [Row], mode: &str, scenario: &str, users: Option<usize>) -
 /// (docs/performance.md: `scripts/bench` of 2026-12-01 at b786a7c), which the issue asks to halve.
 const RECORDED_FULL_PURCHASE_CPU_MS: f64 = 21.2;
 
-fn goals(rows: &[Row], idle: &[(String, Vec<(String, f64)>)]) -> Vec<Goal> {
+/// Issue 12's listing goals in `mode`: every page of the API at ≥ 0.25× the trivial handler's
+/// throughput (`http`), at every size; the landing page in ≤ 5 ms at the largest size.
+fn listing_goals(rows: &[Row], mode: &str, sizes: &Sizes, http: Option<f64>) -> Vec<Goal> {
+    let exact = |scenario: String, users: usize| {
+        rows.iter().find(|row| row.mode == mode && row.scenario == scenario && row.users == users)
+    };
+    let users = sizes.browse_users;
+    let mut goals = Vec::new();
+    let mut measured = Vec::new();
+    let mut met = Some(true);
+    for count in &sizes.listing_tickets {
+        let first = exact(format!("list: GET /api/tickets, {count} listed"), users);
+        let deep = exact(format!("list: GET /api/tickets?cursor=…, {count} listed"), users);
+        match (first, deep, http) {
+            (Some(first), Some(deep), Some(http)) => {
+                let (first_ratio, deep_ratio) = (first.throughput() / http, deep.throughput() / http);
+                measured.push(format!(
+                    "{count} listed: first page {:.0}/s = {first_ratio:.2}×, deep page {:.0}/s = {deep_ratio:.2}×",
+                    first.throughput(),
+                    deep.throughput()
+                ));
+                let errors = first.stats.error_count() + deep.stats.error_count();
+                met = met.map(|met| met && first_ratio >= 0.25 && deep_ratio >= 0.25 && errors == 0);
+            }
+            _ => met = None,
+        }
+    }
+    if !sizes.listing_tickets.is_empty() {
+        goals.push(Goal {
+            goal: format!("{mode}: GET /api/tickets pages ≥ 0.25 × the trivial axum handler at {users} concurrent"),
+            measured: if measured.is_empty() { "–".into() } else { measured.join("; ") },
+            met,
+        });
+    }
+    if let Some(count) = sizes.listing_tickets.last() {
+        let scenario = format!("landing page: GET / (HTML), {count} listed");
+        let (alone, loaded) = (exact(scenario.clone(), 1), exact(scenario, users));
+        let p = |row: &Row, q: f64| row.quantile_ms(q).unwrap_or(f64::INFINITY);
+        goals.push(Goal {
+            goal: format!("{mode}: landing page (HTML) ≤ 5 ms server time with {count} tickets listed"),
+            measured: match (alone, loaded) {
+                (Some(alone), Some(loaded)) => format!(
+                    "one request at a time: p50 {:.2} ms, p99 {:.2} ms (client-side, so server time plus loopback \
+                     and client); at {users} concurrent: {:.0}/s, p50 {:.1} ms, p99 {:.1} ms (queueing on 2 cores)",
+                    p(alone, 0.5),
+                    p(alone, 0.99),
+                    loaded.throughput(),
+                    p(loaded, 0.5),
+                    p(loaded, 0.99)
+                ),
+                _ => "–".into(),
+            },
+            met: alone.map(|alone| p(alone, 0.99) <= 5.0 && alone.stats.error_count() == 0),
+        });
+    }
+    goals
+}
+
+fn goals(rows: &[Row], idle: &[(String, Vec<(String, f64)>)], sizes: &Sizes, http: Option<f64>) -> Vec<Goal> {
     let mut goals = Vec::new();
     let pg = "postgres+nats";
     for users in [8, 32] {
@@ -293,6 +377,7 @@ fn goals(rows: &[Row], idle: &[(String, Vec<(String, f64)>)]) -> Vec<Goal> {
                 });
             }
         }
+        goals.extend(listing_goals(rows, mode, sizes, http));
         if let Some(row) = find(rows, mode, "expiration", None) {
             let p99 = row.quantile_ms(0.99).unwrap_or(f64::INFINITY);
             goals.push(Goal {
@@ -378,13 +463,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "expiration run".into(),
             format!("a fresh marketplace with ORDER_EXPIRATION_SECONDS={}", sizes.expiration_seconds),
         ),
+        (
+            "listing run".into(),
+            "a fresh marketplace (one process per service: the tickets service and the web pages, whose API is \
+             the tickets service); the tickets are written straight into the tickets service's table (sqlite3 / \
+             psql, the columns `POST /api/tickets` writes), then the pages are read anonymously"
+                .into(),
+        ),
         ("load generator".into(), "this binary, tokio multi-threaded runtime, reqwest with keep-alive".into()),
     ];
 
     let mut rows = Vec::new();
     eprintln!("bench: HTTP limit (trivial axum handler)");
     rows.push(http_limit(&work, &sizes).await?);
-    rows.extend(run_mode(&binary, &Mode::Embedded, &work.join("embedded"), &sizes, &run_id, &mut context).await?);
+    rows.extend(
+        run_mode(&binary, &Mode::Embedded, &work.join("embedded"), &sizes, &run_id, &mut context, args.listing_only)
+            .await?,
+    );
 
     if let Some((database_url, nats_url)) = cluster {
         // A private NATS server when we can start one: its CPU is then ours to count.
@@ -423,7 +518,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             prefix: format!("bench_{run_id}"),
         };
         let result = async {
-            let mut rows = run_mode(&binary, &mode, &work.join("cluster"), &sizes, &run_id, &mut context).await?;
+            let mut rows =
+                run_mode(&binary, &mode, &work.join("cluster"), &sizes, &run_id, &mut context, args.listing_only)
+                    .await?;
+            if args.listing_only {
+                return anyhow::Ok(rows);
+            }
             eprintln!("bench: pgbench schema (ticketing migrate)");
             baseline::create_schema(&binary, &database_url, &pg_database, &pg_scratch, &common_env(None)).await?;
             for (script, scenario, note) in [
@@ -490,7 +590,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .collect();
     for row in &mut rows {
-        if row.scenario.starts_with("browse")
+        if (row.scenario.starts_with("browse")
+            || row.scenario.starts_with("list:")
+            || row.scenario.starts_with("landing page"))
+            && row.users == sizes.browse_users
             && let Some(http) = http
         {
             row.vs = format!("{:.2}× HTTP", row.throughput() / http);
@@ -505,8 +608,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    let goals = goals(&rows, &context.idle);
-    let command = if args.smoke { "scripts/bench --smoke" } else { "scripts/bench" };
+    let goals = goals(&rows, &context.idle, &sizes, http);
+    let command = match (args.smoke, args.listing_only) {
+        (true, false) => "scripts/bench --smoke",
+        (true, true) => "scripts/bench --smoke --listing-only",
+        (false, false) => "scripts/bench",
+        (false, true) => "scripts/bench --listing-only",
+    };
     let markdown = report::render(&context, &rows, &goals, command);
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;

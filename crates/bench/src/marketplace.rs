@@ -199,9 +199,32 @@ pub struct Marketplace {
 
 const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "expiration", "payments"];
 
+/// Which services a run needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Services {
+    /// The whole marketplace's API (the web pages too in embedded mode, where they come with
+    /// the all-in-one process).
+    Api,
+    /// What an anonymous visitor browsing the tickets for sale reaches: the tickets service
+    /// and the web pages (a process of their own in one-process-per-service mode, calling the
+    /// tickets service as their API).
+    Browsing,
+}
+
 impl Marketplace {
     /// Starts the marketplace in `mode`, with extra settings `env`, its files under `dir`.
     pub async fn start(binary: &Path, mode: &Mode, dir: &Path, env: &[(String, String)]) -> anyhow::Result<Self> {
+        Self::start_services(binary, mode, Services::Api, dir, env).await
+    }
+
+    /// Starts `services` of the marketplace in `mode`.
+    pub async fn start_services(
+        binary: &Path,
+        mode: &Mode,
+        services: Services,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut env = env.to_vec();
         env.push(("RUST_LOG".into(), "warn".into()));
@@ -224,17 +247,31 @@ impl Marketplace {
                 let mut procs = Vec::new();
                 // One at a time: each runs its own migrations in its own schema, and the
                 // first one creates the stream.
-                for service in SERVICES {
-                    let args = vec!["serve".to_owned(), service.to_owned()];
+                let started: &[&str] = match services {
+                    Services::Api => &SERVICES,
+                    Services::Browsing => &["tickets"],
+                };
+                for service in started {
+                    let args = vec!["serve".to_owned(), (*service).to_owned()];
                     let log = dir.join(format!("{service}.log"));
                     procs.push(Proc::start(service, binary, &args, &env, log).await?);
                 }
-                let base = |name: &str| procs.iter().find(|proc| proc.name == name).expect("started").base.clone();
+                if services == Services::Browsing {
+                    let mut env = env.clone();
+                    env.push(("API_URL".into(), procs[0].base.clone()));
+                    let args = vec!["serve".to_owned(), "web".to_owned()];
+                    procs.push(Proc::start("web", binary, &args, &env, dir.join("web.log")).await?);
+                }
+                // A service not started answers nowhere: its routes go to one that is (and
+                // answer 404 there).
+                let base = |name: &str| procs.iter().find(|proc| proc.name == name).unwrap_or(&procs[0]).base.clone();
                 let routes = Routes {
                     auth: base("auth"),
                     tickets: base("tickets"),
                     orders: base("orders"),
                     payments: base("payments"),
+                    // Without the web pages, other paths go to payments (404), as before.
+                    pages: if services == Services::Browsing { base("web") } else { base("payments") },
                 };
                 let meter = CpuMeter::start(Watch {
                     ours: procs.iter().filter_map(Proc::pid).collect(),

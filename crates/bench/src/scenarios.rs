@@ -30,6 +30,10 @@ pub struct Sizes {
     pub expiration_seconds: u64,
     pub http: Duration,
     pub pgbench_per_client_total: u64,
+    /// How many tickets are listed when the listing pages are measured, one size after another.
+    pub listing_tickets: Vec<u64>,
+    /// How long each listing page is measured at each size.
+    pub listing: Duration,
 }
 
 impl Sizes {
@@ -48,6 +52,8 @@ impl Sizes {
             expiration_seconds: 5,
             http: Duration::from_secs(8),
             pgbench_per_client_total: 8000,
+            listing_tickets: vec![1000, 10_000, 100_000],
+            listing: Duration::from_secs(4),
         }
     }
 
@@ -66,6 +72,8 @@ impl Sizes {
             expiration_seconds: 1,
             http: Duration::from_millis(500),
             pgbench_per_client_total: 64,
+            listing_tickets: vec![300],
+            listing: Duration::from_millis(300),
         }
     }
 }
