@@ -116,8 +116,13 @@ pub async fn create_order(
     // Whole milliseconds, as stored, so every later read shows the same instant.
     let expires_at = from_millis(now_millis().saturating_add(state.expiration_millis));
     let order = Order::new(user.id, &ticket, expires_at);
+    // A ticket already seen held is answered at once, without waiting for the write lock
+    // behind the race's winner (a flash sale's losers). Seen free is no promise: the partial
+    // unique index decides, even between instances.
+    if store::ticket_is_held(state.db.reader(), ticket.id).await? {
+        return Err(ApiError::bad_request(ALREADY_RESERVED));
+    }
     let mut tx = state.db.begin().await?;
-    // No check first: the partial unique index decides, even between instances.
     match store::insert_order(&mut tx, &order).await {
         Err(err) if is_unique_violation(&err) => return Err(ApiError::bad_request(ALREADY_RESERVED)),
         inserted => inserted?,

@@ -191,6 +191,18 @@ pub async fn lock_order(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, sqlx::Er
         .transpose()
 }
 
+/// Whether some order holds the ticket (live or complete) as far as `executor` sees. Only a
+/// shortcut for the losers of a race (answered without taking the write lock); the partial
+/// unique index still decides who wins.
+pub async fn ticket_is_held<'c>(executor: impl AnyExecutor<'c>, ticket_id: Uuid) -> Result<bool, sqlx::Error> {
+    let held: Option<String> =
+        sqlx::query_scalar("SELECT id FROM orders WHERE ticket_id = $1 AND status <> 'cancelled' LIMIT 1")
+            .bind(ticket_id.to_string())
+            .fetch_optional(executor)
+            .await?;
+    Ok(held.is_some())
+}
+
 /// Whether another order than `order_id` holds the ticket (live or complete).
 pub async fn ticket_held_by_other(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<bool, sqlx::Error> {
     let held: Option<String> =
