@@ -1,17 +1,17 @@
 //! Issue 10's findings, each reproduced against the whole marketplace and shown refused.
 //! Behaviour that does not depend on the storage or bus runs on the embedded default only.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use testkit::Backend;
 
 use crate::helpers::{field_errors, into_parts, sign_in_token, spawn_app};
 
 /// The raw JSON text, as curl would send it: `json!` would already have rounded the number.
-async fn post_raw(user: &crate::helpers::User, path: &str, body: &str) -> (StatusCode, Value) {
+async fn send_raw(user: &crate::helpers::User, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
     let response = user
         .client
-        .post(user.url(path))
+        .request(method, user.url(path))
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
@@ -27,7 +27,8 @@ async fn prices_with_too_many_decimals_are_refused_however_close_to_a_whole_numb
     let seller = app.user().await;
     let decimals = vec![("price".to_owned(), "Price must have at most 2 decimals".to_owned())];
     for price in ["10.999999999999999999", "100.0000000000000000001", r#""10.999999999999999999""#, "1.000e-20"] {
-        let (status, body) = post_raw(&seller, "/api/tickets", &format!(r#"{{"title":"p","price":{price}}}"#)).await;
+        let (status, body) =
+            send_raw(&seller, Method::POST, "/api/tickets", &format!(r#"{{"title":"p","price":{price}}}"#)).await;
         assert_eq!((status, field_errors(&body)), (StatusCode::BAD_REQUEST, decimals.clone()), "{price}");
     }
     let (status, _) = seller.get("/api/tickets").await;
@@ -37,31 +38,20 @@ async fn prices_with_too_many_decimals_are_refused_however_close_to_a_whole_numb
     for (price, expected) in
         [("19.990000000000000000", json!(19.99)), (r#""25.00""#, json!(25.0)), ("1.5e1", json!(15.0))]
     {
-        let (status, body) = post_raw(&seller, "/api/tickets", &format!(r#"{{"title":"p","price":{price}}}"#)).await;
+        let (status, body) =
+            send_raw(&seller, Method::POST, "/api/tickets", &format!(r#"{{"title":"p","price":{price}}}"#)).await;
         assert_eq!(status, StatusCode::CREATED, "{price}: {body}");
         assert_eq!(body["price"], expected, "{price}");
         let path = format!("/api/tickets/{}", body["id"].as_str().unwrap());
-        let (status, body) = post_raw_put(&seller, &path, r#"{"title":"q","price":"0.999"}"#).await;
+        let (status, body) = send_raw(&seller, Method::PUT, &path, r#"{"title":"q","price":"0.999"}"#).await;
         assert_eq!((status, field_errors(&body)), (StatusCode::BAD_REQUEST, decimals.clone()));
     }
-    let (status, body) = post_raw(&seller, "/api/tickets", r#"{"title":"p","price":"1e3"}"#).await;
+    let (status, body) = send_raw(&seller, Method::POST, "/api/tickets", r#"{"title":"p","price":"1e3"}"#).await;
     assert_eq!(
         (status, field_errors(&body)),
         (StatusCode::BAD_REQUEST, vec![("price".to_owned(), "Price must be a number".to_owned())])
     );
     app.stop().await;
-}
-
-async fn post_raw_put(user: &crate::helpers::User, path: &str, body: &str) -> (StatusCode, Value) {
-    let response = user
-        .client
-        .put(user.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("request sent");
-    into_parts(response).await
 }
 
 /// Finding: `urn:uuid:…`, braces and 32 bare hex digits were accepted in paths.
