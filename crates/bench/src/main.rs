@@ -127,6 +127,10 @@ fn with_database(url: &str, database: &str) -> String {
     }
 }
 
+/// Settings passed on to the servers when set for the bench, e.g.
+/// `EVENT_BATCH_SIZE=1 scripts/bench` to measure consumers without batching.
+const FORWARDED_SETTINGS: &[&str] = &["EVENT_BATCH_SIZE"];
+
 fn common_env(expiration_seconds: Option<u64>) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         ("SIGNUPS_PER_CLIENT", "0"),
@@ -138,6 +142,12 @@ fn common_env(expiration_seconds: Option<u64>) -> Vec<(String, String)> {
     .into_iter()
     .map(|(key, value)| (key.to_owned(), value.to_owned()))
     .collect();
+    // Server settings an experiment varies between runs, taken from the bench's environment.
+    for key in FORWARDED_SETTINGS {
+        if let Ok(value) = std::env::var(key) {
+            env.push(((*key).to_owned(), value));
+        }
+    }
     if let Some(seconds) = expiration_seconds {
         env.push(("ORDER_EXPIRATION_SECONDS".into(), seconds.to_string()));
     }
@@ -454,10 +464,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ("sizes".into(), format!("{sizes:?}").replace('\n', " ")),
         (
             "server environment".into(),
-            "RUST_LOG=warn, SIGNUPS_PER_CLIENT=0, SIGNIN_FAILURES_PER_CLIENT=0, SIGNIN_FAILURES_PER_EMAIL=0, \
-             TICKET_CREATIONS_PER_USER_PER_HOUR=0 \
-             (everything else default: 15-minute reservations, sandbox payment gateway)"
-                .into(),
+            format!(
+                "RUST_LOG=warn, SIGNUPS_PER_CLIENT=0, SIGNIN_FAILURES_PER_CLIENT=0, SIGNIN_FAILURES_PER_EMAIL=0, \
+                 TICKET_CREATIONS_PER_USER_PER_HOUR=0{} \
+                 (everything else default: 15-minute reservations, sandbox payment gateway)",
+                FORWARDED_SETTINGS
+                    .iter()
+                    .filter_map(|key| std::env::var(key).ok().map(|value| format!(", {key}={value}")))
+                    .collect::<String>()
+            ),
         ),
         (
             "expiration run".into(),

@@ -58,4 +58,12 @@ impl<H: EventHandler> Handler for WakeTimersAfter<H> {
         }
         outcome
     }
+
+    async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Outcome> {
+        let outcomes = self.consumer.handle_batch(deliveries).await;
+        if outcomes.iter().any(|outcome| matches!(outcome, Outcome::Ack)) {
+            self.timers.wake();
+        }
+        outcomes
+    }
 }

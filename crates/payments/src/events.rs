@@ -120,4 +120,13 @@ impl<H: EventHandler> platform::bus::Handler for WakeReconcilerAfter<H> {
         }
         outcome
     }
+
+    async fn handle_batch(&self, deliveries: Vec<platform::bus::Delivery>) -> Vec<platform::bus::Outcome> {
+        let rejections: Vec<bool> = deliveries.iter().map(|d| d.event.kind == OrderPaymentRejected::KIND).collect();
+        let outcomes = self.consumer.handle_batch(deliveries).await;
+        if rejections.iter().zip(&outcomes).any(|(rejection, outcome)| *rejection && matches!(outcome, platform::bus::Outcome::Ack)) {
+            self.payments.wake_reconciler();
+        }
+        outcomes
+    }
 }

@@ -4,6 +4,11 @@
 //! id in `processed_events`; a redelivered event finds its id there and changes nothing.
 //! Events that can never be applied (an unknown shape, or retries exhausted) are parked in
 //! `parked_events` with the reason, and logged: never retried forever, never silently dropped.
+//!
+//! Events the bus hands out together are applied in one transaction, in the bus's order, so
+//! a busy consumer pays for one commit (and one lock on SQLite) per batch rather than per event.
+//! If any of them cannot be applied, the batch's transaction is rolled back and each event is
+//! handled on its own, so one event that must wait never holds back the others.
 
 use std::sync::Arc;
 
@@ -49,6 +54,11 @@ pub trait EventHandler: Send + Sync + 'static {
 /// if it already was. Dropping the transaction without commit forgets the record too.
 pub async fn begin_once(db: &Db, consumer: &str, event_id: uuid::Uuid) -> Result<Option<Tx>, sqlx::Error> {
     let mut tx = db.begin().await?;
+    Ok(record_once(&mut tx, consumer, event_id).await?.then_some(tx))
+}
+
+/// Records `event_id` as processed by `consumer` in `tx`; false if it already was.
+async fn record_once(tx: &mut Tx, consumer: &str, event_id: uuid::Uuid) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3) \
          ON CONFLICT (consumer, event_id) DO NOTHING",
@@ -56,10 +66,10 @@ pub async fn begin_once(db: &Db, consumer: &str, event_id: uuid::Uuid) -> Result
     .bind(consumer)
     .bind(event_id.to_string())
     .bind(now_millis())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?
     .rows_affected();
-    Ok((inserted == 1).then_some(tx))
+    Ok(inserted == 1)
 }
 
 /// Records an event that will not be applied, with why.
@@ -119,37 +129,107 @@ impl<H: EventHandler> Consumer<H> {
     }
 }
 
+/// The span an event is handled in: `grep <trace id>` finds it.
+fn event_span(consumer: &str, delivery: &Delivery) -> tracing::Span {
+    let event = &delivery.event;
+    let trace_id = event.trace_id.as_deref().unwrap_or("-");
+    tracing::info_span!("event", consumer = %consumer, kind = %event.kind, event_id = %event.id, attempt = delivery.attempt, trace_id = %trace_id)
+}
+
 impl<H: EventHandler> Handler for Consumer<H> {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         let event = &delivery.event;
-        let trace_id = event.trace_id.as_deref().unwrap_or("-");
-        let span = tracing::info_span!("event", consumer = %self.name, kind = %event.kind, event_id = %event.id, attempt = delivery.attempt, trace_id = %trace_id);
+        let span = event_span(&self.name, &delivery);
         // Events this handler writes to the outbox carry the same trace id on.
         crate::telemetry::with_trace_id(event.trace_id.clone(), self.handle_in_span(&delivery)).instrument(span).await
+    }
+
+    async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Outcome> {
+        if deliveries.len() > 1 {
+            let started = std::time::Instant::now();
+            match self.process_batch(&deliveries).await {
+                Ok(()) => {
+                    // Each event is counted with its share of the batch's time.
+                    let each = started.elapsed().as_secs_f64() / deliveries.len() as f64;
+                    return deliveries
+                        .iter()
+                        .map(|delivery| {
+                            let labels = self.observe(delivery, each);
+                            event_span(&self.name, delivery).in_scope(|| self.applied(delivery, &labels))
+                        })
+                        .collect();
+                }
+                Err(err) => {
+                    tracing::debug!(consumer = %self.name, events = deliveries.len(), error = %format!("{err:#}"), "batch not applied as a whole; handling its events one by one");
+                }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            outcomes.push(self.handle(delivery).await);
+        }
+        outcomes
     }
 }
 
 impl<H: EventHandler> Consumer<H> {
-    async fn handle_in_span(&self, delivery: &Delivery) -> Outcome {
-        let event = &delivery.event;
+    /// Applies every event of a batch in one transaction, or none of them (`Err`: the caller
+    /// then handles each on its own, which decides retry, parking and logging per event).
+    async fn process_batch(&self, deliveries: &[Delivery]) -> Result<(), HandleError> {
+        let mut tx = self.db.begin().await?;
+        for delivery in deliveries {
+            let event = &delivery.event;
+            let applied = async {
+                if !record_once(&mut tx, &self.name, event.id).await? {
+                    tracing::debug!("duplicate event ignored");
+                    return Ok(());
+                }
+                crate::telemetry::with_trace_id(event.trace_id.clone(), self.handler.apply(&mut tx, event)).await
+            }
+            .instrument(event_span(&self.name, delivery))
+            .await;
+            // Dropping the transaction rolls the whole batch back.
+            applied?;
+        }
+        tx.commit().await?;
+        if let Some(outbox) = &self.outbox {
+            outbox.wake();
+        }
+        Ok(())
+    }
+
+    /// Counts a delivery's handling, whatever came of it; returns the labels of its other counts.
+    fn observe(&self, delivery: &Delivery, seconds: f64) -> crate::metrics::EventLabels {
         let m = crate::metrics::metrics();
-        let labels = crate::metrics::EventLabels { group: self.name.clone(), kind: event.kind.clone() };
-        let group = crate::metrics::GroupLabels { group: self.name.clone() };
+        let labels = crate::metrics::EventLabels { group: self.name.clone(), kind: delivery.event.kind.clone() };
         if delivery.attempt > 1 {
             m.events_redelivered.get_or_create(&labels).inc();
         }
+        let group = crate::metrics::GroupLabels { group: self.name.clone() };
+        m.event_handling_duration.get_or_create(&group).observe(seconds);
+        labels
+    }
+
+    /// Counts and logs (in the caller's span) an event whose effect committed.
+    fn applied(&self, delivery: &Delivery, labels: &crate::metrics::EventLabels) -> Outcome {
+        let m = crate::metrics::metrics();
+        let group = crate::metrics::GroupLabels { group: self.name.clone() };
+        let lag = (time::OffsetDateTime::now_utc() - delivery.event.occurred_at).as_seconds_f64().max(0.0);
+        m.events_handled.get_or_create(labels).inc();
+        m.event_lag.get_or_create(&group).observe(lag);
+        m.consumer_lag.get_or_create(&group).set(lag);
+        tracing::info!(lag_seconds = lag, "event handled");
+        Outcome::Ack
+    }
+
+    async fn handle_in_span(&self, delivery: &Delivery) -> Outcome {
+        let event = &delivery.event;
+        let m = crate::metrics::metrics();
         let started = std::time::Instant::now();
         let processed = self.process(event).await;
-        m.event_handling_duration.get_or_create(&group).observe(started.elapsed().as_secs_f64());
+        let labels = self.observe(delivery, started.elapsed().as_secs_f64());
         let outcome = match processed {
-            Ok(()) => {
-                let lag = (time::OffsetDateTime::now_utc() - event.occurred_at).as_seconds_f64().max(0.0);
-                m.events_handled.get_or_create(&labels).inc();
-                m.event_lag.get_or_create(&group).observe(lag);
-                m.consumer_lag.get_or_create(&group).set(lag);
-                tracing::info!(lag_seconds = lag, "event handled");
-                return Outcome::Ack;
-            }
+            Ok(()) => return self.applied(delivery, &labels),
             Err(HandleError::Malformed(err)) => {
                 tracing::error!(consumer = %self.name, event_id = %event.id, kind = %event.kind, error = %format!("{err:#}"), payload = %event.data, "parking malformed event");
                 self.park_or_retry(event, format!("{err:#}")).await

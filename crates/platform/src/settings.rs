@@ -99,6 +99,11 @@ pub struct Settings {
     #[arg(long, env = "ACK_WAIT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub ack_wait_seconds: u64,
 
+    /// Most events a consumer applies in one transaction: those the bus handed out together
+    /// (both buses). 1 applies each event in a transaction of its own.
+    #[arg(long, env = "EVENT_BATCH_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub event_batch_size: u16,
+
     /// Days kept of what only grows: processed-event ids, ended timers, settled embedded-bus
     /// messages (0: forever). Keep it above the stream's age limit.
     #[arg(long, env = "RETENTION_DAYS", default_value_t = 7)]
@@ -190,6 +195,7 @@ impl std::fmt::Debug for Settings {
             .field("nats_stream_max_bytes", &self.nats_stream_max_bytes)
             .field("nats_stream_storage", &self.nats_stream_storage)
             .field("ack_wait_seconds", &self.ack_wait_seconds)
+            .field("event_batch_size", &self.event_batch_size)
             .field("retention_days", &self.retention_days)
             .field("nats_stream", &self.nats_stream)
             .field("subject_prefix", &self.subject_prefix)

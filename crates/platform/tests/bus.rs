@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
-use platform::bus::{BusError, Delivery, DynHandler, Event, EventBus, Handler, Outcome, RetryPolicy};
+use platform::bus::{BusError, Delivery, DynHandler, Event, EventBus, Handler, Outcome, RetryPolicy, per_delivery};
 use platform::consumer::{self, Consumer, EventHandler, HandleError};
 use platform::db::{Db, Tx, now_millis};
 use platform::outbox::{self, OutboxRelay, OutboxWaker};
@@ -38,6 +38,7 @@ fn policy() -> RetryPolicy {
         ack_wait: Duration::from_secs(2),
         handler_timeout: Duration::from_secs(30),
         max_in_flight: 16,
+        max_batch: 8,
     }
 }
 
@@ -144,9 +145,9 @@ where
     Fut: Future<Output = Outcome> + Send + 'static,
 {
     let seen = seen.clone();
-    Arc::new(move |delivery: Delivery| {
+    per_delivery(move |delivery: Delivery| {
         seen.push(delivery.clone());
-        Box::pin(outcome(delivery))
+        outcome(delivery)
     })
 }
 
@@ -235,6 +236,8 @@ on_both_buses!(
     a_subscriber_handles_at_most_max_in_flight_at_once,
     outbox_relay_sends_a_full_batch,
     outbox_relay_keeps_what_the_bus_did_not_acknowledge,
+    waiting_events_are_handed_out_in_batches_in_order,
+    outcomes_of_a_batch_are_settled_one_by_one,
 );
 
 async fn published_event_reaches_a_subscriber_of_its_kind(which: Which) {
@@ -884,6 +887,104 @@ async fn outbox_relay_keeps_what_the_bus_did_not_acknowledge(which: Which) {
     setup.finish().await;
 }
 
+/// Records the batches it is given, acknowledging every delivery except those `retry` names.
+#[derive(Clone, Default)]
+struct Batches {
+    seen: Arc<std::sync::Mutex<Vec<Vec<Delivery>>>>,
+    retry_once: Arc<std::sync::Mutex<Vec<Uuid>>>,
+}
+
+impl Batches {
+    fn all(&self) -> Vec<Vec<Delivery>> {
+        self.seen.lock().expect("poisoned").clone()
+    }
+
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.all().into_iter().flatten().collect()
+    }
+
+    async fn wait_for(&self, deliveries: usize, what: &str) {
+        testkit::eventually(Duration::from_secs(20), what, || {
+            let enough = self.deliveries().len() >= deliveries;
+            async move { enough.then_some(()) }
+        })
+        .await;
+    }
+}
+
+impl Handler for Batches {
+    async fn handle(&self, delivery: Delivery) -> Outcome {
+        self.handle_batch(vec![delivery]).await.pop().expect("one outcome")
+    }
+
+    async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Outcome> {
+        self.seen.lock().expect("poisoned").push(deliveries.clone());
+        let mut retry_once = self.retry_once.lock().expect("poisoned");
+        deliveries
+            .iter()
+            .map(|delivery| {
+                if let Some(at) = retry_once.iter().position(|id| *id == delivery.event.id) {
+                    retry_once.remove(at);
+                    Outcome::Retry(anyhow::anyhow!("not yet"))
+                } else {
+                    Outcome::Ack
+                }
+            })
+            .collect()
+    }
+}
+
+async fn waiting_events_are_handed_out_in_batches_in_order(which: Which) {
+    let setup = Setup::new(which);
+    let bus = setup.open().await;
+    let sent = events(20);
+    publish_all(&*bus, &sent).await;
+
+    let batches = Batches::default();
+    let running = subscribe(&*bus, &unique_name("g"), &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
+    batches.wait_for(20, "the twenty waiting events").await;
+    quiet().await;
+
+    let all = batches.all();
+    let sizes: Vec<usize> = all.iter().map(Vec::len).collect();
+    assert!(sizes.iter().all(|size| (1..=8).contains(size)), "batches of one to max_batch (8): {sizes:?}");
+    assert!(sizes.iter().any(|size| *size > 1), "events already waiting are handed out together: {sizes:?}");
+    let got: Vec<Uuid> = batches.deliveries().iter().map(|delivery| delivery.event.id).collect();
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 20, "every event, once: {got:?}");
+    for batch in &all {
+        let order: Vec<usize> =
+            batch.iter().map(|d| sent.iter().position(|e| e.id == d.event.id).expect("a sent event")).collect();
+        assert!(order.windows(2).all(|pair| pair[0] < pair[1]), "a batch keeps the publish order: {order:?}");
+    }
+
+    running.stop().await;
+    setup.finish().await;
+}
+
+async fn outcomes_of_a_batch_are_settled_one_by_one(which: Which) {
+    let setup = Setup::new(which);
+    let bus = setup.open().await;
+    let sent = events(6);
+    publish_all(&*bus, &sent).await;
+
+    let batches = Batches::default();
+    batches.retry_once.lock().expect("poisoned").push(sent[2].id);
+    let running = subscribe(&*bus, &unique_name("g"), &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
+    batches.wait_for(7, "six events and one redelivery").await;
+    quiet().await;
+
+    let got = batches.deliveries();
+    assert_eq!(got.len(), 7, "the acknowledged events once, the retried one twice: {got:?}");
+    let again: Vec<&Delivery> = got.iter().filter(|delivery| delivery.event.id == sent[2].id).collect();
+    assert_eq!(attempts(&again.into_iter().cloned().collect::<Vec<_>>()), [1, 2], "only the retried event comes back");
+
+    running.stop().await;
+    setup.finish().await;
+}
+
 /// A payload the test handler understands.
 #[derive(serde::Deserialize)]
 struct Numbered {
@@ -963,6 +1064,63 @@ async fn consumer_applies_once_and_parks_what_it_cannot_apply_on_sqlite() {
 #[tokio::test]
 async fn consumer_applies_once_and_parks_what_it_cannot_apply_on_postgres() {
     consumer_applies_once_and_parks_what_it_cannot_apply(&testkit::fresh_postgres_url().await).await;
+}
+
+async fn consumer_applies_a_batch_together_and_its_events_alone_when_one_must_wait(db_url: &str) {
+    init_logs();
+    let db = connect_db(db_url, "batch_test").await;
+    sqlx::query("CREATE TABLE applied (event_id TEXT NOT NULL, n BIGINT NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .expect("cannot create the test table");
+    let consumer = Consumer::new("batch_test", db.clone(), Recording, None);
+    let applied = "SELECT COUNT(*) FROM applied WHERE event_id = $1";
+    let processed = "SELECT COUNT(*) FROM processed_events WHERE event_id = $1";
+    let deliver = |events: &[Event]| -> Vec<Delivery> {
+        events.iter().map(|event| Delivery { event: event.clone(), attempt: 1, is_last_attempt: false }).collect()
+    };
+
+    // Three good events, the second one delivered twice in the same batch.
+    let good = events(3);
+    let batch = deliver(&[good[0].clone(), good[1].clone(), good[1].clone(), good[2].clone()]);
+    let outcomes = consumer.handle_batch(batch).await;
+    assert_eq!(outcomes.len(), 4, "one outcome per delivery");
+    assert!(outcomes.iter().all(|outcome| matches!(outcome, Outcome::Ack)), "{outcomes:?}");
+    for event in &good {
+        assert_eq!(count(&db, applied, event.id).await, 1, "each event of the batch applied once");
+        assert_eq!(count(&db, processed, event.id).await, 1);
+    }
+
+    // One event of the batch must wait: the others are applied, it alone comes back.
+    let before = Event::new(KIND, json!({ "n": 10 }));
+    let not_yet = Event::new(KIND, json!({ "n": -1 }));
+    let after = Event::new(KIND, json!({ "n": 11 }));
+    let outcomes = consumer.handle_batch(deliver(&[before.clone(), not_yet.clone(), after.clone()])).await;
+    assert!(matches!(outcomes[0], Outcome::Ack), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Outcome::Retry(_)), "the event that must wait is retried: {outcomes:?}");
+    assert!(matches!(outcomes[2], Outcome::Ack), "{outcomes:?}");
+    assert_eq!(count(&db, applied, before.id).await, 1);
+    assert_eq!(count(&db, applied, after.id).await, 1, "an event after the failing one is not held back");
+    assert_eq!(count(&db, processed, not_yet.id).await, 0, "the failed event leaves no trace");
+
+    // Redelivered together with events already applied: nothing is applied twice.
+    let outcomes = consumer.handle_batch(deliver(&[before.clone(), good[0].clone(), after.clone()])).await;
+    assert!(outcomes.iter().all(|outcome| matches!(outcome, Outcome::Ack)), "{outcomes:?}");
+    for event in [&before, &good[0], &after] {
+        assert_eq!(count(&db, applied, event.id).await, 1, "a redelivered event is applied once");
+    }
+}
+
+#[tokio::test]
+async fn consumer_applies_a_batch_together_and_its_events_alone_when_one_must_wait_on_sqlite() {
+    let dir = TempDir::new();
+    consumer_applies_a_batch_together_and_its_events_alone_when_one_must_wait(&sqlite_url(dir.path())).await;
+}
+
+#[tokio::test]
+async fn consumer_applies_a_batch_together_and_its_events_alone_when_one_must_wait_on_postgres() {
+    consumer_applies_a_batch_together_and_its_events_alone_when_one_must_wait(&testkit::fresh_postgres_url().await)
+        .await;
 }
 
 /// The nats-server binary `scripts/test-deps` installs, or `NATS_SERVER_BIN`.

@@ -124,7 +124,11 @@ impl Running {
 
 /// The retry policy of both buses, from the settings.
 fn retry_policy(settings: &Settings) -> RetryPolicy {
-    RetryPolicy { ack_wait: Duration::from_secs(settings.ack_wait_seconds), ..RetryPolicy::default() }
+    RetryPolicy {
+        ack_wait: Duration::from_secs(settings.ack_wait_seconds),
+        max_batch: usize::from(settings.event_batch_size),
+        ..RetryPolicy::default()
+    }
 }
 
 /// The bus named by the settings. NATS connects in the background (the process runs while it is

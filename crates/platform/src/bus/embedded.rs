@@ -7,10 +7,11 @@
 //! disk, so a restart resumes where the process stopped.
 //!
 //! A subscriber leases at most as many due deliveries as it has free slots (the policy's
-//! `max_in_flight`) and starts all their handlers at once, each in a task of its own. A lease
-//! lasts `ack_wait` and is renewed while its handler runs (bounded by `handler_timeout`), so it
-//! runs out only when its process died. As handlers finish, their outcomes are recorded one by
-//! one and the freed slots are filled with the next due deliveries.
+//! `max_in_flight`) and hands them to the handler at once, in batches of up to `max_batch`,
+//! each batch in a task of its own. A lease lasts `ack_wait` and is renewed while its handler
+//! runs (bounded by `handler_timeout`), so it runs out only when its process died. When a batch
+//! is done, its outcomes are recorded together and the freed slots are filled with the next due
+//! deliveries.
 //!
 //! The bus file is guarded by a lock file beside it: one process per data dir. Whoever takes
 //! the lock releases every lease in the file, since their holder is gone.
@@ -350,61 +351,75 @@ impl Subscriber {
             .iter()
             .map(|row| Ok((row.try_get("seq")?, row.try_get("payload")?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        for (seq, attempts) in leased {
-            // As many leased as there were free slots.
-            let Some(slot) = free.split(1) else { break };
-            let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
-            self.start(seq, attempt, payloads.remove(&seq), slot, handlers);
+        // As many leased as there were free slots.
+        let batches: Vec<Vec<Leased>> = leased
+            .into_iter()
+            .map(|(seq, attempts)| Leased {
+                seq,
+                attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+                payload: payloads.remove(&seq),
+            })
+            .collect::<Vec<_>>()
+            .chunks(self.policy.batch_limit())
+            .map(<[Leased]>::to_vec)
+            .collect();
+        for batch in batches {
+            let Some(slots) = free.split(batch.len()) else { break };
+            self.start(batch, slots, handlers);
         }
         Ok(None)
     }
 
-    /// Starts handling one leased delivery in a task of its own, which holds `slot` until the
-    /// outcome is recorded. The handler is called here, so handlers start in `seq` order.
-    fn start(
-        self: &Arc<Self>,
-        seq: i64,
-        attempt: u32,
-        payload: Option<Vec<u8>>,
-        slot: OwnedSemaphorePermit,
-        handlers: &mut JoinSet<()>,
-    ) {
-        let decoded = payload
-            .ok_or_else(|| anyhow::anyhow!("the message is missing"))
-            .and_then(|payload| Event::decode(&payload).map_err(anyhow::Error::from));
-        let handling = match decoded {
-            Ok(event) => {
-                let delivery = Delivery { event, attempt, is_last_attempt: attempt >= self.policy.max_attempts };
-                Some((self.handler)(delivery))
+    /// Starts handling a batch of leased deliveries in a task of its own, which holds `slots`
+    /// until the outcomes are recorded. The handler is called here, so batches start in `seq`
+    /// order.
+    fn start(self: &Arc<Self>, batch: Vec<Leased>, slots: OwnedSemaphorePermit, handlers: &mut JoinSet<()>) {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut handled = Vec::with_capacity(batch.len());
+        let mut unreadable = Vec::new();
+        for leased in batch {
+            let decoded = leased
+                .payload
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("the message is missing"))
+                .and_then(|payload| Event::decode(payload).map_err(anyhow::Error::from));
+            match decoded {
+                Ok(event) => {
+                    let is_last_attempt = leased.attempt >= self.policy.max_attempts;
+                    deliveries.push(Delivery { event, attempt: leased.attempt, is_last_attempt });
+                    handled.push((leased.seq, leased.attempt));
+                }
+                // Same as JetStream: a message nobody can read is not ours to keep retrying.
+                Err(err) => {
+                    tracing::error!(group = %self.group, seq = leased.seq, error = %format!("{err:#}"), "undecodable message on the embedded bus; dropping it");
+                    unreadable.push((leased.seq, leased.attempt));
+                }
             }
-            // Same as JetStream: a message nobody can read is not ours to keep retrying.
-            Err(err) => {
-                tracing::error!(group = %self.group, seq, error = %format!("{err:#}"), "undecodable message on the embedded bus; dropping it");
-                None
-            }
-        };
+        }
+        let handling = (!deliveries.is_empty()).then(|| (self.handler)(deliveries));
         let this = self.clone();
         handlers.spawn(async move {
-            let outcome = match handling {
-                Some(handling) => this.run_handler(seq, attempt, handling).await,
-                None => Outcome::Ack,
-            };
-            if let Err(err) = this.settle(seq, attempt, outcome).await {
-                tracing::warn!(group = %this.group, seq, error = %err, "cannot record a delivery's outcome; it is made again when its lease runs out");
+            let mut settled: Vec<((i64, u32), Outcome)> = unreadable.into_iter().map(|leased| (leased, Outcome::Ack)).collect();
+            if let Some(handling) = handling {
+                let outcomes = this.run_handler(&handled, handling).await;
+                settled.extend(handled.into_iter().zip(outcomes));
             }
-            drop(slot);
+            if let Err(err) = this.settle(settled).await {
+                tracing::warn!(group = %this.group, error = %err, "cannot record the outcome of deliveries; they are made again when their leases run out");
+            }
+            drop(slots);
             this.settled.notify_one();
         });
     }
 
-    /// Runs a handler, bounded by the policy's `handler_timeout`, renewing the delivery's lease
-    /// while it runs, so a lease only runs out when its process died.
+    /// Runs a handler, bounded by the policy's `handler_timeout`, renewing the leases of its
+    /// deliveries (`(seq, attempt)`) while it runs, so a lease only runs out when its process
+    /// died.
     async fn run_handler(
         &self,
-        seq: i64,
-        attempt: u32,
-        handling: futures::future::BoxFuture<'static, Outcome>,
-    ) -> Outcome {
+        leased: &[(i64, u32)],
+        handling: futures::future::BoxFuture<'static, Vec<Outcome>>,
+    ) -> Vec<Outcome> {
         let timeout = self.policy.handler_timeout;
         let handling = tokio::time::timeout(timeout, handling);
         tokio::pin!(handling);
@@ -413,58 +428,75 @@ impl Subscriber {
         loop {
             tokio::select! {
                 done = &mut handling => {
-                    return done.unwrap_or_else(|_| Outcome::Retry(anyhow::anyhow!("handler timed out after {timeout:?}")));
+                    return done.unwrap_or_else(|_| {
+                        leased.iter().map(|_| Outcome::Retry(anyhow::anyhow!("handler timed out after {timeout:?}"))).collect()
+                    });
                 }
                 _ = renew.tick() => {
-                    // Only while the lease is still this attempt's.
-                    let renewed = sqlx::query("UPDATE deliveries SET visible_at = $1 WHERE grp = $2 AND seq = $3 AND attempts = $4")
-                        .bind(now_millis() + self.policy.ack_wait.as_millis() as i64)
-                        .bind(&self.group)
-                        .bind(seq)
-                        .bind(i64::from(attempt))
-                        .execute(&self.pool)
-                        .await;
-                    if let Err(err) = renewed {
-                        tracing::warn!(group = %self.group, seq, error = %err, "cannot renew a delivery's lease; it may be made again");
+                    for &(seq, attempt) in leased {
+                        // Only while the lease is still this attempt's.
+                        let renewed = sqlx::query("UPDATE deliveries SET visible_at = $1 WHERE grp = $2 AND seq = $3 AND attempts = $4")
+                            .bind(now_millis() + self.policy.ack_wait.as_millis() as i64)
+                            .bind(&self.group)
+                            .bind(seq)
+                            .bind(i64::from(attempt))
+                            .execute(&self.pool)
+                            .await;
+                        if let Err(err) = renewed {
+                            tracing::warn!(group = %self.group, seq, error = %err, "cannot renew a delivery's lease; it may be made again");
+                        }
                     }
                 }
             }
         }
     }
 
-    async fn settle(&self, seq: i64, attempt: u32, outcome: Outcome) -> Result<(), sqlx::Error> {
-        match outcome {
-            Outcome::Ack => {
-                sqlx::query("DELETE FROM deliveries WHERE grp = $1 AND seq = $2")
-                    .bind(&self.group)
-                    .bind(seq)
-                    .execute(&self.pool)
-                    .await?;
-            }
-            Outcome::Retry(err) if attempt >= self.policy.max_attempts => {
-                tracing::error!(group = %self.group, seq, attempt, error = %format!("{err:#}"), "delivery failed on its last attempt; it will not be redelivered");
-                sqlx::query("DELETE FROM deliveries WHERE grp = $1 AND seq = $2")
-                    .bind(&self.group)
-                    .bind(seq)
-                    .execute(&self.pool)
-                    .await?;
-            }
-            Outcome::Retry(err) => {
-                let delay = self.policy.delay_after(attempt);
-                tracing::warn!(group = %self.group, seq, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
-                // Only while the lease is still this attempt's: if it ran out and another
-                // subscriber took the delivery, its lease must not be cut short.
-                sqlx::query("UPDATE deliveries SET visible_at = $1 WHERE grp = $2 AND seq = $3 AND attempts = $4")
-                    .bind(now_millis() + delay.as_millis() as i64)
-                    .bind(&self.group)
-                    .bind(seq)
-                    .bind(i64::from(attempt))
-                    .execute(&self.pool)
-                    .await?;
+    /// Records the outcomes of a batch in one transaction: done deliveries (and those that
+    /// failed their last attempt) are deleted, the others come back after their backoff.
+    async fn settle(&self, outcomes: Vec<((i64, u32), Outcome)>) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for ((seq, attempt), outcome) in outcomes {
+            match outcome {
+                Outcome::Ack => {
+                    sqlx::query("DELETE FROM deliveries WHERE grp = $1 AND seq = $2")
+                        .bind(&self.group)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Outcome::Retry(err) if attempt >= self.policy.max_attempts => {
+                    tracing::error!(group = %self.group, seq, attempt, error = %format!("{err:#}"), "delivery failed on its last attempt; it will not be redelivered");
+                    sqlx::query("DELETE FROM deliveries WHERE grp = $1 AND seq = $2")
+                        .bind(&self.group)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Outcome::Retry(err) => {
+                    let delay = self.policy.delay_after(attempt);
+                    tracing::warn!(group = %self.group, seq, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
+                    // Only while the lease is still this attempt's: if it ran out and another
+                    // subscriber took the delivery, its lease must not be cut short.
+                    sqlx::query("UPDATE deliveries SET visible_at = $1 WHERE grp = $2 AND seq = $3 AND attempts = $4")
+                        .bind(now_millis() + delay.as_millis() as i64)
+                        .bind(&self.group)
+                        .bind(seq)
+                        .bind(i64::from(attempt))
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
         }
-        Ok(())
+        tx.commit().await
     }
+}
+
+/// A delivery leased to this subscriber, with its message (`None` if it has gone).
+#[derive(Clone)]
+struct Leased {
+    seq: i64,
+    attempt: u32,
+    payload: Option<Vec<u8>>,
 }
 
 /// Collects the handler tasks that have finished.

@@ -83,6 +83,11 @@ pub struct RetryPolicy {
     /// from the bus than it has free slots, so every event it takes starts at once and its
     /// `ack_wait` runs only while its handler does.
     pub max_in_flight: usize,
+    /// The most events handed to a handler together ([`Handler::handle_batch`]): the events a
+    /// subscriber took from the bus at once, in the bus's order. A consumer applies a batch in
+    /// one transaction, so under load it pays for one commit per batch instead of per event;
+    /// when events come one at a time, batches are of one and nothing waits to fill them.
+    pub max_batch: usize,
 }
 
 impl Default for RetryPolicy {
@@ -96,6 +101,7 @@ impl Default for RetryPolicy {
             ack_wait: Duration::from_secs(5),
             handler_timeout: Duration::from_secs(60),
             max_in_flight: 16,
+            max_batch: 8,
         }
     }
 }
@@ -104,6 +110,11 @@ impl RetryPolicy {
     /// [`Self::max_in_flight`], at least 1.
     pub fn in_flight_limit(&self) -> usize {
         self.max_in_flight.max(1)
+    }
+
+    /// [`Self::max_batch`], at least 1 and at most [`Self::in_flight_limit`].
+    pub fn batch_limit(&self) -> usize {
+        self.max_batch.clamp(1, self.in_flight_limit())
     }
 
     /// How often a running handler's delivery is kept from redelivery: well within `ack_wait`.
@@ -142,23 +153,63 @@ pub enum Outcome {
 /// the order the bus hands events out, but they run side by side and redeliveries interleave.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, delivery: Delivery) -> impl Future<Output = Outcome> + Send;
+
+    /// Deliveries the bus handed out together, in its order; returns one outcome per delivery,
+    /// in the same order. By default each is handled on its own, side by side.
+    fn handle_batch(&self, deliveries: Vec<Delivery>) -> impl Future<Output = Vec<Outcome>> + Send {
+        futures::future::join_all(deliveries.into_iter().map(|delivery| self.handle(delivery)))
+    }
 }
 
-/// Object-safe twin of [`Handler`], used by the bus implementations.
-pub type DynHandler = Arc<dyn Fn(Delivery) -> futures::future::BoxFuture<'static, Outcome> + Send + Sync>;
+/// Object-safe twin of [`Handler`], used by the bus implementations: a batch of deliveries in,
+/// one outcome per delivery out.
+pub type DynHandler = Arc<dyn Fn(Vec<Delivery>) -> futures::future::BoxFuture<'static, Vec<Outcome>> + Send + Sync>;
 
 pub fn dyn_handler<H: Handler>(handler: Arc<H>) -> DynHandler {
-    Arc::new(move |delivery| {
+    Arc::new(move |deliveries: Vec<Delivery>| {
         let handler = handler.clone();
         Box::pin(async move {
             use futures::FutureExt;
-            // A panicking handler must not kill its subscriber: treat it as a failed attempt.
-            std::panic::AssertUnwindSafe(handler.handle(delivery))
+            let count = deliveries.len();
+            // A panicking handler must not kill its subscriber: treat it as a failed attempt of
+            // every delivery it was given.
+            let outcomes = std::panic::AssertUnwindSafe(handler.handle_batch(deliveries))
                 .catch_unwind()
                 .await
-                .unwrap_or_else(|_| Outcome::Retry(anyhow::anyhow!("event handler panicked")))
+                .unwrap_or_else(|_| (0..count).map(|_| Outcome::Retry(anyhow::anyhow!("event handler panicked"))).collect());
+            complete(outcomes, count)
         })
     })
+}
+
+/// A [`DynHandler`] from a closure that handles one delivery (tests, simple handlers).
+pub fn per_delivery<F, Fut>(handle: F) -> DynHandler
+where
+    F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    struct PerDelivery<F>(F);
+    impl<F, Fut> Handler for PerDelivery<F>
+    where
+        F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        fn handle(&self, delivery: Delivery) -> impl Future<Output = Outcome> + Send {
+            (self.0)(delivery)
+        }
+    }
+    dyn_handler(Arc::new(PerDelivery(handle)))
+}
+
+/// One outcome per delivery, whatever the handler returned: a missing one is a failed attempt
+/// (the delivery comes back), never a silent acknowledgement.
+fn complete(mut outcomes: Vec<Outcome>, count: usize) -> Vec<Outcome> {
+    if outcomes.len() != count {
+        tracing::error!(expected = count, got = outcomes.len(), "a handler returned the wrong number of outcomes");
+        outcomes.truncate(count);
+        outcomes.resize_with(count, || Outcome::Retry(anyhow::anyhow!("the handler gave no outcome for this delivery")));
+    }
+    outcomes
 }
 
 #[derive(Debug, thiserror::Error)]

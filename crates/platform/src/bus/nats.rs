@@ -7,7 +7,8 @@
 //! the group's work is split between them, and an unacknowledged message comes back after
 //! `ack_wait` or after the backoff we ask for with a NAK. `max_deliver` caps the attempts.
 //!
-//! A subscriber handles up to the policy's `max_in_flight` messages at once. It never asks the
+//! A subscriber handles up to the policy's `max_in_flight` messages at once; messages that
+//! arrive together are handed to the handler as one batch (up to `max_batch`). It never asks the
 //! server for more messages than it has free slots (one pull request at a time, for exactly the
 //! free slots), so every message it receives starts its handler at once: none waits in a local
 //! buffer while its `ack_wait` runs out. Each message is acknowledged (or NAKed) on its own when
@@ -41,7 +42,7 @@ use async_nats::jetstream::context::Context as JetStream;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -501,11 +502,32 @@ impl Subscriber {
                 match next {
                     Some(Ok(message)) => {
                         *failures = 0;
-                        match free.split(1) {
-                            Some(slot) => self.start(message, slot, handlers),
+                        // Whatever else has already arrived goes in the same batch; nothing
+                        // waits for a batch to fill.
+                        let mut batch = vec![message];
+                        let mut failed = None;
+                        while batch.len() < self.policy.batch_limit() {
+                            match messages.next().now_or_never() {
+                                Some(Some(Ok(message))) => batch.push(message),
+                                Some(Some(Err(err))) => {
+                                    failed = Some(err);
+                                    break;
+                                }
+                                Some(None) | None => break,
+                            }
+                        }
+                        match free.split(batch.len()) {
+                            Some(slots) => self.start(batch, slots, handlers),
                             // The server never sends more than asked for; if it did, let the
-                            // message go to whoever has room.
-                            None => acknowledge(&self.group, &message, AckKind::Nak(None)).await,
+                            // messages go to whoever has room.
+                            None => {
+                                for message in &batch {
+                                    acknowledge(&self.group, message, AckKind::Nak(None)).await;
+                                }
+                            }
+                        }
+                        if let Some(err) = failed {
+                            return Err(anyhow::anyhow!(err).context("pulling messages failed"));
                         }
                     }
                     Some(Err(err)) => {
@@ -520,60 +542,70 @@ impl Subscriber {
         }
     }
 
-    /// Starts handling `message` in a task of its own, which holds `slot` until the message is
-    /// settled. The handler is called here, so handlers start in the order messages arrive.
-    fn start(self: &Arc<Self>, message: jetstream::Message, slot: OwnedSemaphorePermit, handlers: &mut JoinSet<()>) {
-        let (attempt, stream_sequence) = match message.info() {
-            Ok(info) => (u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX), info.stream_sequence),
-            Err(err) => {
-                tracing::warn!(group = %self.group, error = %err, "JetStream message without delivery info");
-                (1, 0)
-            }
-        };
-        let event = match Event::decode(&message.payload) {
-            Ok(event) => event,
-            Err(err) => {
-                // A message nobody can read is not ours to keep retrying.
-                tracing::error!(group = %self.group, seq = stream_sequence, error = %err, "undecodable message on the NATS bus; terminating it");
-                let group = self.group.clone();
-                handlers.spawn(async move {
-                    acknowledge(&group, &message, AckKind::Term).await;
-                    drop(slot);
-                });
-                return;
-            }
-        };
-        let event_id = event.id;
-        let is_last_attempt = attempt >= self.policy.max_attempts;
-        let handling = (self.handler)(Delivery { event, attempt, is_last_attempt });
-        let this = self.clone();
-        handlers.spawn(async move {
-            // While the handler runs, tell JetStream it is still being worked on, so `ack_wait`
-            // can stay short (it only decides how soon a crashed consumer's events come back).
-            let timeout = this.policy.handler_timeout;
-            let handling = tokio::time::timeout(timeout, handling);
-            tokio::pin!(handling);
-            let every = this.policy.progress_every();
-            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            let outcome = loop {
-                tokio::select! {
-                    done = &mut handling => break done.unwrap_or_else(|_| Outcome::Retry(anyhow::anyhow!("handler timed out after {timeout:?}"))),
-                    _ = progress.tick() => acknowledge(&this.group, &message, AckKind::Progress).await,
+    /// Starts handling a batch of messages in a task of its own, which holds `slots` until the
+    /// messages are settled. The handler is called here, so batches start in the order their
+    /// messages arrived.
+    fn start(self: &Arc<Self>, batch: Vec<jetstream::Message>, slots: OwnedSemaphorePermit, handlers: &mut JoinSet<()>) {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut handled = Vec::with_capacity(batch.len());
+        let mut unreadable = Vec::new();
+        for message in batch {
+            let (attempt, stream_sequence) = match message.info() {
+                Ok(info) => (u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX), info.stream_sequence),
+                Err(err) => {
+                    tracing::warn!(group = %self.group, error = %err, "JetStream message without delivery info");
+                    (1, 0)
                 }
             };
-            this.settle(&message, event_id, attempt, is_last_attempt, outcome).await;
-            drop(slot);
+            match Event::decode(&message.payload) {
+                Ok(event) => {
+                    let is_last_attempt = attempt >= self.policy.max_attempts;
+                    handled.push(Handled { message, event_id: event.id, attempt, is_last_attempt });
+                    deliveries.push(Delivery { event, attempt, is_last_attempt });
+                }
+                Err(err) => {
+                    // A message nobody can read is not ours to keep retrying.
+                    tracing::error!(group = %self.group, seq = stream_sequence, error = %err, "undecodable message on the NATS bus; terminating it");
+                    unreadable.push(message);
+                }
+            }
+        }
+        let handling = (!deliveries.is_empty()).then(|| (self.handler)(deliveries));
+        let this = self.clone();
+        handlers.spawn(async move {
+            for message in &unreadable {
+                acknowledge(&this.group, message, AckKind::Term).await;
+            }
+            if let Some(handling) = handling {
+                // While the handler runs, tell JetStream it is still being worked on, so
+                // `ack_wait` can stay short (it only decides how soon a crashed consumer's
+                // events come back).
+                let timeout = this.policy.handler_timeout;
+                let handling = tokio::time::timeout(timeout, handling);
+                tokio::pin!(handling);
+                let every = this.policy.progress_every();
+                let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                let outcomes = loop {
+                    tokio::select! {
+                        done = &mut handling => break done.unwrap_or_else(|_| {
+                            handled.iter().map(|_| Outcome::Retry(anyhow::anyhow!("handler timed out after {timeout:?}"))).collect()
+                        }),
+                        _ = progress.tick() => {
+                            for handled in &handled {
+                                acknowledge(&this.group, &handled.message, AckKind::Progress).await;
+                            }
+                        }
+                    }
+                };
+                // Settled side by side: each confirmation is a round trip of its own.
+                futures::future::join_all(handled.iter().zip(outcomes).map(|(handled, outcome)| this.settle(handled, outcome))).await;
+            }
+            drop(slots);
         });
     }
 
-    async fn settle(
-        &self,
-        message: &jetstream::Message,
-        event_id: uuid::Uuid,
-        attempt: u32,
-        is_last_attempt: bool,
-        outcome: Outcome,
-    ) {
+    async fn settle(&self, handled: &Handled, outcome: Outcome) {
+        let Handled { message, event_id, attempt, is_last_attempt } = handled;
         match outcome {
             Outcome::Ack => {
                 // Confirmed, so a lost ack shows up in the log rather than as a surprise redelivery.
@@ -581,17 +613,25 @@ impl Subscriber {
                     tracing::warn!(group = %self.group, %event_id, error = %err, "ack not confirmed by JetStream; the event may be redelivered");
                 }
             }
-            Outcome::Retry(err) if is_last_attempt => {
+            Outcome::Retry(err) if *is_last_attempt => {
                 tracing::error!(group = %self.group, %event_id, attempt, error = %format!("{err:#}"), "delivery failed on its last attempt; it will not be redelivered");
                 acknowledge(&self.group, message, AckKind::Term).await;
             }
             Outcome::Retry(err) => {
-                let delay = self.policy.delay_after(attempt);
+                let delay = self.policy.delay_after(*attempt);
                 tracing::warn!(group = %self.group, %event_id, attempt, retry_in = ?delay, error = %format!("{err:#}"), "delivery failed; will redeliver");
                 acknowledge(&self.group, message, AckKind::Nak(Some(delay))).await;
             }
         }
     }
+}
+
+/// A message being handled, with what settling it needs.
+struct Handled {
+    message: jetstream::Message,
+    event_id: uuid::Uuid,
+    attempt: u32,
+    is_last_attempt: bool,
 }
 
 /// Collects the handler tasks that have finished.
