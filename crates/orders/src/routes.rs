@@ -10,9 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use platform::db::{from_millis, is_unique_violation, now_millis};
 use platform::error::{ApiError, ApiResult, IdPath, Json};
-use platform::events::ContractEvent;
 use platform::money::Currency;
-use platform::outbox;
 use platform::session::RequireUser;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -123,11 +121,10 @@ pub async fn create_order(
         return Err(ApiError::bad_request(ALREADY_RESERVED));
     }
     let mut tx = state.db.begin().await?;
-    match store::insert_order(&mut tx, &order).await {
+    match store::place_order(&mut tx, &order).await {
         Err(err) if is_unique_violation(&err) => return Err(ApiError::bad_request(ALREADY_RESERVED)),
-        inserted => inserted?,
+        placed => placed?,
     }
-    outbox::enqueue(&mut tx, &order.created_event().to_event()).await?;
     tx.commit().await?;
     state.outbox.wake();
     tracing::info!(order_id = %order.id, ticket_id = %ticket.id, user_id = %user.id, "ticket ordered");
@@ -199,7 +196,7 @@ pub async fn cancel_order(
         return Err(ApiError::Unauthorized);
     }
     let mut tx = state.db.begin().await?;
-    match domain::cancel_order(&mut tx, id, EndReason::Buyer).await? {
+    match store::cancel_order(&mut tx, id, EndReason::Buyer).await? {
         Ended::Now => {
             tx.commit().await?;
             state.outbox.wake();

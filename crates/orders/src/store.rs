@@ -6,15 +6,20 @@
 //! order is one guarded `UPDATE ... RETURNING`, so two endings racing cannot both win. An
 //! order carries its own copy of its ticket's title, price and version (its snapshot): the
 //! replica may move on, the order does not.
+//!
+//! A change of an order and the event that tells it are written together, in the caller's
+//! transaction ([`place_order`], [`cancel_order`], [`complete_order`], [`revive_as_complete`],
+//! [`reject_payment`]): the event cannot be lost, nor sent for a change that did not commit.
 
 use platform::db::uuid_column;
 use platform::db::{Tx, from_millis, millis, now_millis};
-use platform::events::{TicketCreated, TicketUpdated};
+use platform::events::{ContractEvent, OrderPaymentRejected, TicketCreated, TicketUpdated};
+use platform::outbox;
 use sqlx::Row;
 use sqlx::any::{AnyExecutor, AnyRow};
 use uuid::Uuid;
 
-use crate::domain::{EndReason, Order, OrderStatus, Refund, Snapshot, Ticket};
+use crate::domain::{EndReason, Ended, Order, OrderStatus, Refund, Snapshot, Ticket};
 
 const ORDER_COLUMNS: &str = "id, user_id, ticket_id, status, expires_at, version, ticket_title, ticket_price, ticket_version, ended_at, end_reason";
 
@@ -102,8 +107,15 @@ pub async fn advance_ticket(tx: &mut Tx, updated: &TicketUpdated) -> Result<bool
     Ok(changed == 1)
 }
 
+/// Places a new order and enqueues `order:created`. Fails with a unique violation when the
+/// ticket already has a live order.
+pub async fn place_order(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
+    insert_order(tx, order).await?;
+    outbox::enqueue(tx, &order.created_event().to_event()).await
+}
+
 /// Inserts a new order. Fails with a unique violation when the ticket already has a live order.
-pub async fn insert_order(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
+async fn insert_order(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO orders (id, user_id, ticket_id, status, expires_at, version, created_at, \
            ticket_title, ticket_price, ticket_version) \
@@ -146,7 +158,7 @@ pub async fn list_orders<'c>(executor: impl AnyExecutor<'c>, user_id: Uuid) -> R
         .collect()
 }
 
-pub async fn order_status(tx: &mut Tx, id: Uuid) -> Result<Option<OrderStatus>, sqlx::Error> {
+async fn order_status(tx: &mut Tx, id: Uuid) -> Result<Option<OrderStatus>, sqlx::Error> {
     sqlx::query("SELECT status FROM orders WHERE id = $1")
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
@@ -156,9 +168,33 @@ pub async fn order_status(tx: &mut Tx, id: Uuid) -> Result<Option<OrderStatus>, 
         .transpose()
 }
 
+/// Cancels a live order (`order:cancelled`); a cancelled or complete order stays as it is.
+pub async fn cancel_order(tx: &mut Tx, order_id: Uuid, reason: EndReason) -> Result<Ended, sqlx::Error> {
+    end_order(tx, order_id, OrderStatus::Cancelled, Some(reason)).await
+}
+
+/// Completes a live order (`order:completed`); a cancelled or complete order stays as it is.
+pub async fn complete_order(tx: &mut Tx, order_id: Uuid) -> Result<Ended, sqlx::Error> {
+    end_order(tx, order_id, OrderStatus::Complete, None).await
+}
+
+async fn end_order(
+    tx: &mut Tx,
+    order_id: Uuid,
+    status: OrderStatus,
+    reason: Option<EndReason>,
+) -> Result<Ended, sqlx::Error> {
+    let Some(order) = end_live_order(tx, order_id, status, reason).await? else {
+        return Ok(order_status(tx, order_id).await?.map_or(Ended::Unknown, Ended::Already));
+    };
+    outbox::enqueue(tx, &order.ended_event()).await?;
+    tracing::info!(order_id = %order.id, ticket_id = %order.ticket_id, status = status.as_str(), version = order.version, "order ended");
+    Ok(Ended::Now)
+}
+
 /// Moves a live order (`created` or `awaiting:payment`) to `status`, bumping its version and
 /// recording when and why it ended; `None` if the order is not live.
-pub async fn end_live_order(
+async fn end_live_order(
     tx: &mut Tx,
     id: Uuid,
     status: OrderStatus,
@@ -214,10 +250,11 @@ pub async fn ticket_held_by_other(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) 
     Ok(held.is_some())
 }
 
-/// Completes a cancelled order paid in time (its ticket is free): version + 1. `None` if it
-/// is no longer cancelled. A unique violation means another order took the ticket meanwhile.
+/// Completes a cancelled order paid in time (its ticket is free): version + 1, and
+/// `order:completed`. `None` if it is no longer cancelled. A unique violation means another
+/// order took the ticket meanwhile.
 pub async fn revive_as_complete(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    sqlx::query(&format!(
+    let revived = sqlx::query(&format!(
         "UPDATE orders SET status = 'complete', version = version + 1, ended_at = $2 \
          WHERE id = $1 AND status = 'cancelled' RETURNING {ORDER_COLUMNS}"
     ))
@@ -227,7 +264,17 @@ pub async fn revive_as_complete(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, 
     .await?
     .as_ref()
     .map(order)
-    .transpose()
+    .transpose()?;
+    if let Some(revived) = &revived {
+        outbox::enqueue(tx, &revived.ended_event()).await?;
+    }
+    Ok(revived)
+}
+
+/// Tells payments that orders will not keep a payment (`order:payment-rejected`): payments
+/// owes its refund.
+pub async fn reject_payment(tx: &mut Tx, rejected: &OrderPaymentRejected) -> Result<(), sqlx::Error> {
+    outbox::enqueue(tx, &rejected.to_event()).await
 }
 
 /// The replica's version of a ticket, holding its row until the transaction ends, so two

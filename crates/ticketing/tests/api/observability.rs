@@ -50,7 +50,7 @@ async fn wait_for_value(app: &TestApp, series: &str, expected: f64) -> String {
 }
 
 fn admin(app: &TestApp, command: AdminCommand) -> AdminArgs {
-    AdminArgs { command, settings: app.args.settings.clone(), payments: app.args.payments.clone() }
+    AdminArgs { command, settings: app.args.settings.clone() }
 }
 
 async fn metrics_and_admin_follow_a_scripted_scenario(backend: Backend) {
