@@ -5,6 +5,10 @@
 //! A change of a payment and the event that tells it are written together, on the caller's
 //! transaction ([`keep_payment`], [`give_back_payment`], [`owe_refund`], [`refund_made`]):
 //! a charge kept or a refund owed cannot go untold.
+//!
+//! One executor type: every function takes a `&mut AnyConnection`, a pooled connection for
+//! what stands alone (the charge attempt is committed before the gateway is asked) or the
+//! connection of the caller's transaction (`&mut tx`) for what must commit together.
 
 use platform::db::uuid_column;
 use platform::events::{ContractEvent, OrderStatus, PaymentCreated, RefundCompleted, RefundCreated};
