@@ -141,7 +141,7 @@ pub async fn sign_up(
 
     let hash = password::hash(password.to_owned()).await?;
     let id = Uuid::new_v4();
-    if !store::insert_user(&state.db, id, &email, &hash).await? {
+    if !store::insert_user(&mut *state.db.pool.acquire().await?, id, &email, &hash).await? {
         return Err(ApiError::invalid("email", "Email in use"));
     }
     tracing::info!(user_id = %id, "user signed up");
@@ -171,7 +171,7 @@ pub async fn sign_in(
     state.failures_per_client.check(&client).map_err(too_many)?;
     state.failures_per_pair.check(&pair).map_err(too_many)?;
 
-    let account = store::find_by_email(&state.db, &email).await?;
+    let account = store::find_by_email(&mut *state.db.reader().acquire().await?, &email).await?;
     let (id, stored) = account.map(|account| (account.id, account.password_hash)).unzip();
     let verified = password::verify(password.to_owned(), stored).await?;
     let id = match id {
@@ -206,7 +206,9 @@ pub async fn sign_out(
 async fn revoke(state: &AppState, claims: &session::Claims) -> ApiResult<()> {
     let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|err| ApiError::Unexpected(err.into()))?;
     let revoked = SessionRevoked { id: claims.jti, user_id: claims.id, expires_at };
-    store::revoke_session(&state.db, &revoked).await?;
+    let mut tx = state.db.begin().await?;
+    store::revoke_session(&mut tx, &revoked).await?;
+    tx.commit().await?;
     state.outbox.wake();
     tracing::info!(user_id = %claims.id, session_id = %claims.jti, "user signed out");
     Ok(())

@@ -1,10 +1,14 @@
 //! The auth tables: accounts (and, through the platform, revoked sessions and the outbox).
 //! Every query of the service is here; portable SQL only.
+//!
+//! One executor type: every function takes a `&mut AnyConnection`: a reader connection for
+//! reads (`&mut *db.reader().acquire().await?`), the writer's for a single write, the
+//! connection of the caller's transaction (`&mut tx`) for a change and its event.
 
-use platform::db::{Db, now_millis};
+use platform::db::now_millis;
 use platform::events::{ContractEvent, SessionRevoked};
 use platform::{outbox, revocation};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 /// What sign-in needs of an account.
@@ -15,7 +19,12 @@ pub struct Account {
 
 /// Creates an account; `false` when the email is taken (the database decides, so two sign-ups
 /// racing for one email cannot both succeed).
-pub async fn insert_user(db: &Db, id: Uuid, email: &str, password_hash: &str) -> Result<bool, sqlx::Error> {
+pub async fn insert_user(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    email: &str,
+    password_hash: &str,
+) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (email) DO NOTHING",
@@ -24,30 +33,27 @@ pub async fn insert_user(db: &Db, id: Uuid, email: &str, password_hash: &str) ->
     .bind(email)
     .bind(password_hash)
     .bind(now_millis())
-    .execute(&db.pool)
+    .execute(conn)
     .await?
     .rows_affected();
     Ok(inserted == 1)
 }
 
-/// The account of a (normalised) email, read on a read connection.
-pub async fn find_by_email(db: &Db, email: &str) -> Result<Option<Account>, sqlx::Error> {
-    let Some(row) = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
-        .bind(email)
-        .fetch_optional(db.reader())
-        .await?
+/// The account of a (normalised) email.
+pub async fn find_by_email(conn: &mut AnyConnection, email: &str) -> Result<Option<Account>, sqlx::Error> {
+    let Some(row) =
+        sqlx::query("SELECT id, password_hash FROM users WHERE email = $1").bind(email).fetch_optional(conn).await?
     else {
         return Ok(None);
     };
     Ok(Some(Account { id: platform::db::uuid_column(&row, "id")?, password_hash: row.try_get("password_hash")? }))
 }
 
-/// Records a revoked session and, in the same transaction, queues `session:revoked` for the
-/// other services (once: revoking a session again changes nothing).
-pub async fn revoke_session(db: &Db, revoked: &SessionRevoked) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    if revocation::record(&mut tx, revoked).await? {
-        outbox::enqueue(&mut tx, &revoked.to_event()).await?;
+/// Records a revoked session and, in the caller's transaction, queues `session:revoked` for
+/// the other services (once: revoking a session again changes nothing).
+pub async fn revoke_session(conn: &mut AnyConnection, revoked: &SessionRevoked) -> Result<(), sqlx::Error> {
+    if revocation::record(conn, revoked).await? {
+        outbox::enqueue(conn, &revoked.to_event()).await?;
     }
-    tx.commit().await
+    Ok(())
 }

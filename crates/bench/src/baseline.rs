@@ -36,7 +36,7 @@ const DEFINES: &[(&str, &str)] = &[
 ];
 
 /// The statements `POST /api/orders` issues (crates/orders `create_order`, `store::find_ticket`,
-/// `store::insert_order`, `platform::outbox::enqueue`): read the ticket replica, then in one
+/// `store::place_order`: the order and its outbox row): read the ticket replica, then in one
 /// transaction insert the order (the partial unique index decides) and its `order:created`
 /// event into the outbox. Each client orders its own distinct tickets; ids are numbers in
 /// text columns, distinct per client and transaction.

@@ -6,7 +6,8 @@ use platform::consumer::{Consumer, EventHandler, HandleError, payload};
 use platform::db::{Tx, millis};
 use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated};
 
-use crate::timers::{self, TimerWaker};
+use crate::store;
+use crate::timers::TimerWaker;
 
 /// The event kinds expiration consumes.
 pub const KINDS: &[&str] = &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND];
@@ -21,19 +22,19 @@ impl EventHandler for OrderEvents {
             OrderCreated::KIND => {
                 let order: OrderCreated = payload(event)?;
                 let fire_at = millis(order.expires_at);
-                if timers::schedule(tx, order.id, fire_at).await? {
+                if store::schedule(tx, order.id, fire_at).await? {
                     tracing::debug!(order_id = %order.id, expires_at = %order.expires_at, "expiration timer scheduled");
                 }
             }
             OrderCancelled::KIND => {
                 let order: OrderCancelled = payload(event)?;
-                if timers::unschedule(tx, order.id).await? {
+                if store::unschedule(tx, order.id).await? {
                     tracing::debug!(order_id = %order.id, "order cancelled: expiration timer dropped");
                 }
             }
             OrderCompleted::KIND => {
                 let order: OrderCompleted = payload(event)?;
-                if timers::unschedule(tx, order.id).await? {
+                if store::unschedule(tx, order.id).await? {
                     tracing::debug!(order_id = %order.id, "order paid: expiration timer dropped");
                 }
             }

@@ -1,6 +1,6 @@
 //! The expiration service: ends reservations that were not paid in time.
 //!
-//! It keeps one durable timer per live order ([`timers`]), started by `order:created` and
+//! It keeps one durable timer per live order ([`timers`], its table in [`store`]), started by `order:created` and
 //! dropped by `order:cancelled` / `order:completed` ([`events`]). When an order's `expiresAt`
 //! passes, the timer fires `expiration:complete` through the outbox, once, even with several
 //! instances running and even if the window ended while the service was down; orders then
@@ -15,6 +15,7 @@
 //! orders ignores, as it must for any late `expiration:complete`.
 
 pub mod events;
+pub mod store;
 pub mod timers;
 
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub async fn start(ctx: &Context, settings: &ExpirationSettings) -> anyhow::Resu
     let consumer = ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(Arc::new(handler)), ctx.shutdown.clone()).await?;
     let timer_loop = timers.spawn(ctx.shutdown.clone());
     sample_due_timers(ctx, &db);
-    let tasks = vec![relay, consumer, timer_loop, ctx.start_retention(&db, &[timers::ENDED_TIMERS])];
+    let tasks = vec![relay, consumer, timer_loop, ctx.start_retention(&db, &[store::ENDED_TIMERS])];
     Ok(Service { name: NAME, router: ctx.api_router(Router::new(), &db), checks: ctx.readiness(&db), tasks })
 }
 
@@ -64,11 +65,8 @@ fn sample_due_timers(ctx: &Context, db: &platform::db::Db) {
     platform::metrics::sample_with(ctx.shutdown.clone(), move || {
         let db = db.clone();
         Box::pin(async move {
-            let due: Result<i64, sqlx::Error> =
-                sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE status = 'scheduled' AND fire_at <= $1")
-                    .bind(platform::db::now_millis())
-                    .fetch_one(&db.pool)
-                    .await;
+            let due = async { store::due_count(&mut *db.pool.acquire().await?, platform::db::now_millis()).await };
+            let due: Result<i64, sqlx::Error> = due.await;
             match due {
                 Ok(due) => {
                     platform::metrics::metrics().timers_due.set(due);

@@ -225,7 +225,7 @@ async fn retention_deletes_old_ended_timers_and_processed_events_only(backend: B
         let db = db.clone();
         async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&db.pool).await.unwrap() }
     };
-    let retention = Retention::new(db.clone(), Some(Duration::from_secs(3_600)), &[expiration::timers::ENDED_TIMERS]);
+    let retention = Retention::new(db.clone(), Some(Duration::from_secs(3_600)), &[expiration::store::ENDED_TIMERS]);
 
     // Kept for an hour: nothing here ended an hour ago but the old processed event.
     let (deleted, full) = retention.sweep(now_millis()).await.unwrap();
@@ -315,11 +315,11 @@ async fn due_timers_fire_once_across_instances() {
     let later = Uuid::new_v4();
     let mut tx = first.begin().await.unwrap();
     for (i, order_id) in due.iter().enumerate() {
-        assert!(expiration::timers::schedule(&mut tx, *order_id, now_millis() - 1000 + i as i64).await.unwrap());
+        assert!(expiration::store::schedule(&mut tx, *order_id, now_millis() - 1000 + i as i64).await.unwrap());
     }
-    assert!(expiration::timers::schedule(&mut tx, later, millis(in_millis(60_000))).await.unwrap());
+    assert!(expiration::store::schedule(&mut tx, later, millis(in_millis(60_000))).await.unwrap());
     // Scheduling again is a no-op.
-    assert!(!expiration::timers::schedule(&mut tx, later, now_millis()).await.unwrap());
+    assert!(!expiration::store::schedule(&mut tx, later, now_millis()).await.unwrap());
     tx.commit().await.unwrap();
 
     // Rounds driven by hand, raced against each other...

@@ -3,17 +3,15 @@
 //! An order starts `created`, and ends `cancelled` (by its buyer, or when its reservation
 //! window passes unpaid) or `complete` (paid). `awaiting:payment` is in the contract and is
 //! treated as live, like `created`. Every change bumps the order's version by one and emits
-//! the matching event in the same transaction.
+//! the matching event ([`Order::ended_event`]); [`crate::store`] writes both in one
+//! transaction. Nothing here touches the database.
 
-use platform::db::Tx;
+use platform::bus::Event;
 pub use platform::events::OrderStatus;
 use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef};
-use platform::outbox;
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-use crate::store;
 
 pub const ALREADY_RESERVED: &str = "Ticket is already reserved";
 pub const OWN_TICKET: &str = "Cannot purchase your own ticket";
@@ -114,6 +112,16 @@ impl Order {
         }
     }
 
+    /// The event telling an order's end: `order:completed` when complete, else
+    /// `order:cancelled`, at the order's (new) version.
+    pub fn ended_event(&self) -> Event {
+        let ticket = TicketRef { id: self.ticket_id };
+        match self.status {
+            OrderStatus::Complete => OrderCompleted { id: self.id, version: self.version, ticket }.to_event(),
+            _ => OrderCancelled { id: self.id, version: self.version, ticket }.to_event(),
+        }
+    }
+
     /// Whether a payment accepted at `accepted_at` (ms) must win although the order was
     /// cancelled: only an expiry, and only if accepted before `expiresAt`. A buyer's own
     /// cancellation that reached orders before the payment wins over it: the payment request
@@ -143,41 +151,6 @@ pub enum Ended {
     Already(OrderStatus),
     /// There is no such order.
     Unknown,
-}
-
-/// Cancels a live order (`order:cancelled`); a cancelled or complete order stays as it is.
-pub async fn cancel_order(tx: &mut Tx, order_id: Uuid, reason: EndReason) -> Result<Ended, sqlx::Error> {
-    end_order(tx, order_id, OrderStatus::Cancelled, Some(reason)).await
-}
-
-/// Completes a live order (`order:completed`); a cancelled or complete order stays as it is.
-pub async fn complete_order(tx: &mut Tx, order_id: Uuid) -> Result<Ended, sqlx::Error> {
-    end_order(tx, order_id, OrderStatus::Complete, None).await
-}
-
-/// Enqueues `order:completed` for an order that just became complete.
-pub async fn announce_completed(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
-    let event = OrderCompleted { id: order.id, version: order.version, ticket: TicketRef { id: order.ticket_id } };
-    outbox::enqueue(tx, &event.to_event()).await
-}
-
-async fn end_order(
-    tx: &mut Tx,
-    order_id: Uuid,
-    status: OrderStatus,
-    reason: Option<EndReason>,
-) -> Result<Ended, sqlx::Error> {
-    let Some(order) = store::end_live_order(tx, order_id, status, reason).await? else {
-        return Ok(store::order_status(tx, order_id).await?.map_or(Ended::Unknown, Ended::Already));
-    };
-    let ticket = TicketRef { id: order.ticket_id };
-    let event = match status {
-        OrderStatus::Complete => OrderCompleted { id: order.id, version: order.version, ticket }.to_event(),
-        _ => OrderCancelled { id: order.id, version: order.version, ticket }.to_event(),
-    };
-    outbox::enqueue(tx, &event).await?;
-    tracing::info!(order_id = %order.id, ticket_id = %order.ticket_id, status = status.as_str(), version = order.version, "order ended");
-    Ok(Ended::Now)
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@ use platform::events::{
     ContractEvent, ExpirationComplete, OrderPaymentRejected, PaymentCreated, RefundCompleted, RefundCreated,
     SessionRevoked, TicketCreated, TicketUpdated,
 };
-use platform::{outbox, revocation};
+use platform::revocation;
 use uuid::Uuid;
 
-use crate::domain::{self, EndReason, Ended, OrderStatus};
+use crate::domain::{EndReason, Ended, OrderStatus};
 use crate::store;
 
 /// The event kinds the orders service consumes.
@@ -51,7 +51,7 @@ impl EventHandler for TicketExpirationAndPaymentEvents {
             TicketUpdated::KIND => ticket_updated(tx, payload(event)?).await,
             ExpirationComplete::KIND => {
                 let expired: ExpirationComplete = payload(event)?;
-                let ended = domain::cancel_order(tx, expired.order_id, EndReason::Expired).await?;
+                let ended = store::cancel_order(tx, expired.order_id, EndReason::Expired).await?;
                 require_known_order(expired.order_id, ended, "expiration")
             }
             PaymentCreated::KIND => payment_created(tx, event, payload(event)?).await,
@@ -92,7 +92,7 @@ async fn payment_created(tx: &mut Tx, event: &Event, paid: PaymentCreated) -> Re
     let accepted_at = millis(paid.accepted_at.unwrap_or(event.occurred_at));
     match order.status {
         OrderStatus::Created | OrderStatus::AwaitingPayment => {
-            domain::complete_order(tx, order_id).await?;
+            store::complete_order(tx, order_id).await?;
             Ok(())
         }
         OrderStatus::Complete => {
@@ -109,15 +109,14 @@ async fn payment_created(tx: &mut Tx, event: &Event, paid: PaymentCreated) -> Re
                 // Paid in time and the ticket is free: the payment wins. A concurrent new
                 // order for the ticket makes this a unique violation, and the event is
                 // retried (then rejected, as the ticket is taken).
-                let revived = store::revive_as_complete(tx, order_id).await?.ok_or_else(|| {
+                store::revive_as_complete(tx, order_id).await?.ok_or_else(|| {
                     HandleError::Retry(anyhow::anyhow!("order {order_id} changed while being revived"))
                 })?;
-                domain::announce_completed(tx, &revived).await?;
                 tracing::warn!(%order_id, payment_id = %paid.id, accepted_at, expires_at = %order.expires_at, "payment accepted in time arrived after the order ended: order revived as complete");
                 return Ok(());
             };
             let rejected = OrderPaymentRejected { id: order_id, payment_id: paid.id, reason: reason.to_owned() };
-            outbox::enqueue(tx, &rejected.to_event()).await?;
+            store::reject_payment(tx, &rejected).await?;
             tracing::warn!(%order_id, payment_id = %paid.id, reason, "payment rejected: payments owes its refund");
             Ok(())
         }

@@ -10,9 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use platform::db::{from_millis, is_unique_violation, now_millis};
 use platform::error::{ApiError, ApiResult, IdPath, Json};
-use platform::events::ContractEvent;
 use platform::money::Currency;
-use platform::outbox;
 use platform::session::RequireUser;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -109,7 +107,8 @@ pub async fn create_order(
 ) -> ApiResult<(StatusCode, Json<OrderBody>)> {
     let ticket_id =
         domain::parse_ticket_id(&input.ticket_id).map_err(|message| ApiError::invalid("ticketId", message))?;
-    let ticket = store::find_ticket(state.db.reader(), ticket_id).await?.ok_or(ApiError::NotFound)?;
+    let ticket =
+        store::find_ticket(&mut *state.db.reader().acquire().await?, ticket_id).await?.ok_or(ApiError::NotFound)?;
     if ticket.user_id == user.id {
         return Err(ApiError::bad_request(OWN_TICKET));
     }
@@ -119,15 +118,14 @@ pub async fn create_order(
     // A ticket already seen held is answered at once, without waiting for the write lock
     // behind the race's winner (a flash sale's losers). Seen free is no promise: the partial
     // unique index decides, even between instances.
-    if store::ticket_is_held(state.db.reader(), ticket.id).await? {
+    if store::ticket_is_held(&mut *state.db.reader().acquire().await?, ticket.id).await? {
         return Err(ApiError::bad_request(ALREADY_RESERVED));
     }
     let mut tx = state.db.begin().await?;
-    match store::insert_order(&mut tx, &order).await {
+    match store::place_order(&mut tx, &order).await {
         Err(err) if is_unique_violation(&err) => return Err(ApiError::bad_request(ALREADY_RESERVED)),
-        inserted => inserted?,
+        placed => placed?,
     }
-    outbox::enqueue(&mut tx, &order.created_event().to_event()).await?;
     tx.commit().await?;
     state.outbox.wake();
     tracing::info!(order_id = %order.id, ticket_id = %ticket.id, user_id = %user.id, "ticket ordered");
@@ -145,10 +143,10 @@ pub async fn list_orders(
     State(state): State<Arc<AppState>>,
     RequireUser(user): RequireUser,
 ) -> ApiResult<Json<Vec<OrderBody>>> {
-    let orders = store::list_orders(state.db.reader(), user.id).await?;
+    let orders = store::list_orders(&mut *state.db.reader().acquire().await?, user.id).await?;
     let mut bodies = Vec::with_capacity(orders.len());
     for order in orders {
-        let refund = store::refund_of(state.db.reader(), order.id).await?;
+        let refund = store::refund_of(&mut *state.db.reader().acquire().await?, order.id).await?;
         bodies.push(OrderBody::new(order, refund, &state.currency));
     }
     Ok(Json(bodies))
@@ -168,11 +166,11 @@ pub async fn show_order(
     RequireUser(user): RequireUser,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<OrderBody>> {
-    let order = store::find_order(state.db.reader(), id).await?.ok_or(ApiError::NotFound)?;
+    let order = store::find_order(&mut *state.db.reader().acquire().await?, id).await?.ok_or(ApiError::NotFound)?;
     if order.user_id != user.id {
         return Err(ApiError::Unauthorized);
     }
-    let refund = store::refund_of(state.db.reader(), order.id).await?;
+    let refund = store::refund_of(&mut *state.db.reader().acquire().await?, order.id).await?;
     Ok(Json(OrderBody::new(order, refund, &state.currency)))
 }
 
@@ -191,7 +189,7 @@ pub async fn cancel_order(
     RequireUser(user): RequireUser,
     IdPath(id): IdPath,
 ) -> ApiResult<StatusCode> {
-    let order = store::find_order(state.db.reader(), id).await?.ok_or(ApiError::NotFound)?;
+    let order = store::find_order(&mut *state.db.reader().acquire().await?, id).await?.ok_or(ApiError::NotFound)?;
     if order.status == OrderStatus::Complete {
         return Err(ApiError::bad_request(COMPLETED));
     }
@@ -199,7 +197,7 @@ pub async fn cancel_order(
         return Err(ApiError::Unauthorized);
     }
     let mut tx = state.db.begin().await?;
-    match domain::cancel_order(&mut tx, id, EndReason::Buyer).await? {
+    match store::cancel_order(&mut tx, id, EndReason::Buyer).await? {
         Ended::Now => {
             tx.commit().await?;
             state.outbox.wake();

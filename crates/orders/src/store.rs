@@ -6,15 +6,26 @@
 //! order is one guarded `UPDATE ... RETURNING`, so two endings racing cannot both win. An
 //! order carries its own copy of its ticket's title, price and version (its snapshot): the
 //! replica may move on, the order does not.
+//!
+//! A change of an order and the event that tells it are written together, in the caller's
+//! transaction ([`place_order`], [`cancel_order`], [`complete_order`], [`revive_as_complete`],
+//! [`reject_payment`]): the event cannot be lost, nor sent for a change that did not commit.
+//!
+//! One executor type: every function takes a `&mut AnyConnection`. Reads are given a reader
+//! connection (`&mut *db.reader().acquire().await?`); changes are given the connection of the
+//! caller's transaction (`&mut tx`, a [`platform::db::Tx`] derefs to it), so the caller
+//! decides what commits together.
 
 use platform::db::uuid_column;
-use platform::db::{Tx, from_millis, millis, now_millis};
-use platform::events::{TicketCreated, TicketUpdated};
+use platform::db::{from_millis, millis, now_millis};
+use platform::events::{ContractEvent, OrderPaymentRejected, TicketCreated, TicketUpdated};
+use platform::outbox;
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::any::{AnyExecutor, AnyRow};
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use crate::domain::{EndReason, Order, OrderStatus, Refund, Snapshot, Ticket};
+use crate::domain::{EndReason, Ended, Order, OrderStatus, Refund, Snapshot, Ticket};
 
 const ORDER_COLUMNS: &str = "id, user_id, ticket_id, status, expires_at, version, ticket_title, ticket_price, ticket_version, ended_at, end_reason";
 
@@ -55,13 +66,13 @@ fn ticket(row: &AnyRow) -> Result<Ticket, sqlx::Error> {
     })
 }
 
-pub async fn find_ticket<'c>(executor: impl AnyExecutor<'c>, id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+pub async fn find_ticket(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
     sqlx::query(
         "SELECT id AS ticket_id, title AS ticket_title, price AS ticket_price, user_id AS ticket_user_id, \
          version AS ticket_version FROM tickets WHERE id = $1",
     )
     .bind(id.to_string())
-    .fetch_optional(executor)
+    .fetch_optional(&mut *conn)
     .await?
     .as_ref()
     .map(ticket)
@@ -69,7 +80,7 @@ pub async fn find_ticket<'c>(executor: impl AnyExecutor<'c>, id: Uuid) -> Result
 }
 
 /// Adds a ticket to the replica; `false` if it was already there.
-pub async fn insert_ticket(tx: &mut Tx, created: &TicketCreated) -> Result<bool, sqlx::Error> {
+pub async fn insert_ticket(conn: &mut AnyConnection, created: &TicketCreated) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO tickets (id, title, price, user_id, version) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (id) DO NOTHING",
@@ -79,14 +90,14 @@ pub async fn insert_ticket(tx: &mut Tx, created: &TicketCreated) -> Result<bool,
     .bind(created.price)
     .bind(created.user_id.to_string())
     .bind(created.version)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     Ok(inserted == 1)
 }
 
 /// Applies a ticket update if the replica's version is exactly one less; `false` otherwise.
-pub async fn advance_ticket(tx: &mut Tx, updated: &TicketUpdated) -> Result<bool, sqlx::Error> {
+pub async fn advance_ticket(conn: &mut AnyConnection, updated: &TicketUpdated) -> Result<bool, sqlx::Error> {
     let changed = sqlx::query(
         "UPDATE tickets SET title = $1, price = $2, user_id = $3, version = $4 WHERE id = $5 AND version = $6",
     )
@@ -96,14 +107,21 @@ pub async fn advance_ticket(tx: &mut Tx, updated: &TicketUpdated) -> Result<bool
     .bind(updated.version)
     .bind(updated.id.to_string())
     .bind(updated.version - 1)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     Ok(changed == 1)
 }
 
+/// Places a new order and enqueues `order:created`. Fails with a unique violation when the
+/// ticket already has a live order.
+pub async fn place_order(conn: &mut AnyConnection, order: &Order) -> Result<(), sqlx::Error> {
+    insert_order(conn, order).await?;
+    outbox::enqueue(conn, &order.created_event().to_event()).await
+}
+
 /// Inserts a new order. Fails with a unique violation when the ticket already has a live order.
-pub async fn insert_order(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error> {
+async fn insert_order(conn: &mut AnyConnection, order: &Order) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO orders (id, user_id, ticket_id, status, expires_at, version, created_at, \
            ticket_title, ticket_price, ticket_version) \
@@ -119,16 +137,16 @@ pub async fn insert_order(tx: &mut Tx, order: &Order) -> Result<(), sqlx::Error>
     .bind(&order.snapshot.title)
     .bind(order.snapshot.price)
     .bind(order.snapshot.version)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map(drop)
 }
 
 /// An order, with its ticket as it was when the order was placed.
-pub async fn find_order<'c>(executor: impl AnyExecutor<'c>, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+pub async fn find_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
         .bind(id.to_string())
-        .fetch_optional(executor)
+        .fetch_optional(&mut *conn)
         .await?
         .as_ref()
         .map(order)
@@ -136,30 +154,54 @@ pub async fn find_order<'c>(executor: impl AnyExecutor<'c>, id: Uuid) -> Result<
 }
 
 /// A buyer's orders, any status, newest first.
-pub async fn list_orders<'c>(executor: impl AnyExecutor<'c>, user_id: Uuid) -> Result<Vec<Order>, sqlx::Error> {
+pub async fn list_orders(conn: &mut AnyConnection, user_id: Uuid) -> Result<Vec<Order>, sqlx::Error> {
     sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC"))
         .bind(user_id.to_string())
-        .fetch_all(executor)
+        .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(order)
         .collect()
 }
 
-pub async fn order_status(tx: &mut Tx, id: Uuid) -> Result<Option<OrderStatus>, sqlx::Error> {
+async fn order_status(conn: &mut AnyConnection, id: Uuid) -> Result<Option<OrderStatus>, sqlx::Error> {
     sqlx::query("SELECT status FROM orders WHERE id = $1")
         .bind(id.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?
         .as_ref()
         .map(status)
         .transpose()
 }
 
+/// Cancels a live order (`order:cancelled`); a cancelled or complete order stays as it is.
+pub async fn cancel_order(conn: &mut AnyConnection, order_id: Uuid, reason: EndReason) -> Result<Ended, sqlx::Error> {
+    end_order(conn, order_id, OrderStatus::Cancelled, Some(reason)).await
+}
+
+/// Completes a live order (`order:completed`); a cancelled or complete order stays as it is.
+pub async fn complete_order(conn: &mut AnyConnection, order_id: Uuid) -> Result<Ended, sqlx::Error> {
+    end_order(conn, order_id, OrderStatus::Complete, None).await
+}
+
+async fn end_order(
+    conn: &mut AnyConnection,
+    order_id: Uuid,
+    status: OrderStatus,
+    reason: Option<EndReason>,
+) -> Result<Ended, sqlx::Error> {
+    let Some(order) = end_live_order(conn, order_id, status, reason).await? else {
+        return Ok(order_status(conn, order_id).await?.map_or(Ended::Unknown, Ended::Already));
+    };
+    outbox::enqueue(conn, &order.ended_event()).await?;
+    tracing::info!(order_id = %order.id, ticket_id = %order.ticket_id, status = status.as_str(), version = order.version, "order ended");
+    Ok(Ended::Now)
+}
+
 /// Moves a live order (`created` or `awaiting:payment`) to `status`, bumping its version and
 /// recording when and why it ended; `None` if the order is not live.
-pub async fn end_live_order(
-    tx: &mut Tx,
+async fn end_live_order(
+    conn: &mut AnyConnection,
     id: Uuid,
     status: OrderStatus,
     reason: Option<EndReason>,
@@ -172,7 +214,7 @@ pub async fn end_live_order(
     .bind(id.to_string())
     .bind(now_millis())
     .bind(reason.map(EndReason::as_str))
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?
     .as_ref()
     .map(order)
@@ -181,66 +223,81 @@ pub async fn end_live_order(
 
 /// Reads an order and holds its row until the transaction ends (portable `FOR UPDATE`), so
 /// a payment and a cancellation of the same order are decided one after the other.
-pub async fn lock_order(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+pub async fn lock_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     sqlx::query(&format!("UPDATE orders SET version = version WHERE id = $1 RETURNING {ORDER_COLUMNS}"))
         .bind(id.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?
         .as_ref()
         .map(order)
         .transpose()
 }
 
-/// Whether some order holds the ticket (live or complete) as far as `executor` sees. Only a
+/// Whether some order holds the ticket (live or complete) as far as `conn` sees. Only a
 /// shortcut for the losers of a race (answered without taking the write lock); the partial
 /// unique index still decides who wins.
-pub async fn ticket_is_held<'c>(executor: impl AnyExecutor<'c>, ticket_id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn ticket_is_held(conn: &mut AnyConnection, ticket_id: Uuid) -> Result<bool, sqlx::Error> {
     let held: Option<String> =
         sqlx::query_scalar("SELECT id FROM orders WHERE ticket_id = $1 AND status <> 'cancelled' LIMIT 1")
             .bind(ticket_id.to_string())
-            .fetch_optional(executor)
+            .fetch_optional(&mut *conn)
             .await?;
     Ok(held.is_some())
 }
 
 /// Whether another order than `order_id` holds the ticket (live or complete).
-pub async fn ticket_held_by_other(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn ticket_held_by_other(
+    conn: &mut AnyConnection,
+    ticket_id: Uuid,
+    order_id: Uuid,
+) -> Result<bool, sqlx::Error> {
     let held: Option<String> =
         sqlx::query_scalar("SELECT id FROM orders WHERE ticket_id = $1 AND status <> 'cancelled' AND id <> $2 LIMIT 1")
             .bind(ticket_id.to_string())
             .bind(order_id.to_string())
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *conn)
             .await?;
     Ok(held.is_some())
 }
 
-/// Completes a cancelled order paid in time (its ticket is free): version + 1. `None` if it
-/// is no longer cancelled. A unique violation means another order took the ticket meanwhile.
-pub async fn revive_as_complete(tx: &mut Tx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    sqlx::query(&format!(
+/// Completes a cancelled order paid in time (its ticket is free): version + 1, and
+/// `order:completed`. `None` if it is no longer cancelled. A unique violation means another
+/// order took the ticket meanwhile.
+pub async fn revive_as_complete(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let revived = sqlx::query(&format!(
         "UPDATE orders SET status = 'complete', version = version + 1, ended_at = $2 \
          WHERE id = $1 AND status = 'cancelled' RETURNING {ORDER_COLUMNS}"
     ))
     .bind(id.to_string())
     .bind(now_millis())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?
     .as_ref()
     .map(order)
-    .transpose()
+    .transpose()?;
+    if let Some(revived) = &revived {
+        outbox::enqueue(conn, &revived.ended_event()).await?;
+    }
+    Ok(revived)
+}
+
+/// Tells payments that orders will not keep a payment (`order:payment-rejected`): payments
+/// owes its refund.
+pub async fn reject_payment(conn: &mut AnyConnection, rejected: &OrderPaymentRejected) -> Result<(), sqlx::Error> {
+    outbox::enqueue(conn, &rejected.to_event()).await
 }
 
 /// The replica's version of a ticket, holding its row until the transaction ends, so two
 /// updates of one ticket are applied one after the other (and the second sees the first).
-pub async fn lock_ticket_version(tx: &mut Tx, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
+pub async fn lock_ticket_version(conn: &mut AnyConnection, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("UPDATE tickets SET version = version WHERE id = $1 RETURNING version")
         .bind(id.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await
 }
 
 /// Keeps an update that arrived ahead of its predecessor until that one is applied.
-pub async fn hold_ticket_update(tx: &mut Tx, updated: &TicketUpdated) -> Result<(), sqlx::Error> {
+pub async fn hold_ticket_update(conn: &mut AnyConnection, updated: &TicketUpdated) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO held_ticket_updates (ticket_id, version, title, price, user_id) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (ticket_id, version) DO NOTHING",
@@ -250,21 +307,21 @@ pub async fn hold_ticket_update(tx: &mut Tx, updated: &TicketUpdated) -> Result<
     .bind(&updated.title)
     .bind(updated.price)
     .bind(updated.user_id.to_string())
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map(drop)
 }
 
 /// Takes the held update of `ticket_id` at `version`, if any (and forgets older ones).
 pub async fn take_held_update(
-    tx: &mut Tx,
+    conn: &mut AnyConnection,
     ticket_id: Uuid,
     version: i64,
 ) -> Result<Option<TicketUpdated>, sqlx::Error> {
     sqlx::query("DELETE FROM held_ticket_updates WHERE ticket_id = $1 AND version < $2")
         .bind(ticket_id.to_string())
         .bind(version)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     let row = sqlx::query(
         "DELETE FROM held_ticket_updates WHERE ticket_id = $1 AND version = $2 \
@@ -272,7 +329,7 @@ pub async fn take_held_update(
     )
     .bind(ticket_id.to_string())
     .bind(version)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?;
     row.map(|row| {
         Ok(TicketUpdated {
@@ -289,7 +346,12 @@ pub async fn take_held_update(
 
 /// Records a refund payments owes for a payment of an order (`pending`), unless it is known
 /// refunded already (events may arrive in any order).
-pub async fn refund_owed(tx: &mut Tx, payment_id: Uuid, order_id: Uuid, amount: i64) -> Result<(), sqlx::Error> {
+pub async fn refund_owed(
+    conn: &mut AnyConnection,
+    payment_id: Uuid,
+    order_id: Uuid,
+    amount: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO order_refunds (payment_id, order_id, amount, status) VALUES ($1, $2, $3, 'pending') \
          ON CONFLICT (payment_id) DO NOTHING",
@@ -297,13 +359,18 @@ pub async fn refund_owed(tx: &mut Tx, payment_id: Uuid, order_id: Uuid, amount: 
     .bind(payment_id.to_string())
     .bind(order_id.to_string())
     .bind(amount)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map(drop)
 }
 
 /// Records a refund the gateway confirmed.
-pub async fn refund_done(tx: &mut Tx, payment_id: Uuid, order_id: Uuid, amount: i64) -> Result<(), sqlx::Error> {
+pub async fn refund_done(
+    conn: &mut AnyConnection,
+    payment_id: Uuid,
+    order_id: Uuid,
+    amount: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO order_refunds (payment_id, order_id, amount, status) VALUES ($1, $2, $3, 'refunded') \
          ON CONFLICT (payment_id) DO UPDATE SET status = 'refunded'",
@@ -311,17 +378,17 @@ pub async fn refund_done(tx: &mut Tx, payment_id: Uuid, order_id: Uuid, amount: 
     .bind(payment_id.to_string())
     .bind(order_id.to_string())
     .bind(amount)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map(drop)
 }
 
 /// What was (or is being) given back for an order: pending while any refund is, with the
 /// total amount; `None` when nothing is owed.
-pub async fn refund_of<'c>(executor: impl AnyExecutor<'c>, order_id: Uuid) -> Result<Option<Refund>, sqlx::Error> {
+pub async fn refund_of(conn: &mut AnyConnection, order_id: Uuid) -> Result<Option<Refund>, sqlx::Error> {
     let rows = sqlx::query("SELECT amount, status FROM order_refunds WHERE order_id = $1")
         .bind(order_id.to_string())
-        .fetch_all(executor)
+        .fetch_all(&mut *conn)
         .await?;
     let mut refund: Option<Refund> = None;
     for row in rows {

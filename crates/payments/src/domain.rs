@@ -1,74 +1,160 @@
-//! Paying for an order, and giving back what must not be kept.
+//! What payments keeps and the rules it decides by: the orders replica, charge attempts and
+//! payments with their statuses, when an order can be paid, whether a charge is kept or
+//! given back, how long an owed refund waits before it is asked again.
 //!
-//! A payment goes: check the order (known, live, unpaid, not expired, the caller's) → write
-//! down the charge attempt → charge through the [`Gateway`] with an idempotency key derived
-//! from the order and the card token → settle the attempt.
-//!
-//! The attempt (`charge_attempts`, status `charging`, with the idempotency key, order, amount,
-//! currency and the card token) is committed on its own before the gateway is asked: it is
-//! the write-ahead record that nothing the gateway charged can go unrecorded. Settling it:
-//! - the gateway charged: the charge is recorded (below) and the attempt becomes `charged`,
-//!   in one transaction;
-//! - the card was declined (or the gateway refused the request): the attempt becomes
-//!   `declined` (or `failed`); nothing was charged and the order can still be paid;
-//! - the gateway is unavailable (no answer, a timeout, its 5xx), or the database fails while
-//!   recording: the attempt stays `charging`, the client gets 503, and the [`Reconciler`]
-//!   settles it later.
-//!
-//! Recording a charge is one transaction that holds the order's row and re-reads it, so it is
-//! ordered against a cancellation of the same order:
-//! - the order was cancelled meanwhile: the charge is recorded `refunding`, then refunded;
-//! - another charge paid the order meanwhile (a concurrent request with another card): the
-//!   same, and the unique index on kept payments is the backstop if two ever got that far;
-//! - the very same charge is recorded already (a concurrent request with the same card got
-//!   the same charge back from the idempotency key): nothing to record, nothing to refund;
-//! - otherwise the payment is recorded `succeeded` and `payment:created` is enqueued.
-//!
-//! A refund owed is recorded (`refunding`) before it is attempted, in the same transaction
-//! that decided it, so a gateway outage or a crash cannot turn it into a kept charge.
-//!
-//! The [`Reconciler`] runs in every instance. Each round it takes the attempts still
-//! `charging` after a grace period (a crash, a database or gateway outage came between the
-//! attempt and its settlement), claims each one (so two instances do not ask at once), asks
-//! the gateway again with the attempt's own request and idempotency key, and settles the
-//! answer exactly as a request would. Stripe answers a repeated key with the first request's
-//! result, so a charge that went through is returned, not taken twice, and a charge that
-//! never left is made now. Then it retries the refunds still owed. The grace period should
-//! be longer than a gateway call can take, so that it does not ask while the request itself
-//! is still waiting for its answer (harmless, but wasted).
-//!
-//! Limits, written down:
-//! - the card token is stored while the attempt is `charging`, because asking again with the
-//!   same key must repeat the very same request (Stripe refuses a key reused with other
-//!   parameters); it is a single-use token, not card data, and is cleared on settlement;
-//! - Stripe forgets idempotency keys after 24 hours: an attempt left `charging` longer (the
-//!   service down for a day) is answered "token already used" if its charge went through,
-//!   and is settled `failed`, logged as an error naming the order: find its charge in the
-//!   dashboard by `metadata[order_id]`;
-//! - the sandbox keeps its idempotency keys in memory: after a restart, asking again makes a
-//!   new sandbox charge (the first one died with the process). Nothing is charged in the
-//!   sandbox, so this is accepted.
+//! Nothing here does I/O: [`crate::charges`] asks the gateway and the store and applies these
+//! rules to what they answer; [`crate::store`] writes the outcome.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use platform::db::{Db, now_millis};
-use platform::events::{ContractEvent, OrderStatus, PaymentCreated, RefundCompleted, RefundCreated};
+use platform::events::OrderStatus;
 use platform::money::Currency;
-use platform::outbox::{self, OutboxWaker};
-use platform::worker::{Job, Step, Waker, Worker};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::gateway::{
-    Charge, ChargeRequest, Gateway, GatewayError, Refund, RefundRequest, charge_idempotency_key, refund_idempotency_key,
-};
-use crate::store::{self, ChargeAttempt, OrderRecord, PaymentRecord, attempt_status, payment_status};
+use crate::gateway::{ChargeRequest, GatewayError};
 
 /// How long Stripe remembers an idempotency key.
-const GATEWAY_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-/// How many unsettled attempts, and owed refunds, one reconciler round takes on.
-const BATCH: i64 = 100;
+pub const GATEWAY_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The longest pause between two tries of an owed refund.
+pub const MAX_REFUND_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Payment statuses.
+pub mod payment_status {
+    /// The charge is kept: it paid the order.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// The charge must not be kept and its refund has not gone through yet.
+    pub const REFUNDING: &str = "refunding";
+    pub const REFUNDED: &str = "refunded";
+}
+
+/// Charge attempt statuses (see `migrations/0002_charge_attempts.sql`).
+pub mod attempt_status {
+    /// Asked of the gateway (or about to be); its answer is not recorded yet.
+    pub const CHARGING: &str = "charging";
+    /// The gateway took the charge, and it is recorded in `payments` (kept or given back).
+    pub const CHARGED: &str = "charged";
+    /// The card was declined: nothing was charged.
+    pub const DECLINED: &str = "declined";
+    /// The gateway refused the request otherwise: nothing was charged.
+    pub const FAILED: &str = "failed";
+}
+
+/// What payments knows of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// In minor units.
+    pub price: i64,
+    pub status: OrderStatus,
+    pub version: i64,
+    /// Milliseconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// A charge payments took, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub charge_id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub refund_id: Option<String>,
+    /// When the payment was accepted (ms since the epoch): its charge attempt's first arming.
+    pub accepted_at: Option<i64>,
+    /// How often the gateway failed its refund so far.
+    pub refund_tries: i64,
+    /// When its owed refund is next due (ms since the epoch).
+    pub refund_next_at: i64,
+}
+
+impl PaymentRecord {
+    /// A new payment for the charge `charge_id` an attempt got from the gateway, kept until
+    /// decided otherwise.
+    pub fn for_charge(attempt: &ChargeAttempt, charge_id: &str) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            order_id: attempt.order_id,
+            charge_id: charge_id.to_owned(),
+            amount: attempt.amount,
+            currency: attempt.currency.clone(),
+            status: payment_status::SUCCEEDED.to_owned(),
+            refund_id: None,
+            // Accepted when the request that armed the attempt passed its checks (in time).
+            accepted_at: Some(attempt.created_at),
+            refund_tries: 0,
+            refund_next_at: 0,
+        }
+    }
+}
+
+/// A charge asked of the gateway, recorded before it was asked: the write-ahead record that
+/// lets a charge whose answer was lost be asked for again, with the same idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeAttempt {
+    pub idempotency_key: String,
+    pub order_id: Uuid,
+    /// In minor units.
+    pub amount: i64,
+    pub currency: String,
+    /// The card token, only while `charging` (asking again must repeat the same request).
+    pub token: Option<String>,
+    pub status: String,
+    /// The gateway's charge, once `charged`.
+    pub charge_id: Option<String>,
+    /// Why it was declined or failed.
+    pub outcome: Option<String>,
+    /// How many times the reconciler asked the gateway again.
+    pub tries: i64,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds since the epoch: last (re-)armed or claimed by the reconciler.
+    pub updated_at: i64,
+}
+
+impl ChargeAttempt {
+    /// A new attempt to charge `order`'s price with `token`, under `idempotency_key`, at `now`.
+    pub fn new(order: &OrderRecord, token: &str, idempotency_key: String, currency: &Currency, now: i64) -> Self {
+        Self {
+            idempotency_key,
+            order_id: order.id,
+            amount: order.price,
+            currency: currency.code.clone(),
+            token: Some(token.to_owned()),
+            status: attempt_status::CHARGING.to_owned(),
+            charge_id: None,
+            outcome: None,
+            tries: 0,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The request this attempt asks of the gateway, every time: same parameters, same
+    /// idempotency key. `None` once settled (the token is forgotten then).
+    pub fn request(&self) -> Option<ChargeRequest> {
+        Some(ChargeRequest {
+            amount: self.amount,
+            currency: Currency::new(&self.currency),
+            token: self.token.clone()?,
+            order_id: self.order_id,
+            idempotency_key: self.idempotency_key.clone(),
+        })
+    }
+
+    /// Whether it was asked again after the gateway forgot its idempotency key: a refusal
+    /// then may hide a first request that did charge.
+    pub fn outlived_gateway_key(&self, now: i64) -> bool {
+        self.tries > 0 && self.age(now) > GATEWAY_KEY_LIFETIME
+    }
+
+    /// How long ago it was first armed.
+    pub fn age(&self, now: i64) -> Duration {
+        Duration::from_millis(u64::try_from(now - self.created_at).unwrap_or(0))
+    }
+}
 
 /// Why a payment was not taken (or not kept).
 #[derive(Debug, thiserror::Error)]
@@ -95,12 +181,6 @@ pub enum PayError {
     Unexpected(anyhow::Error),
 }
 
-impl From<sqlx::Error> for PayError {
-    fn from(err: sqlx::Error) -> Self {
-        if platform::db::is_unavailable(&err) { Self::Unavailable(err.into()) } else { Self::Unexpected(err.into()) }
-    }
-}
-
 impl From<GatewayError> for PayError {
     fn from(err: GatewayError) -> Self {
         match err {
@@ -113,8 +193,27 @@ impl From<GatewayError> for PayError {
     }
 }
 
-/// What a recording transaction decided about a charge.
-enum Decision {
+/// Whether `user_id` may pay `order` at `now` (ms), `paid` telling whether a payment of it is
+/// kept already. The checks run in the contract's order: cancelled, paid, expired, owner.
+pub fn check_payable(order: &OrderRecord, paid: bool, user_id: Uuid, now: i64) -> Result<(), PayError> {
+    if order.status == OrderStatus::Cancelled {
+        return Err(PayError::Cancelled);
+    }
+    if order.status == OrderStatus::Complete || paid {
+        return Err(PayError::AlreadyPaid);
+    }
+    if now > order.expires_at {
+        return Err(PayError::Expired);
+    }
+    if order.user_id != user_id {
+        return Err(PayError::NotOwner);
+    }
+    Ok(())
+}
+
+/// What to do with a charge the gateway took, decided with the order's row held.
+#[derive(Debug)]
+pub enum Decision {
     Keep,
     /// Record it `refunding` and refund it; answer with the error.
     GiveBack(PayError),
@@ -122,481 +221,81 @@ enum Decision {
     AlreadyRecorded(PayError),
 }
 
-impl ChargeAttempt {
-    /// The request this attempt asks of the gateway, every time: same parameters, same
-    /// idempotency key. `None` once settled (the token is forgotten then).
-    pub fn request(&self) -> Option<ChargeRequest> {
-        Some(ChargeRequest {
-            amount: self.amount,
-            currency: Currency::new(&self.currency),
-            token: self.token.clone()?,
-            order_id: self.order_id,
-            idempotency_key: self.idempotency_key.clone(),
-        })
-    }
-}
-
-/// Takes payments for orders and gives back charges that must not be kept.
-pub struct PaymentService {
-    db: Db,
-    gateway: Arc<dyn Gateway>,
-    currency: Currency,
-    outbox: OutboxWaker,
-    /// How long `POST /api/payments` waits for orders' verdict on an accepted payment.
-    confirm_wait: Duration,
-    /// The first pause before an owed refund is asked again (doubling, up to
-    /// [`MAX_REFUND_BACKOFF`]).
-    refund_backoff: Duration,
-    /// Wakes the [`Reconciler`] when a refund becomes owed.
-    reconcile: Waker,
-}
-
-/// The longest pause between two tries of an owed refund.
-pub const MAX_REFUND_BACKOFF: Duration = Duration::from_secs(300);
-/// How long an instance holds an owed refund it is asking the gateway for.
-const REFUND_LEASE: Duration = Duration::from_secs(60);
-
-impl PaymentService {
-    pub fn new(db: Db, gateway: Arc<dyn Gateway>, currency: Currency, outbox: OutboxWaker) -> Self {
-        Self {
-            db,
-            gateway,
-            currency,
-            outbox,
-            confirm_wait: Duration::ZERO,
-            refund_backoff: Duration::from_secs(1),
-            reconcile: Waker::default(),
-        }
-    }
-
-    /// How long a payment request waits for orders to complete the order (see [`Self::pay`]),
-    /// and the first pause before a failed refund is asked again.
-    pub fn with_timing(mut self, confirm_wait: Duration, refund_backoff: Duration) -> Self {
-        self.confirm_wait = confirm_wait;
-        self.refund_backoff = refund_backoff.max(Duration::from_millis(1));
-        self
-    }
-
-    /// Wakes the reconciler (a refund is owed).
-    pub fn wake_reconciler(&self) {
-        self.reconcile.wake();
-    }
-
-    /// The reconciler's wake-up.
-    pub fn reconciler_waker(&self) -> Waker {
-        self.reconcile.clone()
-    }
-
-    /// Pays `order_id` for `user_id` with a card `token`; the new payment's id.
-    pub async fn pay(&self, user_id: Uuid, order_id: Uuid, token: &str) -> Result<Uuid, PayError> {
-        let order = {
-            // Held only for the checks: never across the gateway call.
-            let mut conn = self.db.pool.acquire().await?;
-            let order = store::find_order(&mut conn, order_id).await?.ok_or(PayError::UnknownOrder)?;
-            if order.status == OrderStatus::Cancelled {
-                return Err(PayError::Cancelled);
-            }
-            if order.status == OrderStatus::Complete || store::kept_payment(&mut conn, order_id).await?.is_some() {
-                return Err(PayError::AlreadyPaid);
-            }
-            if now_millis() > order.expires_at {
-                return Err(PayError::Expired);
-            }
-            if order.user_id != user_id {
-                return Err(PayError::NotOwner);
-            }
-            order
-        };
-        let attempt = self.begin_charge(&order, token).await?;
-        let request = attempt.request().ok_or_else(|| PayError::Unexpected(anyhow::anyhow!("attempt has no token")))?;
-        let answer = self.gateway.charge(&request).await;
-        let payment_id = self.settle(&attempt, answer).await?;
-        self.await_verdict(order_id, payment_id).await
-    }
-
-    /// Waits (at most `confirm_wait`) until orders has completed the order with this payment,
-    /// so that the buyer told "paid" finds the order complete, and a cancellation asked after
-    /// this answer is refused. If orders rejected the payment meanwhile (the buyer's cancel
-    /// reached orders first), the charge is being refunded: the answer says the order is
-    /// cancelled. On timeout (the bus is slow) the payment stands as accepted: orders completes
-    /// the order, reviving it if needed, when the event arrives.
-    async fn await_verdict(&self, order_id: Uuid, payment_id: Uuid) -> Result<Uuid, PayError> {
-        if self.confirm_wait.is_zero() {
-            return Ok(payment_id);
-        }
-        let deadline = tokio::time::Instant::now() + self.confirm_wait;
-        loop {
-            {
-                let mut conn = self.db.pool.acquire().await?;
-                if store::find_order(&mut conn, order_id)
-                    .await?
-                    .is_some_and(|order| order.status == OrderStatus::Complete)
-                {
-                    return Ok(payment_id);
-                }
-                let payment = store::find_payment(&mut conn, payment_id).await?;
-                if payment.is_some_and(|payment| payment.status != payment_status::SUCCEEDED) {
-                    return Err(PayError::Cancelled);
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(%order_id, %payment_id, wait = ?self.confirm_wait, "payment accepted; orders has not confirmed it yet");
-                return Ok(payment_id);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Writes down (and commits) the attempt to charge `order` with `token`, before the
-    /// gateway is asked: from here on, whatever the gateway does is settled, by the request
-    /// or by the [`Reconciler`].
-    pub async fn begin_charge(&self, order: &OrderRecord, token: &str) -> Result<ChargeAttempt, PayError> {
-        let now = now_millis();
-        let attempt = ChargeAttempt {
-            idempotency_key: charge_idempotency_key(order.id, token),
-            order_id: order.id,
-            amount: order.price,
-            currency: self.currency.code.clone(),
-            token: Some(token.to_owned()),
-            status: attempt_status::CHARGING.to_owned(),
-            charge_id: None,
-            outcome: None,
-            tries: 0,
-            created_at: now,
-            updated_at: now,
-        };
-        let mut conn = self.db.pool.acquire().await?;
-        let stored = store::arm_attempt(&mut conn, &attempt, now).await?;
-        // Already `charged` (a request racing one that has just settled): the gateway returns
-        // that same charge, and recording it finds it recorded. The request is the same.
-        Ok(ChargeAttempt { token: attempt.token, ..stored })
-    }
-
-    /// Settles an attempt with the gateway's answer (see the module documentation).
-    pub async fn settle(
-        &self,
-        attempt: &ChargeAttempt,
-        answer: Result<Charge, GatewayError>,
-    ) -> Result<Uuid, PayError> {
-        let order_id = attempt.order_id;
-        let charges = &platform::metrics::metrics().payments_charges;
-        let outcome = |outcome| charges.get_or_create(&platform::metrics::OutcomeLabels { outcome }).inc();
-        let err = match answer {
-            Ok(charge) => {
-                outcome("charged");
-                return self.record_charge(attempt, &charge).await;
-            }
-            Err(GatewayError::Unavailable(err)) => {
-                outcome("unknown");
-                tracing::warn!(%order_id, idempotency_key = %attempt.idempotency_key, gateway = self.gateway.name(), error = %format!("{err:#}"), "charge outcome unknown: gateway unavailable; the attempt stays charging for the reconciler");
-                return Err(PayError::Unavailable(err));
-            }
-            Err(err) => err,
-        };
-        let outcome = match &err {
-            GatewayError::Declined(message) => {
-                outcome("declined");
-                tracing::info!(%order_id, reason = %message, "card declined");
-                attempt_status::DECLINED
-            }
-            other => {
-                outcome("failed");
-                tracing::warn!(%order_id, gateway = self.gateway.name(), error = %other, "charge refused");
-                attempt_status::FAILED
-            }
-        };
-        let age = Duration::from_millis(u64::try_from(now_millis() - attempt.created_at).unwrap_or(0));
-        if attempt.tries > 0 && age > GATEWAY_KEY_LIFETIME && outcome == attempt_status::FAILED {
-            tracing::error!(%order_id, idempotency_key = %attempt.idempotency_key, age = ?age, error = %err, "a charge attempt older than the gateway's idempotency window was refused when asked again: if its first request charged, that charge is unrecorded; look it up by metadata[order_id]");
-        }
-        let marked = async {
-            let mut conn = self.db.pool.acquire().await?;
-            store::mark_attempt_refused(&mut conn, &attempt.idempotency_key, outcome, &err.to_string(), now_millis())
-                .await
-        };
-        if let Err(db_err) = marked.await {
-            // Left `charging`: the reconciler asks again and gets the same answer.
-            tracing::warn!(%order_id, error = %db_err, "cannot record the refused charge attempt; the reconciler will settle it");
-        }
-        Err(err.into())
-    }
-
-    /// Records a charge the gateway took for an attempt, and settles the attempt `charged`:
-    /// the charge is kept, or given back if the order was cancelled or paid by another charge
-    /// meanwhile (see the module documentation).
-    pub async fn record_charge(&self, attempt: &ChargeAttempt, charge: &Charge) -> Result<Uuid, PayError> {
-        let order_id = attempt.order_id;
-        let mut payment = PaymentRecord {
-            id: Uuid::new_v4(),
-            order_id,
-            charge_id: charge.id.clone(),
-            amount: attempt.amount,
-            currency: attempt.currency.clone(),
-            status: payment_status::SUCCEEDED.to_owned(),
-            refund_id: None,
-            // Accepted when the request that armed the attempt passed its checks (in time).
-            accepted_at: Some(attempt.created_at),
-            refund_tries: 0,
-            refund_next_at: 0,
-        };
-        let mut tx = self.db.begin().await?;
-        let current = store::lock_order(&mut tx, order_id).await?;
-        let decision = match store::payment_by_charge(&mut tx, &charge.id).await? {
-            Some(recorded) => Decision::AlreadyRecorded(match current.as_ref().map(|order| order.status) {
+impl Decision {
+    /// The decision for a charge, given the order as it is now (`None`: unknown to the
+    /// replica), the payment already recorded for this very charge, if any, and whether
+    /// another payment of the order is kept.
+    ///
+    /// A cancelled order is orders' to decide: a payment accepted before it ended wins (see
+    /// docs/purchase-flow.md); one that did not is rejected by orders, then refunded.
+    pub fn for_charge(order: Option<OrderStatus>, recorded: Option<&PaymentRecord>, other_kept: bool) -> Self {
+        match recorded {
+            Some(recorded) => Self::AlreadyRecorded(match order {
                 Some(OrderStatus::Cancelled) if recorded.status != payment_status::SUCCEEDED => PayError::Cancelled,
                 _ => PayError::AlreadyPaid,
             }),
-            // A cancelled order is orders' to decide: a payment accepted before it ended wins
-            // (see docs/purchase-flow.md); one that did not is rejected, then refunded.
-            None => match current.as_ref().map(|order| order.status) {
-                Some(OrderStatus::Complete) => Decision::GiveBack(PayError::AlreadyPaid),
-                _ if store::kept_payment(&mut tx, order_id).await?.is_some() => {
-                    Decision::GiveBack(PayError::AlreadyPaid)
-                }
-                _ => Decision::Keep,
+            None => match order {
+                Some(OrderStatus::Complete) => Self::GiveBack(PayError::AlreadyPaid),
+                _ if other_kept => Self::GiveBack(PayError::AlreadyPaid),
+                _ => Self::Keep,
             },
-        };
-        store::mark_attempt_charged(&mut tx, &attempt.idempotency_key, &charge.id, now_millis()).await?;
-        match decision {
-            Decision::AlreadyRecorded(err) => {
-                tx.commit().await?;
-                tracing::info!(%order_id, charge_id = %charge.id, "charge recorded already by another request");
-                Err(err)
-            }
-            Decision::Keep => {
-                match store::insert_payment(&mut tx, &payment, now_millis()).await {
-                    Ok(()) => {}
-                    // The backstop: another payment was recorded between the checks and the
-                    // insert. Decide again, now that it is visible.
-                    Err(err) if platform::db::is_unique_violation(&err) => {
-                        drop(tx);
-                        return Box::pin(self.record_charge(attempt, charge)).await;
-                    }
-                    Err(err) => return Err(err.into()),
-                }
-                let event = PaymentCreated {
-                    id: payment.id,
-                    order_id,
-                    charge_id: charge.id.clone(),
-                    accepted_at: Some(platform::db::from_millis(attempt.created_at)),
-                };
-                outbox::enqueue(&mut tx, &event.to_event()).await?;
-                tx.commit().await?;
-                self.outbox.wake();
-                tracing::info!(%order_id, payment_id = %payment.id, charge_id = %charge.id, amount = attempt.amount, "payment taken");
-                Ok(payment.id)
-            }
-            Decision::GiveBack(err) => {
-                payment.status = payment_status::REFUNDING.to_owned();
-                store::insert_payment(&mut tx, &payment, now_millis()).await?;
-                let owed = RefundCreated { payment_id: payment.id, order_id, amount: payment.amount };
-                outbox::enqueue(&mut tx, &owed.to_event()).await?;
-                tx.commit().await?;
-                self.outbox.wake();
-                self.wake_reconciler();
-                tracing::warn!(%order_id, charge_id = %charge.id, reason = %err, "charge must not be kept: refund owed");
-                Err(err)
-            }
         }
-    }
-
-    /// Asks the gateway again for every attempt left `charging` for longer than `grace`, and
-    /// settles each answer; how many were settled.
-    pub async fn reconcile_charges(&self, grace: Duration) -> Result<usize, sqlx::Error> {
-        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-        let unsettled = {
-            let mut conn = self.db.pool.acquire().await?;
-            store::unsettled_attempts(&mut conn, now_millis().saturating_sub(grace_ms), BATCH).await?
-        };
-        let mut settled = 0;
-        for attempt in unsettled {
-            let claimed = {
-                let mut conn = self.db.pool.acquire().await?;
-                store::claim_attempt(&mut conn, &attempt, now_millis()).await?
-            };
-            if !claimed {
-                continue; // a retried request, or another instance, is on it
-            }
-            let attempt = ChargeAttempt { tries: attempt.tries + 1, ..attempt };
-            let order_id = attempt.order_id;
-            let Some(request) = attempt.request() else {
-                tracing::error!(%order_id, idempotency_key = %attempt.idempotency_key, "unsettled charge attempt has no token: cannot ask the gateway again");
-                continue;
-            };
-            tracing::info!(%order_id, idempotency_key = %attempt.idempotency_key, tries = attempt.tries, "charge attempt left unsettled: asking the gateway again with its idempotency key");
-            let answer = self.gateway.charge(&request).await;
-            let refused = matches!(&answer, Err(err) if !matches!(err, GatewayError::Unavailable(_)));
-            match self.settle(&attempt, answer).await {
-                Ok(payment_id) => {
-                    settled += 1;
-                    tracing::info!(%order_id, %payment_id, "unsettled charge attempt settled: payment taken");
-                }
-                Err(err @ (PayError::Unavailable(_) | PayError::Unexpected(_))) if !refused => {
-                    tracing::warn!(%order_id, error = %err, "charge attempt still unsettled; will ask again");
-                }
-                Err(err) => {
-                    settled += 1;
-                    tracing::info!(%order_id, outcome = %err, "unsettled charge attempt settled: nothing kept");
-                }
-            }
-        }
-        Ok(settled)
-    }
-
-    /// Asks the gateway to refund a payment's charge. Safe to repeat: the gateway sees the
-    /// same idempotency key each time, and refunds once.
-    pub async fn refund_charge(&self, payment: &PaymentRecord) -> Result<Refund, GatewayError> {
-        let refund = self
-            .gateway
-            .refund(&RefundRequest {
-                charge_id: payment.charge_id.clone(),
-                idempotency_key: refund_idempotency_key(&payment.charge_id),
-            })
-            .await?;
-        platform::metrics::metrics().payments_refunds.inc();
-        Ok(refund)
-    }
-
-    /// Records that a kept payment must be given back (orders rejected it), in the caller's
-    /// transaction: the obligation is durable before anything is asked of the gateway.
-    pub async fn owe_refund(
-        &self,
-        tx: &mut platform::db::Tx,
-        payment_id: Uuid,
-        reason: &str,
-    ) -> Result<(), sqlx::Error> {
-        let Some(payment) = store::owe_refund(tx, payment_id).await? else {
-            tracing::debug!(%payment_id, "payment not kept (refund owed or made already)");
-            return Ok(());
-        };
-        let owed = RefundCreated { payment_id, order_id: payment.order_id, amount: payment.amount };
-        outbox::enqueue(tx, &owed.to_event()).await?;
-        tracing::warn!(order_id = %payment.order_id, %payment_id, charge_id = %payment.charge_id, amount = payment.amount, reason, "refund owed");
-        Ok(())
-    }
-
-    /// Asks the gateway for every owed refund that is due, and records each one confirmed
-    /// (with `refund:completed`); a failure is recorded with the next try after a doubling
-    /// pause. Never given up. How many were confirmed, and how many were tried.
-    pub async fn refund_due(&self) -> Result<(usize, usize), sqlx::Error> {
-        let due = {
-            let mut conn = self.db.pool.acquire().await?;
-            store::refunds_due(&mut conn, now_millis(), BATCH).await?
-        };
-        let (mut done, mut tried) = (0, 0);
-        for payment in due {
-            let claimed = {
-                let mut conn = self.db.pool.acquire().await?;
-                let lease_until = now_millis() + REFUND_LEASE.as_millis() as i64;
-                store::claim_refund(&mut conn, &payment, lease_until).await?
-            };
-            if !claimed {
-                continue; // another instance is on it
-            }
-            tried += 1;
-            // No connection is held while the gateway is asked.
-            match self.refund_charge(&payment).await {
-                Ok(refund) => {
-                    let mut tx = self.db.begin().await?;
-                    store::mark_refunded(&mut tx, payment.id, refund.id.as_deref(), now_millis()).await?;
-                    let event = RefundCompleted {
-                        payment_id: payment.id,
-                        order_id: payment.order_id,
-                        amount: payment.amount,
-                        refund_id: refund.id.clone(),
-                    };
-                    outbox::enqueue(&mut tx, &event.to_event()).await?;
-                    tx.commit().await?;
-                    self.outbox.wake();
-                    done += 1;
-                    tracing::info!(order_id = %payment.order_id, payment_id = %payment.id, charge_id = %payment.charge_id, refund_id = ?refund.id, amount = payment.amount, tries = payment.refund_tries + 1, "refunded");
-                }
-                Err(err) => {
-                    let tries = payment.refund_tries + 1;
-                    let pause = self
-                        .refund_backoff
-                        .saturating_mul(2u32.saturating_pow(u32::try_from(tries - 1).unwrap_or(u32::MAX).min(20)))
-                        .min(MAX_REFUND_BACKOFF);
-                    let mut conn = self.db.pool.acquire().await?;
-                    store::refund_failed(
-                        &mut conn,
-                        payment.id,
-                        now_millis() + pause.as_millis() as i64,
-                        &err.to_string(),
-                    )
-                    .await?;
-                    tracing::warn!(order_id = %payment.order_id, payment_id = %payment.id, charge_id = %payment.charge_id, tries, retry_in = ?pause, error = %err, "refund failed; it stays owed and will be asked again");
-                }
-            }
-        }
-        Ok((done, tried))
-    }
-
-    /// Every refund still owed.
-    pub async fn refunds_owed(&self) -> Result<Vec<PaymentRecord>, sqlx::Error> {
-        let mut conn = self.db.pool.acquire().await?;
-        store::refunds_owed(&mut conn).await
-    }
-
-    /// What payments knows of an order, if anything yet.
-    pub async fn order(&self, order_id: Uuid) -> Result<Option<OrderRecord>, sqlx::Error> {
-        let mut conn = self.db.pool.acquire().await?;
-        store::find_order(&mut conn, order_id).await
-    }
-
-    /// Every payment of an order, oldest first.
-    pub async fn payments_for_order(&self, order_id: Uuid) -> Result<Vec<PaymentRecord>, sqlx::Error> {
-        let mut conn = self.db.pool.acquire().await?;
-        store::payments_for_order(&mut conn, order_id).await
-    }
-
-    /// Every charge attempt of an order, oldest first.
-    pub async fn charge_attempts(&self, order_id: Uuid) -> Result<Vec<ChargeAttempt>, sqlx::Error> {
-        let mut conn = self.db.pool.acquire().await?;
-        store::attempts_for_order(&mut conn, order_id).await
     }
 }
 
-/// Settles charge attempts left unsettled and gives back every refund owed (see the module
-/// documentation). Each [`Reconciler::step`] is one round; [`Reconciler::spawn`] runs rounds
-/// every `every`, at once when woken (a refund became owed) or when the last round was busy.
-pub struct Reconciler {
-    payments: Arc<PaymentService>,
-    every: Duration,
-    grace: Duration,
+/// The pause before an owed refund that failed `tries` times is asked again: `first`, doubling
+/// with each failure, at most [`MAX_REFUND_BACKOFF`].
+pub fn refund_pause(first: Duration, tries: i64) -> Duration {
+    first
+        .saturating_mul(2u32.saturating_pow(u32::try_from(tries - 1).unwrap_or(u32::MAX).min(20)))
+        .min(MAX_REFUND_BACKOFF)
 }
 
-impl Reconciler {
-    /// Runs a round every `every`; asks again for attempts left `charging` for over `grace`.
-    pub fn new(payments: Arc<PaymentService>, every: Duration, grace: Duration) -> Self {
-        Self { payments, every, grace }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Runs rounds in a [`Worker`] until shutdown: every `every`, at once when a refund became
-    /// owed, again at once while busy; a failed round backs off.
-    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let (every, waker) = (self.every, self.payments.reconciler_waker());
-        Worker::new(self).poll_every(every).max_backoff(MAX_REFUND_BACKOFF).woken_by(waker).spawn(shutdown)
-    }
-}
-
-#[async_trait::async_trait]
-impl Job for Reconciler {
-    fn name(&self) -> &'static str {
-        "payments-reconciler"
-    }
-
-    /// One round: unsettled charge attempts first (a recovered charge may owe a refund), then
-    /// owed refunds that are due.
-    async fn step(&self) -> anyhow::Result<Step> {
-        let settled = self.payments.reconcile_charges(self.grace).await?;
-        if settled > 0 {
-            tracing::info!(settled, "unsettled charge attempts settled");
+    fn payment(status: &str) -> PaymentRecord {
+        PaymentRecord {
+            id: Uuid::new_v4(),
+            order_id: Uuid::new_v4(),
+            charge_id: "ch_1".to_owned(),
+            amount: 100,
+            currency: "usd".to_owned(),
+            status: status.to_owned(),
+            refund_id: None,
+            accepted_at: None,
+            refund_tries: 0,
+            refund_next_at: 0,
         }
-        let (refunded, tried) = self.payments.refund_due().await?;
-        if tried > 0 {
-            tracing::info!(refunded, tried, "owed refunds asked of the gateway");
-        }
-        Ok(if settled + refunded > 0 { Step::Busy } else { Step::Idle })
+    }
+
+    #[test]
+    fn a_charge_is_kept_once_and_never_on_a_paid_order() {
+        use OrderStatus::*;
+        assert!(matches!(Decision::for_charge(Some(Created), None, false), Decision::Keep));
+        // Orders decides about a cancelled order (a payment in time wins).
+        assert!(matches!(Decision::for_charge(Some(Cancelled), None, false), Decision::Keep));
+        assert!(matches!(Decision::for_charge(Some(Complete), None, false), Decision::GiveBack(PayError::AlreadyPaid)));
+        assert!(matches!(Decision::for_charge(Some(Created), None, true), Decision::GiveBack(PayError::AlreadyPaid)));
+        let kept = payment(payment_status::SUCCEEDED);
+        assert!(matches!(
+            Decision::for_charge(Some(Cancelled), Some(&kept), false),
+            Decision::AlreadyRecorded(PayError::AlreadyPaid)
+        ));
+        let refunding = payment(payment_status::REFUNDING);
+        assert!(matches!(
+            Decision::for_charge(Some(Cancelled), Some(&refunding), false),
+            Decision::AlreadyRecorded(PayError::Cancelled)
+        ));
+    }
+
+    #[test]
+    fn refund_pauses_double_up_to_the_cap() {
+        let first = Duration::from_secs(1);
+        assert_eq!(refund_pause(first, 1), first);
+        assert_eq!(refund_pause(first, 2), Duration::from_secs(2));
+        assert_eq!(refund_pause(first, 4), Duration::from_secs(8));
+        assert_eq!(refund_pause(first, 40), MAX_REFUND_BACKOFF);
     }
 }

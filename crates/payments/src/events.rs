@@ -3,7 +3,7 @@
 //! is recorded here, in the event's transaction; the gateway is asked by the [`Reconciler`]
 //! outside any transaction.
 //!
-//! [`Reconciler`]: crate::domain::Reconciler
+//! [`Reconciler`]: crate::charges::Reconciler
 //!
 //! The replica follows the version rule: `order:created` adds the order at version 0; a
 //! change applies only on top of the version just before it; an older event is old news;
@@ -20,16 +20,18 @@ use platform::events::{
 use platform::revocation;
 use uuid::Uuid;
 
-use crate::domain::PaymentService;
-use crate::store::{self, OrderRecord};
+use crate::charges::PaymentService;
+use crate::domain::OrderRecord;
+use crate::store;
 
 /// The event kinds payments consumes.
 pub const KINDS: &[&str] =
     &[OrderCreated::KIND, OrderCancelled::KIND, OrderCompleted::KIND, OrderPaymentRejected::KIND, SessionRevoked::KIND];
 
-pub struct OrderEvents {
-    pub payments: Arc<PaymentService>,
-}
+/// Applies order events to the replica, and records the refunds orders' rejections owe.
+/// Wrap it in [`platform::consumer::Consumer`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderEvents;
 
 /// How an order change relates to the replica.
 enum Step {
@@ -89,7 +91,13 @@ impl EventHandler for OrderEvents {
             }
             OrderPaymentRejected::KIND => {
                 let rejected: OrderPaymentRejected = payload(event)?;
-                self.payments.owe_refund(tx, rejected.payment_id, &rejected.reason).await?;
+                let payment_id = rejected.payment_id;
+                match store::owe_refund(tx, payment_id).await? {
+                    Some(payment) => {
+                        tracing::warn!(order_id = %payment.order_id, %payment_id, charge_id = %payment.charge_id, amount = payment.amount, reason = %rejected.reason, "refund owed");
+                    }
+                    None => tracing::debug!(%payment_id, "payment not kept (refund owed or made already)"),
+                }
             }
             OrderCompleted::KIND => {
                 let order: OrderCompleted = payload(event)?;

@@ -4,15 +4,19 @@
 //!   `stripe` without a usable key refuses to start);
 //! - [`events`]: the replica of orders payments checks against, and refunds for cancelled
 //!   orders;
-//! - [`domain`]: taking a payment (charge attempts written down before the gateway is
-//!   asked), deciding whether its charge is kept, refunding, and the reconciler that settles
-//!   what a crash or an outage left unsettled;
+//! - [`charges`]: taking a payment (charge attempts written down before the gateway is
+//!   asked), keeping or giving back its charge, refunding, and the reconciler that settles
+//!   what a crash or an outage left unsettled: the gateway and the store, called in the order
+//!   that keeps the money right;
+//! - [`domain`]: the types and the rules `charges` decides by (when an order can be paid,
+//!   whether a charge is kept), without I/O;
 //! - [`routes`]: `POST /api/payments`;
-//! - [`store`]: its tables.
+//! - [`store`]: its tables, every query.
 //!
 //! A kept charge becomes `payment:created` (through the outbox), on which orders completes
 //! the order. Amounts are the order's price in minor units, in the marketplace's currency.
 
+pub mod charges;
 pub mod domain;
 pub mod events;
 pub mod gateway;
@@ -31,7 +35,7 @@ use platform::service::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use domain::PaymentService;
+pub use charges::{PaymentService, Reconciler};
 pub use gateway::{Gateway, SandboxGateway, StripeGateway};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -201,12 +205,12 @@ async fn launch(
         Duration::from_millis(settings.confirm_wait_millis),
         Duration::from_millis(settings.refund_backoff_millis),
     ));
-    let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents { payments: payments.clone() }, Some(outbox));
+    let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox));
     let handler = events::WakeReconcilerAfter { consumer, payments: payments.clone() };
     let subscription =
         ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(Arc::new(handler)), ctx.shutdown.clone()).await?;
     let (every, grace) = settings.reconcile_schedule();
-    let reconciler = domain::Reconciler::new(payments.clone(), every, grace).spawn(ctx.shutdown.clone());
+    let reconciler = Reconciler::new(payments.clone(), every, grace).spawn(ctx.shutdown.clone());
     sample_obligations(ctx, &db);
     let (api, _) = api().split_for_parts();
     let api = api.with_state(payments.clone());
@@ -234,20 +238,12 @@ fn sample_obligations(ctx: &Context, db: &platform::db::Db) {
 }
 
 async fn sample_obligations_now(db: &platform::db::Db) -> Result<(), sqlx::Error> {
-    use sqlx::Row;
     let m = platform::metrics::metrics();
-    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM payments WHERE status = $1")
-        .bind(store::payment_status::REFUNDING)
-        .fetch_one(&db.pool)
-        .await?;
-    m.payments_refunds_owed.set(row.try_get("n")?);
-    let oldest: Option<i64> = row.try_get("oldest")?;
+    let mut conn = db.pool.acquire().await?;
+    let (owed, oldest, unsettled) = store::obligations(&mut conn).await?;
+    m.payments_refunds_owed.set(owed);
     let age = oldest.map_or(0.0, |at| (platform::db::now_millis() - at).max(0) as f64 / 1000.0);
     m.payments_refund_owed_oldest_age.set(age);
-    let unsettled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM charge_attempts WHERE status = $1")
-        .bind(store::attempt_status::CHARGING)
-        .fetch_one(&db.pool)
-        .await?;
     m.payments_charge_attempts_unsettled.set(unsettled);
     Ok(())
 }

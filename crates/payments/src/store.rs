@@ -1,86 +1,30 @@
 //! The payments tables: the orders replica, the charge attempts (the write-ahead record of
-//! what was asked of the gateway) and the payments themselves. Portable SQL only.
+//! what was asked of the gateway) and the payments themselves. Portable SQL only; every query
+//! of the service is here.
+//!
+//! A change of a payment and the event that tells it are written together, on the caller's
+//! transaction ([`keep_payment`], [`give_back_payment`], [`owe_refund`], [`refund_made`]):
+//! a charge kept or a refund owed cannot go untold.
+//!
+//! One executor type: every function takes a `&mut AnyConnection`, a pooled connection for
+//! what stands alone (the charge attempt is committed before the gateway is asked) or the
+//! connection of the caller's transaction (`&mut tx`) for what must commit together.
 
 use platform::db::uuid_column;
-use platform::events::OrderStatus;
+use platform::events::{ContractEvent, OrderStatus, PaymentCreated, RefundCompleted, RefundCreated};
+use platform::outbox;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-/// Payment statuses.
-pub mod payment_status {
-    /// The charge is kept: it paid the order.
-    pub const SUCCEEDED: &str = "succeeded";
-    /// The charge must not be kept and its refund has not gone through yet.
-    pub const REFUNDING: &str = "refunding";
-    pub const REFUNDED: &str = "refunded";
-}
+use crate::domain::{ChargeAttempt, OrderRecord, PayError, PaymentRecord, attempt_status, payment_status};
 
-/// Charge attempt statuses (see `migrations/0002_charge_attempts.sql`).
-pub mod attempt_status {
-    /// Asked of the gateway (or about to be); its answer is not recorded yet.
-    pub const CHARGING: &str = "charging";
-    /// The gateway took the charge, and it is recorded in `payments` (kept or given back).
-    pub const CHARGED: &str = "charged";
-    /// The card was declined: nothing was charged.
-    pub const DECLINED: &str = "declined";
-    /// The gateway refused the request otherwise: nothing was charged.
-    pub const FAILED: &str = "failed";
-}
-
-/// What payments knows of an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderRecord {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    /// In minor units.
-    pub price: i64,
-    pub status: OrderStatus,
-    pub version: i64,
-    /// Milliseconds since the epoch.
-    pub expires_at: i64,
-}
-
-/// A charge payments took, and what became of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaymentRecord {
-    pub id: Uuid,
-    pub order_id: Uuid,
-    pub charge_id: String,
-    pub amount: i64,
-    pub currency: String,
-    pub status: String,
-    pub refund_id: Option<String>,
-    /// When the payment was accepted (ms since the epoch): its charge attempt's first arming.
-    pub accepted_at: Option<i64>,
-    /// How often the gateway failed its refund so far.
-    pub refund_tries: i64,
-    /// When its owed refund is next due (ms since the epoch).
-    pub refund_next_at: i64,
-}
-
-/// A charge asked of the gateway, recorded before it was asked: the write-ahead record that
-/// lets a charge whose answer was lost be asked for again, with the same idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChargeAttempt {
-    pub idempotency_key: String,
-    pub order_id: Uuid,
-    /// In minor units.
-    pub amount: i64,
-    pub currency: String,
-    /// The card token, only while `charging` (asking again must repeat the same request).
-    pub token: Option<String>,
-    pub status: String,
-    /// The gateway's charge, once `charged`.
-    pub charge_id: Option<String>,
-    /// Why it was declined or failed.
-    pub outcome: Option<String>,
-    /// How many times the reconciler asked the gateway again.
-    pub tries: i64,
-    /// Milliseconds since the epoch.
-    pub created_at: i64,
-    /// Milliseconds since the epoch: last (re-)armed or claimed by the reconciler.
-    pub updated_at: i64,
+impl From<sqlx::Error> for PayError {
+    /// A database that cannot be reached is an outage (503, the reconciler settles later);
+    /// any other database error is unexpected.
+    fn from(err: sqlx::Error) -> Self {
+        if platform::db::is_unavailable(&err) { Self::Unavailable(err.into()) } else { Self::Unexpected(err.into()) }
+    }
 }
 
 fn order_status(text: String) -> Result<OrderStatus, sqlx::Error> {
@@ -297,20 +241,26 @@ pub async fn refund_failed(
     .map(drop)
 }
 
-/// Turns a kept payment into a refund owed (due at once); the payment as it is now, `None`
-/// if it was not kept (already owed or refunded).
+/// Turns a kept payment into a refund owed (due at once) and enqueues `refund:created`, on
+/// the caller's transaction: the obligation is durable before anything is asked of the
+/// gateway. The payment as it is now; `None` if it was not kept (already owed or refunded).
 pub async fn owe_refund(conn: &mut AnyConnection, payment_id: Uuid) -> Result<Option<PaymentRecord>, sqlx::Error> {
-    sqlx::query(&format!(
+    let payment = sqlx::query(&format!(
         "UPDATE payments SET status = $1, refund_next_at = 0 WHERE id = $2 AND status = $3 RETURNING {PAYMENT_COLUMNS}"
     ))
     .bind(payment_status::REFUNDING)
     .bind(payment_id.to_string())
     .bind(payment_status::SUCCEEDED)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?
     .as_ref()
     .map(payment_from)
-    .transpose()
+    .transpose()?;
+    if let Some(payment) = &payment {
+        let owed = RefundCreated { payment_id, order_id: payment.order_id, amount: payment.amount };
+        outbox::enqueue(conn, &owed.to_event()).await?;
+    }
+    Ok(payment)
 }
 
 pub async fn find_payment(conn: &mut AnyConnection, payment_id: Uuid) -> Result<Option<PaymentRecord>, sqlx::Error> {
@@ -323,7 +273,7 @@ pub async fn find_payment(conn: &mut AnyConnection, payment_id: Uuid) -> Result<
         .transpose()
 }
 
-pub async fn insert_payment(conn: &mut AnyConnection, payment: &PaymentRecord, now: i64) -> Result<(), sqlx::Error> {
+async fn insert_payment(conn: &mut AnyConnection, payment: &PaymentRecord, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO payments (id, order_id, charge_id, amount, currency, status, refund_id, created_at, accepted_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -342,8 +292,25 @@ pub async fn insert_payment(conn: &mut AnyConnection, payment: &PaymentRecord, n
     .map(drop)
 }
 
+/// Records a refund the gateway made, with `refund:completed`, on the caller's transaction.
+pub async fn refund_made(
+    conn: &mut AnyConnection,
+    payment: &PaymentRecord,
+    refund_id: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    mark_refunded(conn, payment.id, refund_id, now).await?;
+    let event = RefundCompleted {
+        payment_id: payment.id,
+        order_id: payment.order_id,
+        amount: payment.amount,
+        refund_id: refund_id.map(str::to_owned),
+    };
+    outbox::enqueue(conn, &event.to_event()).await
+}
+
 /// Records a payment's refund, from whatever status it had.
-pub async fn mark_refunded(
+async fn mark_refunded(
     conn: &mut AnyConnection,
     payment_id: Uuid,
     refund_id: Option<&str>,
@@ -454,6 +421,42 @@ pub async fn claim_attempt(conn: &mut AnyConnection, attempt: &ChargeAttempt, no
     Ok(claimed == 1)
 }
 
+/// Settles `attempt` charged and keeps its charge as `payment` (`succeeded`), with
+/// `payment:created`, on the caller's transaction. A unique violation means another payment
+/// of the order was kept meanwhile: decide again.
+pub async fn keep_payment(
+    conn: &mut AnyConnection,
+    attempt: &ChargeAttempt,
+    payment: &PaymentRecord,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    mark_attempt_charged(conn, &attempt.idempotency_key, &payment.charge_id, now).await?;
+    let payment = PaymentRecord { status: payment_status::SUCCEEDED.to_owned(), ..payment.clone() };
+    insert_payment(conn, &payment, now).await?;
+    let event = PaymentCreated {
+        id: payment.id,
+        order_id: payment.order_id,
+        charge_id: payment.charge_id.clone(),
+        accepted_at: Some(platform::db::from_millis(attempt.created_at)),
+    };
+    outbox::enqueue(conn, &event.to_event()).await
+}
+
+/// Settles `attempt` charged and records its charge as `payment`, to be given back
+/// (`refunding`, with `refund:created`), on the caller's transaction.
+pub async fn give_back_payment(
+    conn: &mut AnyConnection,
+    attempt: &ChargeAttempt,
+    payment: &PaymentRecord,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    mark_attempt_charged(conn, &attempt.idempotency_key, &payment.charge_id, now).await?;
+    let payment = PaymentRecord { status: payment_status::REFUNDING.to_owned(), ..payment.clone() };
+    insert_payment(conn, &payment, now).await?;
+    let owed = RefundCreated { payment_id: payment.id, order_id: payment.order_id, amount: payment.amount };
+    outbox::enqueue(conn, &owed.to_event()).await
+}
+
 /// Settles an attempt whose charge the gateway took (and that is recorded in `payments`, in
 /// the same transaction). The token is forgotten.
 pub async fn mark_attempt_charged(
@@ -496,4 +499,18 @@ pub async fn mark_attempt_refused(
     .execute(conn)
     .await
     .map(drop)
+}
+
+/// Money not where it should be yet, for the metrics: how many refunds are owed, since when
+/// the oldest (ms since the epoch), and how many charge attempts are unsettled.
+pub async fn obligations(conn: &mut AnyConnection) -> Result<(i64, Option<i64>, i64), sqlx::Error> {
+    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM payments WHERE status = $1")
+        .bind(payment_status::REFUNDING)
+        .fetch_one(&mut *conn)
+        .await?;
+    let unsettled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM charge_attempts WHERE status = $1")
+        .bind(attempt_status::CHARGING)
+        .fetch_one(conn)
+        .await?;
+    Ok((row.try_get("n")?, row.try_get("oldest")?, unsettled))
 }

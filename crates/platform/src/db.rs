@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, Migrator};
-use sqlx::{AnyPool, ConnectOptions, Executor};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -195,6 +195,17 @@ impl Db {
     pub async fn check(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         sqlx::query("SELECT 1").execute(&self.readers).await.map(drop)
+    }
+}
+
+/// A write transaction on a connection the caller holds, begun as [`Db::begin`] begins one
+/// (`BEGIN IMMEDIATE` on SQLite), for a store that runs several transactions in a row on
+/// one connection.
+pub async fn begin_on(conn: &mut AnyConnection) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
+    if conn.backend_name() == "SQLite" {
+        sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await
+    } else {
+        sqlx::Connection::begin(conn).await
     }
 }
 

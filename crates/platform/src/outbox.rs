@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Event, EventBus};
-use crate::db::{Db, Tx, now_millis};
+use crate::db::{Db, now_millis};
 use crate::worker::{Job, Step, Waker, Worker};
 
 const BATCH: i64 = 100;
@@ -24,14 +24,16 @@ const LEASE: Duration = Duration::from_secs(5);
 /// How often the relay looks for rows nobody woke it for (another instance crashed).
 const POLL: Duration = Duration::from_millis(500);
 
-/// Writes `event` to the outbox inside the caller's transaction.
-pub async fn enqueue(tx: &mut Tx, event: &Event) -> Result<(), sqlx::Error> {
+/// Writes `event` to the outbox on `conn`, which must be the connection of the transaction
+/// that makes the change the event describes (`&mut tx`): taking the connection rather than
+/// the transaction lets a service's store take one executor type throughout.
+pub async fn enqueue(conn: &mut AnyConnection, event: &Event) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO outbox (id, kind, payload, created_at, locked_until) VALUES ($1, $2, $3, $4, 0)")
         .bind(event.id.to_string())
         .bind(&event.kind)
         .bind(String::from_utf8(event.encode()).expect("JSON is UTF-8"))
         .bind(now_millis())
-        .execute(&mut **tx)
+        .execute(conn)
         .await
         .map(drop)
 }

@@ -46,9 +46,10 @@ impl RevokedSessions {
     }
 }
 
-/// Records a revocation inside the caller's transaction (auth's sign-out, or a consumer of
-/// `session:revoked`). Returns whether it is new: recording one twice changes nothing.
-pub async fn record(tx: &mut Tx, revoked: &SessionRevoked) -> Result<bool, sqlx::Error> {
+/// Records a revocation on the connection of the caller's transaction (auth's sign-out, or a
+/// consumer of `session:revoked`). Returns whether it is new: recording one twice changes
+/// nothing.
+pub async fn record(conn: &mut sqlx::AnyConnection, revoked: &SessionRevoked) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO revoked_sessions (id, user_id, expires_at, revoked_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO NOTHING",
@@ -57,7 +58,7 @@ pub async fn record(tx: &mut Tx, revoked: &SessionRevoked) -> Result<bool, sqlx:
     .bind(revoked.user_id.to_string())
     .bind(millis(revoked.expires_at))
     .bind(now_millis())
-    .execute(&mut **tx)
+    .execute(conn)
     .await?
     .rows_affected();
     if inserted == 1 {

@@ -9,8 +9,6 @@
 //! service's outbox, which its running relay publishes. An event that fails again is parked
 //! again, with the new reason.
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use platform::bus::{Delivery, Event, Handler, Outcome};
 use platform::consumer::Consumer;
@@ -29,10 +27,6 @@ pub struct AdminArgs {
 
     #[command(flatten)]
     pub settings: Settings,
-
-    /// Replaying an event of payments may refund a charge, through the configured gateway.
-    #[command(flatten)]
-    pub payments: payments::PaymentsSettings,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -230,15 +224,7 @@ async fn replay(args: &AdminArgs, selection: &Selection) -> anyhow::Result<Strin
                 Consumer::new(name, db.clone(), expiration::events::OrderEvents, None).handle(delivery).await
             }
             ServiceName::Payments => {
-                let service = Arc::new(payments::domain::PaymentService::new(
-                    db.clone(),
-                    args.payments.gateway(&db)?,
-                    platform::money::Currency::new(&args.settings.currency),
-                    platform::outbox::OutboxWaker::default(),
-                ));
-                Consumer::new(name, db.clone(), payments::events::OrderEvents { payments: service }, None)
-                    .handle(delivery)
-                    .await
+                Consumer::new(name, db.clone(), payments::events::OrderEvents, None).handle(delivery).await
             }
             ServiceName::Auth | ServiceName::Web => unreachable!("checked by consuming()"),
         };
@@ -268,7 +254,7 @@ async fn payments_report(settings: &Settings) -> anyhow::Result<String> {
         "SELECT order_id, charge_id, amount, currency, created_at, refund_tries, refund_error FROM payments \
          WHERE status = $1 ORDER BY created_at",
     )
-    .bind(payments::store::payment_status::REFUNDING)
+    .bind(payments::domain::payment_status::REFUNDING)
     .fetch_all(&db.pool)
     .await?;
     for row in owed {
@@ -289,7 +275,7 @@ async fn payments_report(settings: &Settings) -> anyhow::Result<String> {
         "SELECT order_id, idempotency_key, amount, tries, updated_at FROM charge_attempts WHERE status = $1 \
          ORDER BY updated_at",
     )
-    .bind(payments::store::attempt_status::CHARGING)
+    .bind(payments::domain::attempt_status::CHARGING)
     .fetch_all(&db.pool)
     .await?;
     for row in attempts {

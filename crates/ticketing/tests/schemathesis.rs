@@ -7,10 +7,6 @@
 //! schemathesis comes from scripts/test-deps (a pinned version in `.tools/venv`); without it this
 //! test fails, it does not skip.
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,7 +39,7 @@ fn schemathesis_bin() -> PathBuf {
 }
 
 /// A fresh user's session token, for the protected operations.
-async fn session_token(app: &helpers::TestApp) -> String {
+async fn session_token(app: &apptest::TestApp) -> String {
     let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
     let response = reqwest::Client::new()
         .post(app.url("/api/users/signup"))
@@ -59,7 +55,7 @@ async fn session_token(app: &helpers::TestApp) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_does_what_its_openapi_description_says() {
     let bin = schemathesis_bin();
-    let app = helpers::spawn_app(Backend::Embedded).await;
+    let app = apptest::spawn_app(Backend::Embedded).await;
     let token = session_token(&app).await;
     let spec: serde_json::Value =
         reqwest::get(app.url("/api/docs/openapi.json")).await.expect("spec").json().await.expect("JSON spec");
@@ -93,7 +89,7 @@ async fn the_api_does_what_its_openapi_description_says() {
 /// One schemathesis run with all checks against `app`; whether it passed, and its report.
 async fn schemathesis(
     bin: &Path,
-    app: &helpers::TestApp,
+    app: &apptest::TestApp,
     token: &str,
     workdir: &Path,
     filter: &[&str],

@@ -64,7 +64,7 @@ async fn order_created(tx: &mut Tx, order: OrderCreated) -> Result<(), HandleErr
         tracing::info!(ticket_id = %ticket.id, order_id = %order.id, version = ticket.version, "ticket reserved");
         return publish_change(tx, &ticket).await;
     }
-    match store::find(&mut **tx, order.ticket.id).await? {
+    match store::find(tx, order.ticket.id).await? {
         // Tickets are created here before any order can name them: this cannot get better.
         None => {
             Err(HandleError::Malformed(anyhow::anyhow!("order {} is for unknown ticket {}", order.id, order.ticket.id)))
@@ -100,7 +100,7 @@ async fn order_ended(tx: &mut Tx, order_id: Uuid, version: i64, end: End) -> Res
             tracing::info!(%ticket_id, %order_id, version = ticket.version, ?end, "ticket changed by its order");
             publish_change(tx, &ticket).await
         }
-        None => match (end, store::find(&mut **tx, ticket_id).await?) {
+        None => match (end, store::find(tx, ticket_id).await?) {
             // Completed after a cancellation (a payment accepted in time revived it) while
             // another order holds the ticket: orders lets one order hold a ticket, so that
             // order's `order:cancelled` is on its way. Wait for it.

@@ -46,7 +46,7 @@ pub(crate) struct AppState {
 /// Starts the tickets service: its database, outbox relay, order-event consumer and routes.
 pub async fn start(ctx: &Context, settings: &TicketsSettings) -> anyhow::Result<Service> {
     let db = ctx.database(NAME, &MIGRATOR).await?;
-    let filled = store::fill_missing_search_keys(&db).await?;
+    let filled = store::fill_missing_search_keys(&mut *db.pool.acquire().await?).await?;
     if filled > 0 {
         tracing::info!(filled, "filled in the search keys of tickets listed before title search");
     }

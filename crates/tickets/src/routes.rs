@@ -136,7 +136,7 @@ pub async fn list_tickets(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<(HeaderMap, Json<Vec<TicketBody>>)> {
     let query = list_query(raw.as_deref().unwrap_or_default())?;
-    let page = store::list_available(state.db.reader(), &query).await?;
+    let page = store::list_available(&mut *state.db.reader().acquire().await?, &query).await?;
     let mut headers = HeaderMap::new();
     if let Some(next) = &page.next {
         headers.insert(header::LINK, next_page_link(&query, next)?);
@@ -187,7 +187,7 @@ fn next_page_link(query: &ListQuery, next: &Cursor) -> ApiResult<HeaderValue> {
         (status = 404, description = "Unknown ticket", body = platform::error::ErrorBody),
     ))]
 pub async fn show_ticket(State(state): State<Arc<AppState>>, IdPath(id): IdPath) -> ApiResult<Json<TicketBody>> {
-    let ticket = store::find(state.db.reader(), id).await?.ok_or(ApiError::NotFound)?;
+    let ticket = store::find(&mut *state.db.reader().acquire().await?, id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(TicketBody::new(ticket, &state.currency)))
 }
 
@@ -209,7 +209,7 @@ pub async fn update_ticket(
 ) -> ApiResult<Json<TicketBody>> {
     let listing = listing(&input, &state.currency)?;
     // Only decides the answer: the change below is guarded on its own.
-    let ticket = store::find(state.db.reader(), id).await?.ok_or(ApiError::NotFound)?;
+    let ticket = store::find(&mut *state.db.reader().acquire().await?, id).await?.ok_or(ApiError::NotFound)?;
     if ticket.order_id.is_some() {
         return Err(ApiError::bad_request(RESERVED));
     }

@@ -3,12 +3,18 @@
 //! Every change of a ticket is one guarded `UPDATE ... RETURNING`, so two changes racing
 //! (an edit and a reservation, two reservations) cannot both win, and the returned row, with
 //! its new version, is what the change's event describes.
+//!
+//! One executor type: every function takes a `&mut AnyConnection`. Reads are given a reader
+//! connection (`&mut *db.reader().acquire().await?`); changes are given the connection of the
+//! caller's transaction (`&mut tx`), so the caller decides what commits together, the
+//! outbox row of the change's event included.
 
+use platform::db::now_millis;
 use platform::db::uuid_column;
-use platform::db::{Tx, now_millis};
 use platform::events::OrderStatus;
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::any::{AnyExecutor, AnyRow};
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use crate::domain::{Cursor, ListQuery, Listing, Page, Ticket, search_key};
@@ -30,7 +36,7 @@ fn ticket(row: &AnyRow) -> Result<Ticket, sqlx::Error> {
     })
 }
 
-pub async fn insert(tx: &mut Tx, ticket: &Ticket) -> Result<(), sqlx::Error> {
+pub async fn insert(conn: &mut AnyConnection, ticket: &Ticket) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO tickets (id, title, price, user_id, version, order_id, status, created_at, search_title) \
          VALUES ($1, $2, $3, $4, $5, NULL, 'available', $6, $7)",
@@ -42,15 +48,15 @@ pub async fn insert(tx: &mut Tx, ticket: &Ticket) -> Result<(), sqlx::Error> {
     .bind(ticket.version)
     .bind(now_millis())
     .bind(search_key(&ticket.title))
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map(drop)
 }
 
-pub async fn find<'c>(executor: impl AnyExecutor<'c>, id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+pub async fn find(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
     sqlx::query(&format!("SELECT {COLUMNS} FROM tickets WHERE id = $1"))
         .bind(id.to_string())
-        .fetch_optional(executor)
+        .fetch_optional(&mut *conn)
         .await?
         .as_ref()
         .map(ticket)
@@ -62,7 +68,7 @@ pub async fn find<'c>(executor: impl AnyExecutor<'c>, id: Uuid) -> Result<Option
 /// Keyset pagination: the page starts after the query's cursor, found through the
 /// `tickets_for_sale` index, so a deep page costs what the first does. One row more than the
 /// page is read to know whether another page follows.
-pub async fn list_available<'c>(executor: impl AnyExecutor<'c>, query: &ListQuery) -> Result<Page, sqlx::Error> {
+pub async fn list_available(conn: &mut AnyConnection, query: &ListQuery) -> Result<Page, sqlx::Error> {
     let mut sql = format!("SELECT {COLUMNS}, created_at FROM tickets WHERE status = 'available'");
     let mut params = 0;
     if query.after.is_some() {
@@ -81,7 +87,7 @@ pub async fn list_available<'c>(executor: impl AnyExecutor<'c>, query: &ListQuer
     if let Some(search) = &query.search {
         statement = statement.bind(contains_pattern(&search_key(search)));
     }
-    let rows = statement.bind(i64::from(query.limit) + 1).fetch_all(executor).await?;
+    let rows = statement.bind(i64::from(query.limit) + 1).fetch_all(&mut *conn).await?;
     let page_rows = &rows[..rows.len().min(query.limit as usize)];
     let next = match page_rows.last() {
         Some(last) if rows.len() > page_rows.len() => {
@@ -110,7 +116,7 @@ fn contains_pattern(text: &str) -> String {
 /// Fills in the search key of tickets stored without one (listed before the column existed,
 /// or by an older version of the service during an upgrade), a batch at a time. Guarded by
 /// `search_title IS NULL`, so an edit committed meanwhile (which sets the key) wins.
-pub async fn fill_missing_search_keys(db: &platform::db::Db) -> Result<u64, sqlx::Error> {
+pub async fn fill_missing_search_keys(conn: &mut AnyConnection) -> Result<u64, sqlx::Error> {
     let mut filled = 0;
     // Walks the primary key, so each batch is found without scanning the table.
     let mut after = String::new();
@@ -118,13 +124,13 @@ pub async fn fill_missing_search_keys(db: &platform::db::Db) -> Result<u64, sqlx
         let rows =
             sqlx::query("SELECT id, title FROM tickets WHERE id > $1 AND search_title IS NULL ORDER BY id LIMIT 500")
                 .bind(&after)
-                .fetch_all(&db.pool)
+                .fetch_all(&mut *conn)
                 .await?;
         let Some(last) = rows.last() else {
             return Ok(filled);
         };
         after = last.try_get("id")?;
-        let mut tx = db.begin().await?;
+        let mut tx = platform::db::begin_on(&mut *conn).await?;
         for row in &rows {
             let title: String = row.try_get("title")?;
             let id: String = row.try_get("id")?;
@@ -142,7 +148,7 @@ pub async fn fill_missing_search_keys(db: &platform::db::Db) -> Result<u64, sqlx
 /// Runs an order's change of a ticket (`$1` the ticket, `$2` the order); the changed ticket,
 /// or `None` when the guard let nothing change.
 async fn change_by_order(
-    tx: &mut Tx,
+    conn: &mut AnyConnection,
     sql: &str,
     ticket_id: Uuid,
     order_id: Uuid,
@@ -150,7 +156,7 @@ async fn change_by_order(
     sqlx::query(&format!("{sql} RETURNING {COLUMNS}"))
         .bind(ticket_id.to_string())
         .bind(order_id.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?
         .as_ref()
         .map(ticket)
@@ -158,7 +164,11 @@ async fn change_by_order(
 }
 
 /// A new title and price, unless an order holds the ticket (`None`).
-pub async fn update_listing(tx: &mut Tx, id: Uuid, listing: &Listing) -> Result<Option<Ticket>, sqlx::Error> {
+pub async fn update_listing(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    listing: &Listing,
+) -> Result<Option<Ticket>, sqlx::Error> {
     sqlx::query(&format!(
         "UPDATE tickets SET title = $1, price = $2, search_title = $4, version = version + 1 \
          WHERE id = $3 AND order_id IS NULL RETURNING {COLUMNS}"
@@ -167,7 +177,7 @@ pub async fn update_listing(tx: &mut Tx, id: Uuid, listing: &Listing) -> Result<
     .bind(listing.price)
     .bind(id.to_string())
     .bind(search_key(&listing.title))
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?
     .as_ref()
     .map(ticket)
@@ -175,9 +185,9 @@ pub async fn update_listing(tx: &mut Tx, id: Uuid, listing: &Listing) -> Result<
 }
 
 /// Lets `order_id` hold the ticket, unless another order already does (`None`).
-pub async fn reserve(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+pub async fn reserve(conn: &mut AnyConnection, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
     change_by_order(
-        tx,
+        conn,
         "UPDATE tickets SET order_id = $2, status = 'reserved', version = version + 1 \
          WHERE id = $1 AND order_id IS NULL",
         ticket_id,
@@ -187,9 +197,9 @@ pub async fn reserve(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Opt
 }
 
 /// Frees a ticket reserved by `order_id`; a ticket held by another order, or sold, stays as is.
-pub async fn release(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+pub async fn release(conn: &mut AnyConnection, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
     change_by_order(
-        tx,
+        conn,
         "UPDATE tickets SET order_id = NULL, status = 'available', version = version + 1 \
          WHERE id = $1 AND order_id = $2 AND status = 'reserved'",
         ticket_id,
@@ -200,9 +210,13 @@ pub async fn release(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Opt
 
 /// Sells a ticket to `order_id`, for good: reserved by that order, or free again (the order was
 /// cancelled by its expiry, then revived by a payment accepted in time).
-pub async fn mark_sold(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+pub async fn mark_sold(
+    conn: &mut AnyConnection,
+    ticket_id: Uuid,
+    order_id: Uuid,
+) -> Result<Option<Ticket>, sqlx::Error> {
     change_by_order(
-        tx,
+        conn,
         "UPDATE tickets SET status = 'sold', order_id = $2, version = version + 1 \
          WHERE id = $1 AND ((order_id = $2 AND status = 'reserved') OR (order_id IS NULL AND status = 'available'))",
         ticket_id,
@@ -212,15 +226,15 @@ pub async fn mark_sold(tx: &mut Tx, ticket_id: Uuid, order_id: Uuid) -> Result<O
 }
 
 /// The stored version of a replicated order, if the order is known.
-pub async fn known_order_version(tx: &mut Tx, order_id: Uuid) -> Result<Option<i64>, sqlx::Error> {
+pub async fn known_order_version(conn: &mut AnyConnection, order_id: Uuid) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT version FROM known_orders WHERE id = $1")
         .bind(order_id.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await
 }
 
 pub async fn insert_known_order(
-    tx: &mut Tx,
+    conn: &mut AnyConnection,
     order_id: Uuid,
     ticket_id: Uuid,
     version: i64,
@@ -231,7 +245,7 @@ pub async fn insert_known_order(
         .bind(ticket_id.to_string())
         .bind(version)
         .bind(status)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await
         .map(drop)
 }
@@ -239,7 +253,7 @@ pub async fn insert_known_order(
 /// Moves a replicated order to `version` and `status` if its stored version is exactly one
 /// less; returns the order's ticket when it did.
 pub async fn advance_known_order(
-    tx: &mut Tx,
+    conn: &mut AnyConnection,
     order_id: Uuid,
     version: i64,
     status: OrderStatus,
@@ -251,37 +265,42 @@ pub async fn advance_known_order(
     .bind(status.as_str())
     .bind(order_id.to_string())
     .bind(version - 1)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(|row| uuid_column(row, "ticket_id")).transpose()
 }
 
 /// Whether the ticket is sold (to whichever order).
-pub async fn is_sold(tx: &mut Tx, ticket_id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn is_sold(conn: &mut AnyConnection, ticket_id: Uuid) -> Result<bool, sqlx::Error> {
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM tickets WHERE id = $1")
         .bind(ticket_id.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?;
     Ok(status.as_deref() == Some("sold"))
 }
 
-/// Serialises ticket creations of one seller until `tx` ends (a row lock on PostgreSQL; SQLite
+/// Serialises ticket creations of one seller until the caller's transaction ends (a row lock on PostgreSQL; SQLite
 /// has one writer), so counting their recent tickets next is exact across instances.
-pub async fn lock_seller(tx: &mut Tx, user_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn lock_seller(conn: &mut AnyConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO sellers (user_id, last_listed_at) VALUES ($1, $2) \
          ON CONFLICT (user_id) DO UPDATE SET last_listed_at = excluded.last_listed_at",
     )
     .bind(user_id.to_string())
     .bind(now_millis())
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map(drop)
 }
 
 /// When `user_id` listed their tickets created after `since` (ms), oldest first, at most
 /// `limit` of them.
-pub async fn listed_since(tx: &mut Tx, user_id: Uuid, since: i64, limit: i64) -> Result<Vec<i64>, sqlx::Error> {
+pub async fn listed_since(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    since: i64,
+    limit: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query(
         "SELECT created_at FROM tickets WHERE user_id = $1 AND created_at > $2 \
          ORDER BY created_at DESC LIMIT $3",
@@ -289,7 +308,7 @@ pub async fn listed_since(tx: &mut Tx, user_id: Uuid, since: i64, limit: i64) ->
     .bind(user_id.to_string())
     .bind(since)
     .bind(limit)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *conn)
     .await?
     .iter()
     .map(|row| row.try_get("created_at"))

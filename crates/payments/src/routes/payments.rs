@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::domain::{PayError, PaymentService};
+use crate::charges::PaymentService;
+use crate::domain::PayError;
 
 /// The longest card token accepted (Stripe's tokens are far shorter).
 pub const MAX_TOKEN_CHARS: usize = 255;

@@ -8,8 +8,8 @@ pub mod stripe_standin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use payments::domain::ChargeAttempt;
 use payments::gateway::{Charge, ChargeRequest, GatewayError, Refund, RefundRequest};
-use payments::store::ChargeAttempt;
 use payments::{Gateway, PaymentService, PaymentsSettings};
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
@@ -35,7 +35,7 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// again), so a test shows what later rounds do without waiting for the service's own loop.
 pub async fn reconcile_rounds(payments: &Arc<PaymentService>, rounds: usize) {
     use platform::worker::Job as _;
-    let reconciler = payments::domain::Reconciler::new(payments.clone(), Duration::from_secs(3600), Duration::ZERO);
+    let reconciler = payments::Reconciler::new(payments.clone(), Duration::from_secs(3600), Duration::ZERO);
     for _ in 0..rounds {
         reconciler.step().await.expect("a reconciler round");
     }

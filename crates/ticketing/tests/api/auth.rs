@@ -5,7 +5,7 @@ use reqwest::header::{AUTHORIZATION, SET_COOKIE};
 use serde_json::{Value, json};
 use testkit::Backend;
 
-use crate::helpers::{field_errors, into_parts, messages, spawn_app, spawn_app_with};
+use apptest::{field_errors, into_parts, messages, spawn_app, spawn_app_with};
 use testkit::on_both_backends;
 
 on_both_backends!(

@@ -9,10 +9,10 @@ use ticketing::{Running, ServiceName};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::helpers::{TestApp, User, messages, spawn_app_with};
 use crate::orders::order_ticket;
 use crate::payments::{order_with_status, ordered, pay};
 use crate::tickets::{EVENTUAL, id, listed};
+use apptest::{TestApp, User, messages, spawn_app_with};
 use testkit::on_both_backends;
 
 on_both_backends!(

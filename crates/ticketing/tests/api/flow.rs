@@ -8,10 +8,10 @@ use testkit::Backend;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::helpers::{TestApp, User, messages, spawn_app, spawn_app_with};
 use crate::orders::{order_ticket, wait_until_orderable};
 use crate::payments::{order_with_status, pay, wait_until_payable};
 use crate::tickets::{EVENTUAL, id, list_ticket, listed, ticket_at_version};
+use apptest::{TestApp, User, messages, spawn_app, spawn_app_with};
 use testkit::on_both_backends;
 
 on_both_backends!(

@@ -5,9 +5,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::{Backend, on_both_backends};
 
-use crate::helpers::{TestApp, User, field_errors, into_parts, spawn_app};
 use crate::orders::{order_ticket, wait_until_orderable};
 use crate::tickets::{id, list_ticket, ticket_at_version};
+use apptest::{TestApp, User, field_errors, into_parts, spawn_app};
 
 on_both_backends!(
     walking_the_pages_shows_every_ticket_once_while_more_are_listed,

@@ -1,7 +1,6 @@
 //! Integration tests of the marketplace through its HTTP API, against real servers, on both
 //! storage/bus combinations: SQLite + embedded bus, and PostgreSQL + NATS JetStream.
 
-mod helpers;
 mod service_db;
 
 mod auth;

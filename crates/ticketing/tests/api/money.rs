@@ -19,10 +19,10 @@ use serde_json::{Value, json};
 use testkit::{Backend, TempDir, on_both_backends};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{messages, new_user_at, spawn_app, spawn_app_with, test_args};
 use crate::orders::wait_until_orderable;
 use crate::payments::{order_with_status, pay, wait_until_payable};
 use crate::tickets::{EVENTUAL, id, list_ticket, ticket_at_version};
+use apptest::{messages, new_user_at, spawn_app, spawn_app_with, test_args};
 
 on_both_backends!(
     edits_racing_orders_never_change_what_is_charged,

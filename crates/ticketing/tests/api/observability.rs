@@ -12,10 +12,10 @@ use ticketing::ServiceName;
 use ticketing::admin::{AdminArgs, AdminCommand, Selection};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app_with};
 use crate::orders::wait_until_orderable;
 use crate::payments::{order_with_status, wait_until_payable};
 use crate::tickets::{EVENTUAL, id, list_ticket};
+use apptest::{TestApp, spawn_app_with};
 
 on_both_backends!(
     metrics_and_admin_follow_a_scripted_scenario,
@@ -50,7 +50,7 @@ async fn wait_for_value(app: &TestApp, series: &str, expected: f64) -> String {
 }
 
 fn admin(app: &TestApp, command: AdminCommand) -> AdminArgs {
-    AdminArgs { command, settings: app.args.settings.clone(), payments: app.args.payments.clone() }
+    AdminArgs { command, settings: app.args.settings.clone() }
 }
 
 async fn metrics_and_admin_follow_a_scripted_scenario(backend: Backend) {

@@ -10,8 +10,8 @@ use testkit::Backend;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::helpers::{TestApp, User, field_errors, into_parts, messages, spawn_app, spawn_app_with};
 use crate::tickets::{EVENTUAL, id, list_ticket, listed, ticket_at_version};
+use apptest::{TestApp, User, field_errors, into_parts, messages, spawn_app, spawn_app_with};
 use testkit::on_both_backends;
 
 on_both_backends!(

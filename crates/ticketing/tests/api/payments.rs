@@ -8,9 +8,9 @@ use testkit::Backend;
 use ticketing::ServiceName;
 use time::OffsetDateTime;
 
-use crate::helpers::{TestApp, User, field_errors, into_parts, messages, spawn_app, spawn_app_with};
 use crate::orders::{order_ticket, wait_until_orderable};
 use crate::tickets::{EVENTUAL, id, list_ticket};
+use apptest::{TestApp, User, field_errors, into_parts, messages, spawn_app, spawn_app_with};
 use testkit::on_both_backends;
 
 on_both_backends!(

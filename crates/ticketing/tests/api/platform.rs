@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use testkit::Backend;
 
-use crate::helpers::{into_parts, spawn_app};
+use apptest::{into_parts, spawn_app};
 use testkit::on_both_backends;
 
 on_both_backends!(unknown_routes_and_methods_get_the_envelope, health_and_readiness_answer);
@@ -86,7 +86,7 @@ async fn the_marketplace_rides_out_database_and_bus_outages() {
     let db_proxy = testkit::TcpProxy::start(&testkit::host_port(&db_url)).await;
     let bus_proxy = testkit::TcpProxy::start(&testkit::host_port(&nats_url)).await;
     let proxied_db = db_url.replacen(&testkit::host_port(&db_url), &db_proxy.addr.to_string(), 1);
-    let app = crate::helpers::spawn_app_with(Backend::Distributed, |args| {
+    let app = apptest::spawn_app_with(Backend::Distributed, |args| {
         args.settings.database_url = Some(proxied_db);
         args.settings.nats_url = Some(format!("nats://{}", bus_proxy.addr));
     })
@@ -104,7 +104,7 @@ async fn the_marketplace_rides_out_database_and_bus_outages() {
     .await;
     let (status, body) = seller.post("/api/tickets", json!({"title": "Outage", "price": 10})).await;
     assert!(status.is_server_error(), "{status}");
-    assert!(!crate::helpers::messages(&body).is_empty());
+    assert!(!apptest::messages(&body).is_empty());
     db_proxy.restore();
     testkit::eventually(Duration::from_secs(30), "readyz to recover with the database", || async {
         (ready().await == StatusCode::OK).then_some(())
@@ -154,7 +154,7 @@ async fn a_process_started_while_its_database_and_bus_are_down_serves_once_they_
     db_proxy.cut();
     bus_proxy.cut();
     let data_dir = testkit::TempDir::new();
-    let mut args = crate::helpers::test_args(Backend::Distributed, &data_dir).await;
+    let mut args = apptest::test_args(Backend::Distributed, &data_dir).await;
     args.settings.database_url = Some(db_url.replacen(&testkit::host_port(&db_url), &db_proxy.addr.to_string(), 1));
     args.settings.nats_url = Some(format!("nats://{}", bus_proxy.addr));
     args.services = vec![ticketing::ServiceName::Auth, ticketing::ServiceName::Tickets];
@@ -198,7 +198,7 @@ async fn a_process_started_while_its_database_and_bus_are_down_serves_once_they_
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["checks"]["database"], "ok", "{body}");
     assert_eq!(body["checks"]["bus"], "unavailable", "{body}");
-    let seller = crate::helpers::TestApp::user_at(&base).await;
+    let seller = apptest::TestApp::user_at(&base).await;
     let (status, ticket) = seller.post("/api/tickets", json!({"title": "Before NATS", "price": 10})).await;
     assert_eq!(status, StatusCode::CREATED, "tickets takes writes while the bus is down: {ticket}");
 

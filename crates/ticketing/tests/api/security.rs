@@ -5,10 +5,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use testkit::Backend;
 
-use crate::helpers::{field_errors, into_parts, sign_in_token, spawn_app};
+use apptest::{field_errors, into_parts, sign_in_token, spawn_app};
 
 /// The raw JSON text, as curl would send it: `json!` would already have rounded the number.
-async fn send_raw(user: &crate::helpers::User, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+async fn send_raw(user: &apptest::User, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
     let response = user
         .client
         .request(method, user.url(path))
@@ -77,7 +77,7 @@ async fn only_the_canonical_uuid_spelling_names_a_resource() {
     app.stop().await;
 }
 
-async fn sign_in_from(app: &crate::helpers::TestApp, email: &str, forwarded: Option<&str>) -> StatusCode {
+async fn sign_in_from(app: &apptest::TestApp, email: &str, forwarded: Option<&str>) -> StatusCode {
     let mut request =
         app.client().post(app.url("/api/users/signin")).json(&json!({"email": email, "password": "wrong-password"}));
     if let Some(forwarded) = forwarded {
@@ -89,7 +89,7 @@ async fn sign_in_from(app: &crate::helpers::TestApp, email: &str, forwarded: Opt
 /// Finding: 30 sign-ins, each with `X-Forwarded-For: 198.51.100.$i`, were 30×400, never 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwarded_for_does_not_dodge_the_per_client_limit() {
-    let app = crate::helpers::spawn_app_with(Backend::Embedded, |args| {
+    let app = apptest::spawn_app_with(Backend::Embedded, |args| {
         args.auth.signin_failures_per_client = 20;
     })
     .await;
@@ -115,7 +115,7 @@ async fn forged_forwarded_for_does_not_dodge_the_per_client_limit() {
 /// With the proxy listed in TRUSTED_PROXIES, each client behind it has a budget of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_behind_a_trusted_proxy_are_told_apart() {
-    let app = crate::helpers::spawn_app_with(Backend::Embedded, |args| {
+    let app = apptest::spawn_app_with(Backend::Embedded, |args| {
         args.auth.signin_failures_per_client = 2;
         args.settings.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     })
@@ -238,7 +238,7 @@ async fn until_closed(socket: &mut tokio::net::TcpStream, deadline: std::time::D
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_normal_ones_still_served() {
     use tokio::io::AsyncWriteExt;
-    let app = crate::helpers::spawn_app_with(Backend::Embedded, |args| {
+    let app = apptest::spawn_app_with(Backend::Embedded, |args| {
         args.settings.http_header_read_timeout_seconds = 1;
         args.settings.http_body_read_timeout_seconds = 1;
         args.settings.http_max_connections = 40;

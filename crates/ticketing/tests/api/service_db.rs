@@ -1,5 +1,5 @@
-//! Opening a service's own database from a test (not in helpers.rs, which the web tests
-//! share and which has no sqlx there).
+//! Opening a service's own database from a test (not in `apptest`, which the web tests share
+//! and which has no sqlx).
 
 /// A service's own database, as the marketplace with these settings uses it (one connection),
 /// for tests that look at what a service stored.

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use testkit::{Backend, eventually, on_both_backends};
 
-use crate::helpers::{TestApp, into_parts, messages, session_token, sign_in_token, spawn_app, spawn_app_with};
 use crate::service_db::service_db;
+use apptest::{TestApp, into_parts, messages, session_token, sign_in_token, spawn_app, spawn_app_with};
 
 on_both_backends!(
     a_copied_token_is_refused_everywhere_after_sign_out,

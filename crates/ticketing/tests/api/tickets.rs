@@ -6,8 +6,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::Backend;
 
-use crate::helpers::{TestApp, User, field_errors, into_parts, messages, spawn_app};
 use crate::orders::{order_ticket, wait_until_orderable};
+use apptest::{TestApp, User, field_errors, into_parts, messages, spawn_app};
 use testkit::on_both_backends;
 
 on_both_backends!(

@@ -12,8 +12,8 @@ use serde_json::json;
 use testkit::{Backend, TempDir, eventually};
 
 use crate::fake_api::{ORDER_ID, api_with_order};
-use crate::helpers::spawn_app;
 use crate::support::{FakeApi, spawn_web};
+use apptest::spawn_app;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -242,7 +242,7 @@ async fn the_visitor_address_is_taken_from_trusted_proxies_only_and_signed_for_t
         let value = last.headers[platform::client_addr::SIGNED_HEADER].to_str().unwrap().to_owned();
         value.split(';').next().unwrap().to_owned()
     };
-    let visit = |app: &crate::helpers::TestApp, forwarded: &'static str| {
+    let visit = |app: &apptest::TestApp, forwarded: &'static str| {
         reqwest::Client::new().get(app.url("/")).header("x-forwarded-for", forwarded).send()
     };
 

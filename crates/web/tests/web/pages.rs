@@ -7,8 +7,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 use testkit::{Backend, eventually};
 
-use crate::helpers::spawn_app;
 use crate::support::{Browser, ticket_id_of};
+use apptest::spawn_app;
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use testkit::Backend;
 use ticketing::ServiceName;
 
-use crate::helpers::{TestApp, spawn_app_with};
+use apptest::{TestApp, spawn_app_with};
 
 /// A fetched page.
 #[derive(Debug)]

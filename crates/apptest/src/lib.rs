@@ -1,4 +1,8 @@
-//! `spawn_app`: the whole marketplace on port 0 with its own storage and bus namespace.
+//! `spawn_app`: the whole marketplace on port 0 with its own storage and bus namespace, and
+//! the users that drive it through its HTTP API.
+//!
+//! A crate of its own, rather than a file of ticketing's tests, so that ticketing's tests and
+//! web's (which check the pages against the real API) share it as an ordinary dependency.
 
 use std::time::Duration;
 
