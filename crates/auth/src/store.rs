@@ -1,8 +1,9 @@
 //! The auth tables: accounts (and, through the platform, revoked sessions and the outbox).
 //! Every query of the service is here; portable SQL only.
 
+use contract::events::SessionRevoked;
 use platform::db::{Db, now_millis};
-use platform::events::{ContractEvent, SessionRevoked};
+use platform::envelope::ToEvent;
 use platform::{outbox, revocation};
 use sqlx::Row;
 use uuid::Uuid;

@@ -13,9 +13,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use contract::events::ExpirationComplete;
 use platform::bus::Event;
 use platform::db::{Db, Tx, now_millis};
-use platform::events::{ContractEvent, ExpirationComplete};
+use platform::envelope::ToEvent;
 use platform::outbox::{self, OutboxWaker};
 use platform::worker::{Job, Step, Worker};
 use tokio_util::sync::CancellationToken;

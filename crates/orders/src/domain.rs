@@ -5,9 +5,10 @@
 //! treated as live, like `created`. Every change bumps the order's version by one and emits
 //! the matching event in the same transaction.
 
+pub use contract::events::OrderStatus;
+use contract::events::{OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef};
 use platform::db::Tx;
-pub use platform::events::OrderStatus;
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef};
+use platform::envelope::ToEvent;
 use platform::outbox;
 use serde_json::Value;
 use time::OffsetDateTime;

@@ -15,13 +15,14 @@
 //! - `refund:created` / `refund:completed` record what the order shows about refunds.
 //! - `session:revoked` adds the session to the revoked list ([`platform::revocation`]).
 
-use platform::bus::Event;
-use platform::consumer::{EventHandler, HandleError, payload};
-use platform::db::{Tx, millis};
-use platform::events::{
+use contract::events::{
     ContractEvent, ExpirationComplete, OrderPaymentRejected, PaymentCreated, RefundCompleted, RefundCreated,
     SessionRevoked, TicketCreated, TicketUpdated,
 };
+use platform::bus::Event;
+use platform::consumer::{EventHandler, HandleError, payload};
+use platform::db::{Tx, millis};
+use platform::envelope::ToEvent;
 use platform::{outbox, revocation};
 use uuid::Uuid;
 

@@ -7,9 +7,9 @@
 //! order carries its own copy of its ticket's title, price and version (its snapshot): the
 //! replica may move on, the order does not.
 
+use contract::events::{TicketCreated, TicketUpdated};
 use platform::db::uuid_column;
 use platform::db::{Tx, from_millis, millis, now_millis};
-use platform::events::{TicketCreated, TicketUpdated};
 use sqlx::Row;
 use sqlx::any::{AnyExecutor, AnyRow};
 use uuid::Uuid;

@@ -52,9 +52,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use contract::events::{OrderStatus, PaymentCreated, RefundCompleted, RefundCreated};
+use contract::money::Currency;
 use platform::db::{Db, now_millis};
-use platform::events::{ContractEvent, OrderStatus, PaymentCreated, RefundCompleted, RefundCreated};
-use platform::money::Currency;
+use platform::envelope::ToEvent;
 use platform::outbox::{self, OutboxWaker};
 use platform::worker::{Job, Step, Waker, Worker};
 use tokio_util::sync::CancellationToken;

@@ -11,12 +11,12 @@
 
 use std::sync::Arc;
 
+use contract::events::{
+    ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderPaymentRejected, OrderStatus, SessionRevoked,
+};
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
 use platform::db::{Tx, millis};
-use platform::events::{
-    ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderPaymentRejected, OrderStatus, SessionRevoked,
-};
 use platform::revocation;
 use uuid::Uuid;
 

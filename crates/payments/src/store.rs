@@ -1,8 +1,8 @@
 //! The payments tables: the orders replica, the charge attempts (the write-ahead record of
 //! what was asked of the gateway) and the payments themselves. Portable SQL only.
 
+use contract::events::OrderStatus;
 use platform::db::uuid_column;
-use platform::events::OrderStatus;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;

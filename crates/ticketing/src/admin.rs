@@ -233,7 +233,7 @@ async fn replay(args: &AdminArgs, selection: &Selection) -> anyhow::Result<Strin
                 let service = Arc::new(payments::domain::PaymentService::new(
                     db.clone(),
                     args.payments.gateway(&db)?,
-                    platform::money::Currency::new(&args.settings.currency),
+                    contract::money::Currency::new(&args.settings.currency),
                     platform::outbox::OutboxWaker::default(),
                 ));
                 Consumer::new(name, db.clone(), payments::events::OrderEvents { payments: service }, None)

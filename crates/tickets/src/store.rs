@@ -4,9 +4,9 @@
 //! (an edit and a reservation, two reservations) cannot both win, and the returned row, with
 //! its new version, is what the change's event describes.
 
+use contract::events::OrderStatus;
 use platform::db::uuid_column;
 use platform::db::{Tx, now_millis};
-use platform::events::OrderStatus;
 use sqlx::Row;
 use sqlx::any::{AnyExecutor, AnyRow};
 use uuid::Uuid;
