@@ -2,9 +2,10 @@
 //! OpenAPI schema of each (the services' handlers name them in `#[utoipa::path]`).
 //!
 //! The services build the answers from their domain types; the pages read the same types back,
-//! so a field renamed here is renamed on both sides. Request bodies take their fields as raw JSON
-//! (`Value`, [`PriceText`]) so that a missing or mistyped field is reported against that field,
-//! like any other invalid input; the services parse them.
+//! so a field renamed here is renamed on both sides; the pages send the request bodies too.
+//! Request bodies take their fields as raw JSON (`Value`, [`PriceText`]) so that a missing or
+//! mistyped field is reported against that field, like any other invalid input; the services
+//! parse them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -65,7 +66,7 @@ pub struct SignIn {
 
 /// `{title, price}`. Taken as raw JSON so a missing or mistyped field is reported against
 /// that field.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TicketInput {
     /// Trimmed; at least one visible character, no control characters or bidi overrides.
     #[serde(default)]
@@ -97,7 +98,7 @@ pub struct TicketBody {
 // --- orders: `/api/orders/*`
 
 /// `{ticketId}`. Taken as raw JSON so a missing or mistyped id is reported against the field.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewOrder {
     #[serde(default)]
@@ -156,7 +157,7 @@ pub struct OrderTicketBody {
 
 /// Both fields are taken as raw JSON so that a missing or mistyped field is reported against
 /// that field, like any other invalid input.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatePayment {
     /// The order to pay, which must be the caller's.
@@ -195,5 +196,18 @@ mod tests {
         assert_eq!(order.status, OrderStatus::AwaitingPayment);
         assert_eq!(order.refund.as_ref().map(|refund| refund.status), Some(RefundStatus::Refunded));
         assert_eq!(serde_json::to_value(&order).unwrap(), body);
+    }
+
+    /// A request body the pages send reads back on the service's side as it was sent.
+    #[test]
+    fn a_typed_price_is_sent_as_its_text() {
+        let input = TicketInput { title: json!("Concert"), price: PriceText::string("10.999999999999999999") };
+        let sent = serde_json::to_string(&input).unwrap();
+        assert_eq!(sent, r#"{"title":"Concert","price":"10.999999999999999999"}"#);
+        let read: TicketInput = serde_json::from_str(&sent).unwrap();
+        let usd = crate::money::Currency::new("usd");
+        assert_eq!(usd.parse_price_text(&read.price), Err("Price must have at most 2 decimals".to_owned()));
+        let blank = TicketInput { title: json!("Concert"), price: PriceText::default() };
+        assert_eq!(serde_json::to_string(&blank).unwrap(), r#"{"title":"Concert","price":null}"#);
     }
 }

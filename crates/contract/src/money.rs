@@ -15,7 +15,7 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 /// A price as a client sent it: the JSON text of the value, untouched, or nothing when the field
 /// was missing or `null`. Only deserialises from JSON text (serde_json's `from_slice`/`from_str`),
 /// not from a `Value`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct PriceText(Option<Box<RawValue>>);
 
@@ -23,6 +23,12 @@ impl PriceText {
     /// The price as JSON text (`12.5`, `"12.50"`); for tests and for callers that build one.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
+    }
+
+    /// A price sent as a decimal string (`"12.50"`), as a person typed it: the service reads its
+    /// digits exactly and reports what is wrong with it next to the field.
+    pub fn string(text: &str) -> Self {
+        Self(serde_json::value::to_raw_value(text).ok())
     }
 }
 

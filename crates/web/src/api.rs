@@ -10,8 +10,11 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use contract::api::{CurrentUserBody, NewAccount, OrderBody, SessionUser, SignIn, TicketBody};
+use contract::api::{
+    CreatePayment, CurrentUserBody, NewAccount, NewOrder, OrderBody, SessionUser, SignIn, TicketBody, TicketInput,
+};
 use contract::error::{ErrorBody, ErrorItem};
+use contract::money::PriceText;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -169,23 +172,26 @@ impl Api {
     }
 
     /// Lists a ticket; `price` as the seller typed it (see `routes::price_for_api`).
-    pub async fn create_ticket(&self, visitor: &Visitor, title: &str, price: Value) -> ApiResult<TicketBody> {
-        let request =
-            self.request(Method::POST, "/api/tickets", visitor).json(&json!({ "title": title, "price": price }));
-        self.json(request).await
+    pub async fn create_ticket(&self, visitor: &Visitor, title: &str, price: PriceText) -> ApiResult<TicketBody> {
+        let body = TicketInput { title: Value::from(title), price };
+        self.json(self.request(Method::POST, "/api/tickets", visitor).json(&body)).await
     }
 
-    pub async fn update_ticket(&self, visitor: &Visitor, id: uuid::Uuid, title: &str, price: Value) -> ApiResult<()> {
-        let request = self
-            .request(Method::PUT, &format!("/api/tickets/{id}"), visitor)
-            .json(&json!({ "title": title, "price": price }));
-        self.send(request).await.map(drop)
+    pub async fn update_ticket(
+        &self,
+        visitor: &Visitor,
+        id: uuid::Uuid,
+        title: &str,
+        price: PriceText,
+    ) -> ApiResult<()> {
+        let body = TicketInput { title: Value::from(title), price };
+        self.send(self.request(Method::PUT, &format!("/api/tickets/{id}"), visitor).json(&body)).await.map(drop)
     }
 
     /// Orders a ticket.
     pub async fn create_order(&self, visitor: &Visitor, ticket_id: uuid::Uuid) -> ApiResult<OrderBody> {
-        let request = self.request(Method::POST, "/api/orders", visitor).json(&json!({ "ticketId": ticket_id }));
-        self.json(request).await
+        let body = NewOrder { ticket_id: Value::from(ticket_id.to_string()) };
+        self.json(self.request(Method::POST, "/api/orders", visitor).json(&body)).await
     }
 
     pub async fn list_orders(&self, visitor: &Visitor) -> ApiResult<Vec<OrderBody>> {
@@ -201,9 +207,8 @@ impl Api {
     }
 
     pub async fn pay(&self, visitor: &Visitor, order_id: uuid::Uuid, token: &str) -> ApiResult<()> {
-        let request =
-            self.request(Method::POST, "/api/payments", visitor).json(&json!({ "orderId": order_id, "token": token }));
-        self.send(request).await.map(drop)
+        let body = CreatePayment { order_id: Value::from(order_id.to_string()), token: Value::from(token) };
+        self.send(self.request(Method::POST, "/api/payments", visitor).json(&body)).await.map(drop)
     }
 }
 

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use contract::api::SessionUser;
 use contract::error::ErrorItem;
-use contract::money::{Currency, Price};
+use contract::money::{Currency, Price, PriceText};
 use minijinja::value::Serde;
 use minijinja::{Value, context};
 use serde::Serialize;
@@ -189,12 +189,12 @@ pub fn format_price(currency: &Currency, price: &Price) -> String {
 /// A price as typed into a form, for the API: the text itself (the API reads decimal strings
 /// exactly, and reports what is wrong with one next to the field). Never turned into a JSON
 /// number here: that would go through a float and round `10.999999999999999999` to 11.
-pub fn price_for_api(text: &str) -> serde_json::Value {
+pub fn price_for_api(text: &str) -> PriceText {
     let text = text.trim();
     if text.is_empty() {
-        return serde_json::Value::Null;
+        return PriceText::default();
     }
-    serde_json::Value::String(text.to_owned())
+    PriceText::string(text)
 }
 
 /// A price as the form shows it again: the API's number in major units, fixed decimals.
@@ -264,12 +264,16 @@ mod tests {
 
     #[test]
     fn typed_prices_go_to_the_api_as_numbers_when_they_are() {
-        assert_eq!(price_for_api(" 12.50 "), json!("12.50"));
-        assert_eq!(price_for_api("20"), json!("20"));
-        assert_eq!(price_for_api("10.999999999999999999"), json!("10.999999999999999999"));
-        assert_eq!(price_for_api("twelve"), json!("twelve"));
-        assert_eq!(price_for_api("12,50"), json!("12,50"));
-        assert_eq!(price_for_api(""), json!(null));
+        let sent = |text: &str| serde_json::to_value(price_for_api(text)).unwrap();
+        assert_eq!(sent(" 12.50 "), json!("12.50"));
+        assert_eq!(sent("20"), json!("20"));
+        assert_eq!(
+            serde_json::to_string(&price_for_api("10.999999999999999999")).unwrap(),
+            r#""10.999999999999999999""#
+        );
+        assert_eq!(sent("twelve"), json!("twelve"));
+        assert_eq!(sent("12,50"), json!("12,50"));
+        assert_eq!(sent(""), json!(null));
     }
 
     #[test]
