@@ -16,8 +16,8 @@ pub fn normalize_email(email: &str) -> Option<String> {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_alphanumeric() || c == '-')
         });
-    let clean = !platform::text::has_forbidden(email)
-        && !email.chars().any(|c| platform::text::is_invisible(c) || c == '"' || c == '<' || c == '>');
+    let clean = !contract::text::has_forbidden(email)
+        && !email.chars().any(|c| contract::text::is_invisible(c) || c == '"' || c == '<' || c == '>');
     (valid_local && valid_domain && clean && !domain.contains('@')).then(|| email.to_lowercase().nfc().collect())
 }
 

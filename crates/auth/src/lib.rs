@@ -14,14 +14,15 @@
 
 mod domain;
 mod password;
+mod ratelimit;
 mod routes;
 mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ratelimit::WindowLimiter;
 use platform::outbox::OutboxWaker;
-use platform::ratelimit::WindowLimiter;
 use platform::service::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

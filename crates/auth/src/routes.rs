@@ -6,8 +6,10 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use platform::error::{ApiError, ApiResult, ErrorItem, Json};
-use platform::events::SessionRevoked;
+use contract::api::{CurrentUserBody, NewAccount, SessionUser, SignIn, UserBody};
+use contract::error::ErrorItem;
+use contract::events::SessionRevoked;
+use platform::error::{ApiError, ApiResult, Json};
 use platform::http::PeerAddr;
 use platform::session::{self, MaybeUser};
 use serde::Deserialize;
@@ -18,31 +20,6 @@ use uuid::Uuid;
 use crate::{AppState, domain, password, store};
 
 const PASSWORD_RULE: &str = "Password must be between 8 and 128 characters";
-
-/// The public shape of a user.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct UserBody {
-    pub id: Uuid,
-    #[schema(format = Email)]
-    pub email: String,
-}
-
-/// `{"currentUser": {...}}` or `{"currentUser": null}`.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CurrentUserBody {
-    #[schema(required = true)]
-    pub current_user: Option<SessionUser>,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct SessionUser {
-    pub id: Uuid,
-    #[schema(format = Email)]
-    pub email: String,
-    /// Issued at, seconds since the epoch.
-    pub iat: i64,
-}
 
 /// Both fields are taken as raw JSON so that a missing or mistyped field is reported
 /// against that field, like any other invalid input. What each operation accepts is
@@ -76,27 +53,6 @@ impl Credentials {
     }
 }
 
-/// Sign-up's body, as documented (read as [`Credentials`]).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // Describes the body; the handler reads `Credentials`.
-pub struct NewAccount {
-    /// Compared case-insensitively, after Unicode normalisation (NFC).
-    #[schema(format = Email, example = "ann@example.com")]
-    email: String,
-    #[schema(min_length = 8, max_length = 128, example = "correct horse battery")]
-    password: String,
-}
-
-/// Sign-in's body, as documented (read as [`Credentials`]).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // Describes the body; the handler reads `Credentials`.
-pub struct SignIn {
-    #[schema(format = Email, example = "ann@example.com")]
-    email: String,
-    #[schema(min_length = 1, max_length = 1024, example = "correct horse battery")]
-    password: String,
-}
-
 fn client_key(state: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
     state.addresses.client_ip(headers, peer)
 }
@@ -123,8 +79,8 @@ fn signed_in(
 #[utoipa::path(post, path = "/api/users/signup", tag = "auth", request_body = NewAccount,
     responses(
         (status = 201, description = "Signed up; sets the `session` cookie", body = UserBody),
-        (status = 400, description = "`Email must be valid`, `Password must be between 8 and 128 characters`, `Email in use`, or malformed JSON", body = platform::error::ErrorBody),
-        (status = 429, description = "Too many sign-ups from this client", body = platform::error::ErrorBody),
+        (status = 400, description = "`Email must be valid`, `Password must be between 8 and 128 characters`, `Email in use`, or malformed JSON", body = contract::error::ErrorBody),
+        (status = 429, description = "Too many sign-ups from this client", body = contract::error::ErrorBody),
     ))]
 pub async fn sign_up(
     State(state): State<Arc<AppState>>,
@@ -152,8 +108,8 @@ pub async fn sign_up(
 #[utoipa::path(post, path = "/api/users/signin", tag = "auth", request_body = SignIn,
     responses(
         (status = 200, description = "Signed in; sets the `session` cookie", body = UserBody),
-        (status = 400, description = "`Invalid credentials`, or invalid input", body = platform::error::ErrorBody),
-        (status = 429, description = "Too many failed sign-ins", body = platform::error::ErrorBody),
+        (status = 400, description = "`Invalid credentials`, or invalid input", body = contract::error::ErrorBody),
+        (status = 429, description = "Too many failed sign-ins", body = contract::error::ErrorBody),
     ))]
 pub async fn sign_in(
     State(state): State<Arc<AppState>>,

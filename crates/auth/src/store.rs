@@ -5,8 +5,9 @@
 //! reads (`&mut *db.reader().acquire().await?`), the writer's for a single write, the
 //! connection of the caller's transaction (`&mut tx`) for a change and its event.
 
+use contract::events::SessionRevoked;
 use platform::db::now_millis;
-use platform::events::{ContractEvent, SessionRevoked};
+use platform::envelope::ToEvent;
 use platform::{outbox, revocation};
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;

@@ -4,10 +4,11 @@
 
 use std::hint::black_box;
 
+use contract::events::{OrderCreated, OrderStatus, PricedTicketRef};
+use contract::money::Currency;
 use criterion::{Criterion, criterion_group, criterion_main};
 use platform::bus::Event;
-use platform::events::{ContractEvent, OrderCreated, OrderStatus, PricedTicketRef};
-use platform::money::Currency;
+use platform::envelope::ToEvent;
 use platform::session::SessionKeys;
 use serde_json::json;
 use uuid::Uuid;

@@ -1,10 +1,10 @@
 //! What expiration hears from orders: a new order starts its timer, an order that is
 //! cancelled or paid no longer needs one.
 
+use contract::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated};
 use platform::bus::{Delivery, Handler, Outcome};
 use platform::consumer::{Consumer, EventHandler, HandleError, payload};
 use platform::db::{Tx, millis};
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated};
 
 use crate::store;
 use crate::timers::TimerWaker;

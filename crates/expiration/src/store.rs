@@ -6,9 +6,10 @@
 //! the loop's claims and looks, the connection of the caller's transaction (`&mut tx`) for a
 //! change that commits with the event it causes or with the consumed event.
 
+use contract::events::ExpirationComplete;
 use platform::bus::Event;
 use platform::db::now_millis;
-use platform::events::{ContractEvent, ExpirationComplete};
+use platform::envelope::ToEvent;
 use platform::outbox;
 use sqlx::AnyConnection;
 use uuid::Uuid;

@@ -12,16 +12,14 @@
 //!
 //! The queries are in [`crate::store`]; this is the loop that runs them.
 
-use std::time::Duration;
-
+use crate::store;
 use anyhow::Context as _;
 use platform::db::{Db, now_millis};
 use platform::outbox::OutboxWaker;
 use platform::worker::{Job, Step, Worker};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-use crate::store;
 
 /// Timers claimed per round.
 pub const CLAIM_BATCH: i64 = 100;

@@ -6,14 +6,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use contract::events::{
+    ContractEvent, ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef,
+};
 use expiration::{ExpirationSettings, MIGRATOR, NAME, TimerLoop};
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
 use platform::db::{Db, database_url, millis, now_millis};
-use platform::events::{
-    ContractEvent, ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef,
-};
+use platform::envelope::ToEvent;
 use platform::outbox::OutboxWaker;
 use platform::service::{Context, Service};
 use platform::session::SessionKeys;
@@ -147,7 +148,7 @@ fn order_created(expires_at: OffsetDateTime) -> OrderCreated {
     OrderCreated {
         id: Uuid::new_v4(),
         version: 0,
-        status: platform::events::OrderStatus::Created,
+        status: contract::events::OrderStatus::Created,
         user_id: Uuid::new_v4(),
         expires_at,
         ticket: PricedTicketRef { id: Uuid::new_v4(), price: 1500 },

@@ -6,9 +6,10 @@
 //! the matching event ([`Order::ended_event`]); [`crate::store`] writes both in one
 //! transaction. Nothing here touches the database.
 
+pub use contract::events::OrderStatus;
+use contract::events::{OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef};
 use platform::bus::Event;
-pub use platform::events::OrderStatus;
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef};
+use platform::envelope::ToEvent;
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -15,18 +15,17 @@
 //! - `refund:created` / `refund:completed` record what the order shows about refunds.
 //! - `session:revoked` adds the session to the revoked list ([`platform::revocation`]).
 
-use platform::bus::Event;
-use platform::consumer::{EventHandler, HandleError, payload};
-use platform::db::{Tx, millis};
-use platform::events::{
+use crate::domain::{EndReason, Ended, OrderStatus};
+use crate::store;
+use contract::events::{
     ContractEvent, ExpirationComplete, OrderPaymentRejected, PaymentCreated, RefundCompleted, RefundCreated,
     SessionRevoked, TicketCreated, TicketUpdated,
 };
+use platform::bus::Event;
+use platform::consumer::{EventHandler, HandleError, payload};
+use platform::db::{Tx, millis};
 use platform::revocation;
 use uuid::Uuid;
-
-use crate::domain::{EndReason, Ended, OrderStatus};
-use crate::store;
 
 /// The event kinds the orders service consumes.
 pub const KINDS: &[&str] = &[

@@ -13,10 +13,10 @@ mod store;
 
 use std::sync::Arc;
 
+use contract::money::Currency;
 use platform::bus::dyn_handler;
 use platform::consumer::Consumer;
 use platform::db::Db;
-use platform::money::Currency;
 use platform::outbox::OutboxWaker;
 use platform::service::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;

@@ -4,90 +4,35 @@
 //! business rule (400), owner (401). A change and its event commit in one transaction, then
 //! the outbox relay is woken.
 
-use std::sync::Arc;
-
+use crate::domain::{self, ALREADY_RESERVED, COMPLETED, EndReason, Ended, OWN_TICKET, Order, OrderStatus, Refund};
+use crate::{AppState, store};
 use axum::extract::State;
 use axum::http::StatusCode;
+use contract::api::{NewOrder, OrderBody, OrderTicketBody, RefundBody, RefundStatus};
+use contract::money::Currency;
 use platform::db::{from_millis, is_unique_violation, now_millis};
 use platform::error::{ApiError, ApiResult, IdPath, Json};
-use platform::money::Currency;
 use platform::session::RequireUser;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use time::OffsetDateTime;
-use uuid::Uuid;
-
-use crate::AppState;
-use crate::domain::{self, ALREADY_RESERVED, COMPLETED, EndReason, Ended, OWN_TICKET, Order, OrderStatus, Refund};
-use crate::store;
-
-/// `{ticketId}`. Taken as raw JSON so a missing or mistyped id is reported against the field.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NewOrder {
-    #[serde(default)]
-    #[schema(value_type = String, format = Uuid, required = true)]
-    ticket_id: Value,
-}
+use std::sync::Arc;
 
 /// An order as its buyer sees it, with the ticket it reserves.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OrderBody {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub status: OrderStatus,
-    /// When the reservation ends unless paid (RFC 3339, UTC).
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub expires_at: OffsetDateTime,
-    pub version: i64,
-    /// The ticket as it was when the order was placed: the price charged, whatever the ticket
-    /// became since.
-    pub ticket: OrderTicketBody,
-    /// Money given back (or owed back) for this order's charges; `null` when none. **(ours)**
-    #[schema(required = true)]
-    pub refund: Option<RefundBody>,
-}
-
-/// A refund of an order's charge: `pending` until the gateway confirmed it, then `refunded`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RefundBody {
-    /// `pending` or `refunded`.
-    #[schema(example = "refunded")]
-    pub status: &'static str,
-    #[schema(schema_with = platform::openapi::price_output)]
-    pub amount: Value,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct OrderTicketBody {
-    pub id: Uuid,
-    pub title: String,
-    #[schema(schema_with = platform::openapi::price_output)]
-    pub price: Value,
-    pub version: i64,
-}
-
-impl OrderBody {
-    fn new(order: Order, refund: Option<Refund>, currency: &Currency) -> Self {
-        Self {
-            id: order.id,
-            user_id: order.user_id,
-            status: order.status,
-            expires_at: order.expires_at,
-            version: order.version,
-            ticket: OrderTicketBody {
-                id: order.ticket_id,
-                title: order.snapshot.title,
-                price: currency.to_major(order.snapshot.price),
-                version: order.snapshot.version,
-            },
-            refund: refund.map(|refund| RefundBody {
-                status: if refund.pending { "pending" } else { "refunded" },
-                amount: currency.to_major(refund.amount),
-            }),
-        }
+fn order_body(order: Order, refund: Option<Refund>, currency: &Currency) -> OrderBody {
+    OrderBody {
+        id: order.id,
+        user_id: order.user_id,
+        status: order.status,
+        expires_at: order.expires_at,
+        version: order.version,
+        ticket: OrderTicketBody {
+            id: order.ticket_id,
+            title: order.snapshot.title,
+            price: currency.to_major(order.snapshot.price),
+            version: order.snapshot.version,
+        },
+        refund: refund.map(|refund| RefundBody {
+            status: if refund.pending { RefundStatus::Pending } else { RefundStatus::Refunded },
+            amount: currency.to_major(refund.amount),
+        }),
     }
 }
 
@@ -96,9 +41,9 @@ impl OrderBody {
     security(("bearer" = []), ("session" = [])),
     responses(
         (status = 201, description = "Ordered; the ticket is reserved", body = OrderBody),
-        (status = 400, description = "Invalid `ticketId`, `Ticket is already reserved` or `Cannot purchase your own ticket`", body = platform::error::ErrorBody),
-        (status = 401, description = "Not signed in", body = platform::error::ErrorBody),
-        (status = 404, description = "Unknown ticket", body = platform::error::ErrorBody),
+        (status = 400, description = "Invalid `ticketId`, `Ticket is already reserved` or `Cannot purchase your own ticket`", body = contract::error::ErrorBody),
+        (status = 401, description = "Not signed in", body = contract::error::ErrorBody),
+        (status = 404, description = "Unknown ticket", body = contract::error::ErrorBody),
     ))]
 pub async fn create_order(
     State(state): State<Arc<AppState>>,
@@ -129,7 +74,7 @@ pub async fn create_order(
     tx.commit().await?;
     state.outbox.wake();
     tracing::info!(order_id = %order.id, ticket_id = %ticket.id, user_id = %user.id, "ticket ordered");
-    Ok((StatusCode::CREATED, Json(OrderBody::new(order, None, &state.currency))))
+    Ok((StatusCode::CREATED, Json(order_body(order, None, &state.currency))))
 }
 
 /// The caller's orders, any status, newest first.
@@ -137,7 +82,7 @@ pub async fn create_order(
     security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "The caller's orders, newest first", body = [OrderBody]),
-        (status = 401, description = "Not signed in", body = platform::error::ErrorBody),
+        (status = 401, description = "Not signed in", body = contract::error::ErrorBody),
     ))]
 pub async fn list_orders(
     State(state): State<Arc<AppState>>,
@@ -147,7 +92,7 @@ pub async fn list_orders(
     let mut bodies = Vec::with_capacity(orders.len());
     for order in orders {
         let refund = store::refund_of(&mut *state.db.reader().acquire().await?, order.id).await?;
-        bodies.push(OrderBody::new(order, refund, &state.currency));
+        bodies.push(order_body(order, refund, &state.currency));
     }
     Ok(Json(bodies))
 }
@@ -158,8 +103,8 @@ pub async fn list_orders(
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, description = "The order", body = OrderBody),
-        (status = 401, description = "Not signed in, or not the buyer", body = platform::error::ErrorBody),
-        (status = 404, description = "Unknown order", body = platform::error::ErrorBody),
+        (status = 401, description = "Not signed in, or not the buyer", body = contract::error::ErrorBody),
+        (status = 404, description = "Unknown order", body = contract::error::ErrorBody),
     ))]
 pub async fn show_order(
     State(state): State<Arc<AppState>>,
@@ -171,7 +116,7 @@ pub async fn show_order(
         return Err(ApiError::Unauthorized);
     }
     let refund = store::refund_of(&mut *state.db.reader().acquire().await?, order.id).await?;
-    Ok(Json(OrderBody::new(order, refund, &state.currency)))
+    Ok(Json(order_body(order, refund, &state.currency)))
 }
 
 /// Cancel an order, releasing its ticket. Cancelling a cancelled order changes nothing.
@@ -180,9 +125,9 @@ pub async fn show_order(
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 204, description = "Cancelled (now or before)"),
-        (status = 400, description = "`Cannot cancel a completed order`", body = platform::error::ErrorBody),
-        (status = 401, description = "Not signed in, or not the buyer", body = platform::error::ErrorBody),
-        (status = 404, description = "Unknown order", body = platform::error::ErrorBody),
+        (status = 400, description = "`Cannot cancel a completed order`", body = contract::error::ErrorBody),
+        (status = 401, description = "Not signed in, or not the buyer", body = contract::error::ErrorBody),
+        (status = 404, description = "Unknown order", body = contract::error::ErrorBody),
     ))]
 pub async fn cancel_order(
     State(state): State<Arc<AppState>>,

@@ -16,16 +16,14 @@
 //! caller's transaction (`&mut tx`, a [`platform::db::Tx`] derefs to it), so the caller
 //! decides what commits together.
 
-use platform::db::uuid_column;
-use platform::db::{from_millis, millis, now_millis};
-use platform::events::{ContractEvent, OrderPaymentRejected, TicketCreated, TicketUpdated};
-use platform::outbox;
-use sqlx::AnyConnection;
-use sqlx::Row;
-use sqlx::any::AnyRow;
-use uuid::Uuid;
-
 use crate::domain::{EndReason, Ended, Order, OrderStatus, Refund, Snapshot, Ticket};
+use contract::events::{OrderPaymentRejected, TicketCreated, TicketUpdated};
+use platform::db::{from_millis, millis, now_millis, uuid_column};
+use platform::envelope::ToEvent;
+use platform::outbox;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
 
 const ORDER_COLUMNS: &str = "id, user_id, ticket_id, status, expires_at, version, ticket_title, ticket_price, ticket_version, ended_at, end_reason";
 

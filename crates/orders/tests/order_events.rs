@@ -1,9 +1,10 @@
 //! The orders service's consumer (ticket replica, expirations, payments), driven directly with
 //! duplicated and reordered deliveries, on SQLite and on PostgreSQL.
 
+use contract::events::{ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated};
 use orders::events::TicketExpirationAndPaymentEvents;
 use platform::bus::Event;
-use platform::events::{ContractEvent, ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated};
+use platform::envelope::ToEvent;
 use serde_json::json;
 use sqlx::Row;
 use testkit::{Backend, ConsumerHarness, on_both_databases, republished};

@@ -55,17 +55,6 @@
 //!   new sandbox charge (the first one died with the process). Nothing is charged in the
 //!   sandbox, so this is accepted.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use platform::db::{Db, now_millis};
-use platform::events::OrderStatus;
-use platform::money::Currency;
-use platform::outbox::OutboxWaker;
-use platform::worker::{Job, Step, Waker, Worker};
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-
 use crate::domain::{
     ChargeAttempt, Decision, MAX_REFUND_BACKOFF, OrderRecord, PayError, PaymentRecord, attempt_status, check_payable,
     payment_status, refund_pause,
@@ -74,6 +63,15 @@ use crate::gateway::{
     Charge, Gateway, GatewayError, Refund, RefundRequest, charge_idempotency_key, refund_idempotency_key,
 };
 use crate::store;
+use contract::events::OrderStatus;
+use contract::money::Currency;
+use platform::db::{Db, now_millis};
+use platform::outbox::OutboxWaker;
+use platform::worker::{Job, Step, Waker, Worker};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// How many unsettled attempts, and owed refunds, one reconciler round takes on.
 const BATCH: i64 = 100;

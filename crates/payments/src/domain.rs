@@ -5,13 +5,11 @@
 //! Nothing here does I/O: [`crate::charges`] asks the gateway and the store and applies these
 //! rules to what they answer; [`crate::store`] writes the outcome.
 
-use std::time::Duration;
-
-use platform::events::OrderStatus;
-use platform::money::Currency;
-use uuid::Uuid;
-
 use crate::gateway::{ChargeRequest, GatewayError};
+use contract::events::OrderStatus;
+use contract::money::Currency;
+use std::time::Duration;
+use uuid::Uuid;
 
 /// How long Stripe remembers an idempotency key.
 pub const GATEWAY_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);

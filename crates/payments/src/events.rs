@@ -11,12 +11,12 @@
 
 use std::sync::Arc;
 
+use contract::events::{
+    ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderPaymentRejected, OrderStatus, SessionRevoked,
+};
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
 use platform::db::{Tx, millis};
-use platform::events::{
-    ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderPaymentRejected, OrderStatus, SessionRevoked,
-};
 use platform::revocation;
 use uuid::Uuid;
 
@@ -132,7 +132,11 @@ impl<H: EventHandler> platform::bus::Handler for WakeReconcilerAfter<H> {
     async fn handle_batch(&self, deliveries: Vec<platform::bus::Delivery>) -> Vec<platform::bus::Outcome> {
         let rejections: Vec<bool> = deliveries.iter().map(|d| d.event.kind == OrderPaymentRejected::KIND).collect();
         let outcomes = self.consumer.handle_batch(deliveries).await;
-        if rejections.iter().zip(&outcomes).any(|(rejection, outcome)| *rejection && matches!(outcome, platform::bus::Outcome::Ack)) {
+        if rejections
+            .iter()
+            .zip(&outcomes)
+            .any(|(rejection, outcome)| *rejection && matches!(outcome, platform::bus::Outcome::Ack))
+        {
             self.payments.wake_reconciler();
         }
         outcomes

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use contract::money::Currency;
 use platform::bus::dyn_handler;
 use platform::consumer::Consumer;
-use platform::money::Currency;
 use platform::service::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

@@ -10,14 +10,14 @@
 //! what stands alone (the charge attempt is committed before the gateway is asked) or the
 //! connection of the caller's transaction (`&mut tx`) for what must commit together.
 
+use crate::domain::{ChargeAttempt, OrderRecord, PayError, PaymentRecord, attempt_status, payment_status};
+use contract::events::{OrderStatus, PaymentCreated, RefundCompleted, RefundCreated};
 use platform::db::uuid_column;
-use platform::events::{ContractEvent, OrderStatus, PaymentCreated, RefundCompleted, RefundCreated};
+use platform::envelope::ToEvent;
 use platform::outbox;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
-
-use crate::domain::{ChargeAttempt, OrderRecord, PayError, PaymentRecord, attempt_status, payment_status};
 
 impl From<sqlx::Error> for PayError {
     /// A database that cannot be reached is an outage (503, the reconciler settles later);

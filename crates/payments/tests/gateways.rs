@@ -4,11 +4,11 @@
 mod common;
 
 use common::stripe_standin::{KEY, StripeStandIn};
+use contract::money::Currency;
 use payments::gateway::{
     ChargeRequest, Gateway, GatewayError, RefundRequest, SandboxGateway, StripeGateway, charge_idempotency_key,
     refund_idempotency_key,
 };
-use platform::money::Currency;
 use uuid::Uuid;
 
 fn charge_request(token: &str, amount: i64) -> ChargeRequest {

@@ -4,16 +4,15 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::stripe_standin::{KEY, StripeStandIn};
 use common::{Stand, WAIT, field_errors, messages};
+use contract::events::{OrderCancelled, TicketRef};
 use futures::future::join_all;
 use payments::domain::{ChargeAttempt, OrderRecord};
 use payments::gateway::{Charge, Gateway, SandboxGateway, StripeGateway};
-use platform::events::{OrderCancelled, TicketRef};
 use reqwest::StatusCode;
 use serde_json::json;
+use std::sync::Arc;
 use testkit::{Backend, eventually};
 use time::Duration;
 use uuid::Uuid;
@@ -342,13 +341,13 @@ async fn a_refund_the_gateway_fails_is_retried(backend: Backend) {
 async fn a_cancellation_that_arrives_first_waits_for_its_order(backend: Backend) {
     let (stand, sandbox) = sandbox_stand(backend).await;
     let buyer = stand.user();
-    let order = platform::events::OrderCreated {
+    let order = contract::events::OrderCreated {
         id: Uuid::new_v4(),
         version: 0,
-        status: platform::events::OrderStatus::Created,
+        status: contract::events::OrderStatus::Created,
         user_id: buyer.id,
         expires_at: time::OffsetDateTime::now_utc() + WINDOW,
-        ticket: platform::events::PricedTicketRef { id: Uuid::new_v4(), price: 1500 },
+        ticket: contract::events::PricedTicketRef { id: Uuid::new_v4(), price: 1500 },
     };
     stand.publish(&OrderCancelled { id: order.id, version: 1, ticket: TicketRef { id: order.ticket.id } }).await;
     let (status, _) = buyer.pay(order.id, "tok_visa").await;

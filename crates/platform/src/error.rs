@@ -1,4 +1,5 @@
-//! The contract's error envelope, and the one place where errors become HTTP responses.
+//! The one place where errors become HTTP responses, in the contract's error envelope
+//! ([`contract::error::ErrorBody`]).
 //!
 //! `{"errors":[{"message":"...","field":"..."}]}` is what every client sees. What a client
 //! sees is never the internal cause: 5xx bodies are fixed strings and the cause goes to the
@@ -9,28 +10,9 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use contract::error::{ErrorBody, ErrorItem, parse_canonical_uuid};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-/// One problem in a request: a message for people and, for input errors, the field it concerns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ErrorItem {
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
-
-impl ErrorItem {
-    pub fn field(field: &str, message: impl Into<String>) -> Self {
-        Self { message: message.into(), field: Some(field.to_owned()) }
-    }
-}
-
-/// The envelope itself.
-#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub errors: Vec<ErrorItem>,
-}
 
 /// Every way a request can fail, as the client will see it.
 #[derive(Debug, thiserror::Error)]
@@ -198,14 +180,6 @@ impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
     }
-}
-
-/// A UUID in its one canonical spelling (lowercase, hyphenated). `uuid` also reads braces,
-/// `urn:uuid:`, 32 bare hex digits and upper case; each would be a second URL for one resource
-/// (and a second cache key), so they are unknown paths instead.
-pub fn parse_canonical_uuid(text: &str) -> Option<uuid::Uuid> {
-    let id = uuid::Uuid::try_parse(text).ok()?;
-    (text.len() == 36 && id.hyphenated().to_string() == text).then_some(id)
 }
 
 /// A path parameter that must be a canonical UUID; anything else is an unknown resource (404).

@@ -259,8 +259,8 @@ async fn envelope_for_bare_errors(request: Request, next: Next) -> Response {
         let allow = response.headers().get(axum::http::header::ALLOW).cloned();
         let mut enveloped = (
             StatusCode::METHOD_NOT_ALLOWED,
-            axum::Json(crate::error::ErrorBody {
-                errors: vec![crate::error::ErrorItem { message: "Method not allowed".into(), field: None }],
+            axum::Json(contract::error::ErrorBody {
+                errors: vec![contract::error::ErrorItem { message: "Method not allowed".into(), field: None }],
             }),
         )
             .into_response();

@@ -1,60 +1,21 @@
 //! What the OpenAPI description says the same way for every service: how a client signs in
-//! (`securitySchemes`), how a price reads, and the answers the shared HTTP layer gives on any
-//! route (413 from the body limit, 500 and 503 from the error envelope, `Retry-After`).
+//! (`securitySchemes`) and the answers the shared HTTP layer gives on any route (413 from the
+//! body limit, 500 and 503 from the error envelope, `Retry-After`). How a price reads is the
+//! contract's (`contract::money::price_input`, `price_output`).
 //!
 //! Each service documents its own operations next to their handlers (utoipa-axum's router, so
 //! a route cannot exist undocumented); [`complete`] adds what those handlers do not decide.
 
-use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, OpenApi, PathItem, Ref, RefOr, Response, ResponseBuilder, path::Operation,
 };
 
-use crate::money::MAX_MAJOR;
-
 /// The security scheme of the `session` cookie that sign-up and sign-in set.
 pub const SESSION_COOKIE: &str = "session";
 /// The security scheme of `Authorization: Bearer <jwt>` (the same token as the cookie).
 pub const BEARER: &str = "bearer";
-
-/// A price as clients send it: a JSON number or a decimal string (`"12.50"`, which the
-/// reference client sends), in major units, > 0, at most [`MAX_MAJOR`], at most 2 decimals
-/// (the schema describes a currency with cents, the default).
-pub fn price_input() -> Schema {
-    OneOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::Number)
-                .exclusive_minimum(Some(0))
-                .maximum(Some(MAX_MAJOR))
-                .multiple_of(Some(0.01))
-                .examples([serde_json::json!(12.5)]),
-        )
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                // 0.01 up to 1000000 with at most two decimals, no sign, no exponent.
-                .pattern(Some(r"^(1000000(\.0{1,2})?|[1-9][0-9]{0,5}(\.[0-9]{1,2})?|0?\.(0[1-9]|[1-9][0-9]?))$"))
-                .examples([serde_json::json!("12.50")]),
-        )
-        .description(Some(
-            "In major units: a JSON number or a decimal string, greater than 0, at most 1000000, \
-             with at most the currency's decimals (2 for usd, 0 for jpy). Read exactly from its digits.",
-        ))
-        .into()
-}
-
-/// A price as the API answers it: a JSON number in major units.
-pub fn price_output() -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::Number)
-        .exclusive_minimum(Some(0))
-        .maximum(Some(MAX_MAJOR))
-        .description(Some("In major units"))
-        .examples([serde_json::json!(12.5)])
-        .into()
-}
 
 /// The schemes, and the answers of the shared HTTP layer, added to every operation of `spec`.
 pub fn complete(spec: &mut OpenApi) {
@@ -79,11 +40,11 @@ pub fn complete(spec: &mut OpenApi) {
     components
         .schemas
         .entry("ErrorBody".to_owned())
-        .or_insert_with(<crate::error::ErrorBody as utoipa::PartialSchema>::schema);
+        .or_insert_with(<contract::error::ErrorBody as utoipa::PartialSchema>::schema);
     components
         .schemas
         .entry("ErrorItem".to_owned())
-        .or_insert_with(<crate::error::ErrorItem as utoipa::PartialSchema>::schema);
+        .or_insert_with(<contract::error::ErrorItem as utoipa::PartialSchema>::schema);
     for item in spec.paths.paths.values_mut() {
         for operation in operations(item) {
             let takes_body = operation.request_body.is_some();

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::bus::Event;
 use crate::consumer::{HandleError, payload};
 use crate::db::{Db, Tx, millis, now_millis};
-use crate::events::SessionRevoked;
+use contract::events::SessionRevoked;
 
 /// A service's list of revoked sessions, put on its API router as a request extension so
 /// the session extractors can consult it (see [`RevokedSessions::layer`]).

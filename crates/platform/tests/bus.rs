@@ -941,7 +941,8 @@ async fn waiting_events_are_handed_out_in_batches_in_order(which: Which) {
     publish_all(&*bus, &sent).await;
 
     let batches = Batches::default();
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
+    let running =
+        subscribe(&*bus, &unique_name("g"), &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
     batches.wait_for(20, "the twenty waiting events").await;
     quiet().await;
 
@@ -972,7 +973,8 @@ async fn outcomes_of_a_batch_are_settled_one_by_one(which: Which) {
 
     let batches = Batches::default();
     batches.retry_once.lock().expect("poisoned").push(sent[2].id);
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
+    let running =
+        subscribe(&*bus, &unique_name("g"), &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
     batches.wait_for(7, "six events and one redelivery").await;
     quiet().await;
 

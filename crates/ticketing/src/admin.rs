@@ -9,6 +9,7 @@
 //! service's outbox, which its running relay publishes. An event that fails again is parked
 //! again, with the new reason.
 
+use crate::ServiceName;
 use anyhow::Context as _;
 use platform::bus::{Delivery, Event, Handler, Outcome};
 use platform::consumer::Consumer;
@@ -16,8 +17,6 @@ use platform::db::{Db, from_millis, now_millis};
 use platform::settings::Settings;
 use sqlx::Row;
 use time::format_description::well_known::Rfc3339;
-
-use crate::ServiceName;
 
 /// `ticketing admin`.
 #[derive(Debug, Clone, clap::Args)]

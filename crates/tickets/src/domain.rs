@@ -1,9 +1,9 @@
 //! What a ticket is, what makes a listing valid, and what the rest of the marketplace is told
 //! about a ticket. Free of SQL and HTTP, so the rules read in one place.
 
-use platform::error::ErrorItem;
-use platform::events::{TicketCreated, TicketUpdated};
-use platform::money::{Currency, PriceText};
+use contract::error::ErrorItem;
+use contract::events::{TicketCreated, TicketUpdated};
+use contract::money::{Currency, PriceText};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -66,8 +66,8 @@ impl Listing {
     pub fn parse(title: &Value, price: &PriceText, currency: &Currency) -> Result<Self, Vec<ErrorItem>> {
         let title = match title.as_str().map(str::trim) {
             None => Err("Title is required".to_owned()),
-            Some(title) if platform::text::has_forbidden(title) => Err(FORBIDDEN_CHARACTERS.to_owned()),
-            Some(title) if platform::text::is_blank(title) => Err("Title is required".to_owned()),
+            Some(title) if contract::text::has_forbidden(title) => Err(FORBIDDEN_CHARACTERS.to_owned()),
+            Some(title) if contract::text::is_blank(title) => Err("Title is required".to_owned()),
             Some(title) if title.chars().count() > MAX_TITLE_CHARS => {
                 Err(format!("Title must be at most {MAX_TITLE_CHARS} characters"))
             }

@@ -8,10 +8,11 @@
 //! reserves again. Every ticket change bumps the ticket's version and emits `ticket:updated`
 //! through the outbox in the same transaction.
 
+use contract::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, SessionRevoked};
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
 use platform::db::Tx;
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, SessionRevoked};
+use platform::envelope::ToEvent;
 use platform::{outbox, revocation};
 use uuid::Uuid;
 

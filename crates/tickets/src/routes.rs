@@ -4,64 +4,28 @@
 //! business rule (400), owner (401). A change and its event commit in one transaction, then
 //! the outbox relay is woken.
 
-use std::sync::Arc;
-
+use crate::domain::{CreationLimit, Cursor, ListQuery, Listing, RESERVED, Ticket};
+use crate::{AppState, store};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use contract::api::{TicketBody, TicketInput};
+use contract::error::ErrorItem;
+use contract::money::Currency;
+use platform::envelope::ToEvent;
 use platform::error::{ApiError, ApiResult, IdPath, Json};
-use platform::events::ContractEvent;
-use platform::money::{Currency, PriceText};
 use platform::outbox;
 use platform::session::RequireUser;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use uuid::Uuid;
-
-use crate::AppState;
-use crate::domain::{CreationLimit, Cursor, ListQuery, Listing, RESERVED, Ticket};
-use crate::store;
-
-/// `{title, price}`. Taken as raw JSON so a missing or mistyped field is reported against
-/// that field.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct TicketInput {
-    /// Trimmed; at least one visible character, no control characters or bidi overrides.
-    #[serde(default)]
-    #[schema(value_type = String, required = true, example = "Concert", min_length = 1, max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*[^\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\u2800\u3164\ufeff\uffa0][^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$")]
-    title: Value,
-    /// In major units, with at most the currency's decimals: a JSON number or a decimal string
-    /// (`"12.50"`). Read from its text, never through a float.
-    #[serde(default)]
-    #[schema(schema_with = platform::openapi::price_input, required = true)]
-    price: PriceText,
-}
+use std::sync::Arc;
 
 /// A ticket as clients see it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TicketBody {
-    pub id: Uuid,
-    pub title: String,
-    #[schema(schema_with = platform::openapi::price_output)]
-    pub price: Value,
-    pub user_id: Uuid,
-    pub version: i64,
-    /// The order holding the ticket; null while it is for sale.
-    #[schema(required = true)]
-    pub order_id: Option<Uuid>,
-}
-
-impl TicketBody {
-    fn new(ticket: Ticket, currency: &Currency) -> Self {
-        Self {
-            id: ticket.id,
-            title: ticket.title,
-            price: currency.to_major(ticket.price),
-            user_id: ticket.user_id,
-            version: ticket.version,
-            order_id: ticket.order_id,
-        }
+fn ticket_body(ticket: Ticket, currency: &Currency) -> TicketBody {
+    TicketBody {
+        id: ticket.id,
+        title: ticket.title,
+        price: currency.to_major(ticket.price),
+        user_id: ticket.user_id,
+        version: ticket.version,
+        order_id: ticket.order_id,
     }
 }
 
@@ -74,9 +38,9 @@ fn listing(input: &TicketInput, currency: &Currency) -> ApiResult<Listing> {
     security(("bearer" = []), ("session" = [])),
     responses(
         (status = 201, description = "Listed", body = TicketBody),
-        (status = 400, description = "Invalid title or price (one entry per field), or malformed JSON", body = platform::error::ErrorBody),
-        (status = 401, description = "Not signed in", body = platform::error::ErrorBody),
-        (status = 429, description = "The seller listed their hourly limit of tickets (`TICKET_CREATIONS_PER_USER_PER_HOUR`); see `Retry-After`", body = platform::error::ErrorBody),
+        (status = 400, description = "Invalid title or price (one entry per field), or malformed JSON", body = contract::error::ErrorBody),
+        (status = 401, description = "Not signed in", body = contract::error::ErrorBody),
+        (status = 429, description = "The seller listed their hourly limit of tickets (`TICKET_CREATIONS_PER_USER_PER_HOUR`); see `Retry-After`", body = contract::error::ErrorBody),
     ))]
 pub async fn create_ticket(
     State(state): State<Arc<AppState>>,
@@ -99,7 +63,7 @@ pub async fn create_ticket(
     tx.commit().await?;
     state.outbox.wake();
     tracing::info!(ticket_id = %ticket.id, user_id = %user.id, "ticket listed");
-    Ok((StatusCode::CREATED, Json(TicketBody::new(ticket, &state.currency))))
+    Ok((StatusCode::CREATED, Json(ticket_body(ticket, &state.currency))))
 }
 
 /// The query of `GET /api/tickets`.
@@ -129,7 +93,7 @@ pub struct ListParams {
     responses(
         (status = 200, description = "One page of tickets for sale, newest first", body = [TicketBody],
             headers(("Link" = String, description = "`</api/tickets?...>; rel=\"next\"`: the next page, if any"))),
-        (status = 400, description = "Invalid `limit` or `cursor`", body = platform::error::ErrorBody),
+        (status = 400, description = "Invalid `limit` or `cursor`", body = contract::error::ErrorBody),
     ))]
 pub async fn list_tickets(
     State(state): State<Arc<AppState>>,
@@ -141,7 +105,7 @@ pub async fn list_tickets(
     if let Some(next) = &page.next {
         headers.insert(header::LINK, next_page_link(&query, next)?);
     }
-    let tickets = page.tickets.into_iter().map(|ticket| TicketBody::new(ticket, &state.currency)).collect();
+    let tickets = page.tickets.into_iter().map(|ticket| ticket_body(ticket, &state.currency)).collect();
     Ok((headers, Json(tickets)))
 }
 
@@ -154,7 +118,7 @@ fn list_query(raw: &str) -> ApiResult<ListQuery> {
         let mut values = pairs.iter().filter(|(key, _)| key == name).map(|(_, value)| value.as_str());
         let first = values.next();
         if values.next().is_some() {
-            errors.push(platform::error::ErrorItem::field(name, format!("Give {name} at most once")));
+            errors.push(ErrorItem::field(name, format!("Give {name} at most once")));
         }
         first
     };
@@ -184,11 +148,11 @@ fn next_page_link(query: &ListQuery, next: &Cursor) -> ApiResult<HeaderValue> {
     params(("id" = Uuid, Path, description = "Ticket id")),
     responses(
         (status = 200, description = "The ticket", body = TicketBody),
-        (status = 404, description = "Unknown ticket", body = platform::error::ErrorBody),
+        (status = 404, description = "Unknown ticket", body = contract::error::ErrorBody),
     ))]
 pub async fn show_ticket(State(state): State<Arc<AppState>>, IdPath(id): IdPath) -> ApiResult<Json<TicketBody>> {
     let ticket = store::find(&mut *state.db.reader().acquire().await?, id).await?.ok_or(ApiError::NotFound)?;
-    Ok(Json(TicketBody::new(ticket, &state.currency)))
+    Ok(Json(ticket_body(ticket, &state.currency)))
 }
 
 /// Change a ticket's title and price; its version goes up by one.
@@ -197,9 +161,9 @@ pub async fn show_ticket(State(state): State<Arc<AppState>>, IdPath(id): IdPath)
     params(("id" = Uuid, Path, description = "Ticket id")),
     responses(
         (status = 200, description = "The updated ticket", body = TicketBody),
-        (status = 400, description = "Invalid input, or `Cannot edit a reserved ticket`", body = platform::error::ErrorBody),
-        (status = 401, description = "Not signed in, or not the ticket's owner", body = platform::error::ErrorBody),
-        (status = 404, description = "Unknown ticket", body = platform::error::ErrorBody),
+        (status = 400, description = "Invalid input, or `Cannot edit a reserved ticket`", body = contract::error::ErrorBody),
+        (status = 401, description = "Not signed in, or not the ticket's owner", body = contract::error::ErrorBody),
+        (status = 404, description = "Unknown ticket", body = contract::error::ErrorBody),
     ))]
 pub async fn update_ticket(
     State(state): State<Arc<AppState>>,
@@ -224,5 +188,5 @@ pub async fn update_ticket(
     outbox::enqueue(&mut tx, &updated.updated_event().to_event()).await?;
     tx.commit().await?;
     state.outbox.wake();
-    Ok(Json(TicketBody::new(updated, &state.currency)))
+    Ok(Json(ticket_body(updated, &state.currency)))
 }

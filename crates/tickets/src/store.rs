@@ -9,15 +9,12 @@
 //! caller's transaction (`&mut tx`), so the caller decides what commits together, the
 //! outbox row of the change's event included.
 
-use platform::db::now_millis;
-use platform::db::uuid_column;
-use platform::events::OrderStatus;
-use sqlx::AnyConnection;
-use sqlx::Row;
-use sqlx::any::AnyRow;
-use uuid::Uuid;
-
 use crate::domain::{Cursor, ListQuery, Listing, Page, Ticket, search_key};
+use contract::events::OrderStatus;
+use platform::db::{now_millis, uuid_column};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
 
 const COLUMNS: &str = "id, title, price, user_id, version, order_id";
 

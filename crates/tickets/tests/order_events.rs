@@ -1,8 +1,9 @@
 //! The tickets service's consumer of order events, driven directly with duplicated and
 //! reordered deliveries, on SQLite and on PostgreSQL.
 
+use contract::events::{OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef};
 use platform::bus::{Delivery, Event, Handler, Outcome};
-use platform::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef};
+use platform::envelope::ToEvent;
 use serde_json::{Value, json};
 use sqlx::Row;
 use testkit::{Backend, ConsumerHarness, on_both_databases, republished};
@@ -45,7 +46,7 @@ fn created(order: Uuid, ticket: Uuid) -> Event {
     OrderCreated {
         id: order,
         version: 0,
-        status: platform::events::OrderStatus::Created,
+        status: contract::events::OrderStatus::Created,
         user_id: Uuid::new_v4(),
         expires_at: time::OffsetDateTime::now_utc() + time::Duration::minutes(15),
         ticket: PricedTicketRef { id: ticket, price: 2000 },

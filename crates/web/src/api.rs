@@ -10,8 +10,12 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use platform::error::{ErrorBody, ErrorItem};
-use serde::Deserialize;
+use contract::api::{
+    CreatePayment, CurrentUserBody, NewAccount, NewOrder, OrderBody, SessionUser, SignIn, TicketBody, TicketInput,
+};
+use contract::error::{ErrorBody, ErrorItem};
+use contract::money::PriceText;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -46,67 +50,11 @@ impl ApiFailure {
 
 pub type ApiResult<T> = Result<T, ApiFailure>;
 
-/// The signed-in user, as `/api/users/currentuser` tells.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-pub struct User {
-    pub id: String,
-    pub email: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Ticket {
-    pub id: String,
-    pub title: String,
-    /// Major units, as the API sends it.
-    pub price: Value,
-    pub user_id: String,
-    #[serde(default)]
-    pub order_id: Option<String>,
-}
-
 /// A page of the tickets for sale, and the cursor of the next one if there is one.
 #[derive(Debug, Clone)]
 pub struct TicketPage {
-    pub tickets: Vec<Ticket>,
+    pub tickets: Vec<TicketBody>,
     pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Order {
-    pub id: String,
-    pub status: String,
-    pub expires_at: String,
-    pub ticket: OrderTicket,
-    /// Money given back, or owed back, for the order's charges.
-    #[serde(default)]
-    pub refund: Option<OrderRefund>,
-}
-
-/// `{"status": "pending"|"refunded", "amount": 12.5}`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct OrderRefund {
-    pub status: String,
-    pub amount: Value,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct OrderTicket {
-    pub id: String,
-    pub title: String,
-    pub price: Value,
-}
-
-#[derive(Debug, Deserialize)]
-struct CurrentUser {
-    #[serde(rename = "currentUser")]
-    current_user: Option<User>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Created {
-    id: String,
 }
 
 /// What sign-up, sign-in and sign-out hand back: the cookies the browser must get.
@@ -169,24 +117,26 @@ impl Api {
     }
 
     /// The signed-in user; no call at all for a visitor without a session cookie.
-    pub async fn current_user(&self, visitor: &Visitor) -> ApiResult<Option<User>> {
+    pub async fn current_user(&self, visitor: &Visitor) -> ApiResult<Option<SessionUser>> {
         if visitor.session.is_none() {
             return Ok(None);
         }
-        let body: CurrentUser = self.json(self.request(Method::GET, "/api/users/currentuser", visitor)).await?;
+        let body: CurrentUserBody = self.json(self.request(Method::GET, "/api/users/currentuser", visitor)).await?;
         Ok(body.current_user)
     }
 
     pub async fn sign_up(&self, visitor: &Visitor, email: &str, password: &str) -> ApiResult<SetCookies> {
-        self.credentials("/api/users/signup", visitor, email, password).await
+        let body = NewAccount { email: email.to_owned(), password: password.to_owned() };
+        self.credentials("/api/users/signup", visitor, &body).await
     }
 
     pub async fn sign_in(&self, visitor: &Visitor, email: &str, password: &str) -> ApiResult<SetCookies> {
-        self.credentials("/api/users/signin", visitor, email, password).await
+        let body = SignIn { email: email.to_owned(), password: password.to_owned() };
+        self.credentials("/api/users/signin", visitor, &body).await
     }
 
-    async fn credentials(&self, path: &str, visitor: &Visitor, email: &str, password: &str) -> ApiResult<SetCookies> {
-        let request = self.request(Method::POST, path, visitor).json(&json!({ "email": email, "password": password }));
+    async fn credentials(&self, path: &str, visitor: &Visitor, body: &impl Serialize) -> ApiResult<SetCookies> {
+        let request = self.request(Method::POST, path, visitor).json(body);
         Ok(set_cookies(self.send(request).await?.headers()))
     }
 
@@ -217,34 +167,38 @@ impl Api {
     }
 
     /// `id` must be a parsed UUID: it goes into the path.
-    pub async fn ticket(&self, visitor: &Visitor, id: uuid::Uuid) -> ApiResult<Ticket> {
+    pub async fn ticket(&self, visitor: &Visitor, id: uuid::Uuid) -> ApiResult<TicketBody> {
         self.json(self.request(Method::GET, &format!("/api/tickets/{id}"), visitor)).await
     }
 
-    pub async fn create_ticket(&self, visitor: &Visitor, title: &str, price: Value) -> ApiResult<String> {
-        let request =
-            self.request(Method::POST, "/api/tickets", visitor).json(&json!({ "title": title, "price": price }));
-        Ok(self.json::<Created>(request).await?.id)
+    /// Lists a ticket; `price` as the seller typed it (see `routes::price_for_api`).
+    pub async fn create_ticket(&self, visitor: &Visitor, title: &str, price: PriceText) -> ApiResult<TicketBody> {
+        let body = TicketInput { title: Value::from(title), price };
+        self.json(self.request(Method::POST, "/api/tickets", visitor).json(&body)).await
     }
 
-    pub async fn update_ticket(&self, visitor: &Visitor, id: uuid::Uuid, title: &str, price: Value) -> ApiResult<()> {
-        let request = self
-            .request(Method::PUT, &format!("/api/tickets/{id}"), visitor)
-            .json(&json!({ "title": title, "price": price }));
-        self.send(request).await.map(drop)
+    pub async fn update_ticket(
+        &self,
+        visitor: &Visitor,
+        id: uuid::Uuid,
+        title: &str,
+        price: PriceText,
+    ) -> ApiResult<()> {
+        let body = TicketInput { title: Value::from(title), price };
+        self.send(self.request(Method::PUT, &format!("/api/tickets/{id}"), visitor).json(&body)).await.map(drop)
     }
 
-    /// Orders a ticket; the new order's id.
-    pub async fn create_order(&self, visitor: &Visitor, ticket_id: uuid::Uuid) -> ApiResult<String> {
-        let request = self.request(Method::POST, "/api/orders", visitor).json(&json!({ "ticketId": ticket_id }));
-        Ok(self.json::<Created>(request).await?.id)
+    /// Orders a ticket.
+    pub async fn create_order(&self, visitor: &Visitor, ticket_id: uuid::Uuid) -> ApiResult<OrderBody> {
+        let body = NewOrder { ticket_id: Value::from(ticket_id.to_string()) };
+        self.json(self.request(Method::POST, "/api/orders", visitor).json(&body)).await
     }
 
-    pub async fn list_orders(&self, visitor: &Visitor) -> ApiResult<Vec<Order>> {
+    pub async fn list_orders(&self, visitor: &Visitor) -> ApiResult<Vec<OrderBody>> {
         self.json(self.request(Method::GET, "/api/orders", visitor)).await
     }
 
-    pub async fn order(&self, visitor: &Visitor, id: uuid::Uuid) -> ApiResult<Order> {
+    pub async fn order(&self, visitor: &Visitor, id: uuid::Uuid) -> ApiResult<OrderBody> {
         self.json(self.request(Method::GET, &format!("/api/orders/{id}"), visitor)).await
     }
 
@@ -253,9 +207,8 @@ impl Api {
     }
 
     pub async fn pay(&self, visitor: &Visitor, order_id: uuid::Uuid, token: &str) -> ApiResult<()> {
-        let request =
-            self.request(Method::POST, "/api/payments", visitor).json(&json!({ "orderId": order_id, "token": token }));
-        self.send(request).await.map(drop)
+        let body = CreatePayment { order_id: Value::from(order_id.to_string()), token: Value::from(token) };
+        self.send(self.request(Method::POST, "/api/payments", visitor).json(&body)).await.map(drop)
     }
 }
 

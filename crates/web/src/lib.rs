@@ -27,7 +27,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{any, get, post};
-use platform::money::Currency;
+use contract::money::Currency;
 use platform::service::{Context, Service};
 use platform::settings::Settings;
 

@@ -10,7 +10,7 @@
 mod sandbox;
 mod stripe;
 
-use platform::money::Currency;
+use contract::money::Currency;
 use uuid::Uuid;
 
 pub use sandbox::{SandboxCharge, SandboxGateway};

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use platform::error::{ApiError, ApiResult, ErrorItem, Json};
+use contract::api::{CreatePayment, PaymentBody};
+use contract::error::ErrorItem;
+use platform::error::{ApiError, ApiResult, Json};
 use platform::session::RequireUser;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::charges::PaymentService;
@@ -15,28 +15,6 @@ use crate::domain::PayError;
 
 /// The longest card token accepted (Stripe's tokens are far shorter).
 pub const MAX_TOKEN_CHARS: usize = 255;
-
-/// Both fields are taken as raw JSON so that a missing or mistyped field is reported against
-/// that field, like any other invalid input.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CreatePayment {
-    /// The order to pay, which must be the caller's.
-    #[serde(default)]
-    #[schema(value_type = String, format = Uuid, required = true, example = "0b7f3c1e-8f9a-4a57-9d5c-2f1e0b6c7d8e")]
-    order_id: Value,
-    /// A card token from Stripe.js or Elements (`tok_...`); the sandbox takes Stripe's test
-    /// tokens such as `tok_visa`.
-    #[serde(default)]
-    #[schema(value_type = String, required = true, min_length = 1, max_length = 255, pattern = r"\S", example = "tok_visa")]
-    token: Value,
-}
-
-/// The payment taken.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PaymentBody {
-    pub id: Uuid,
-}
 
 fn parse(input: &CreatePayment) -> Result<(Uuid, &str), ApiError> {
     let order_id = input.order_id.as_str().and_then(|text| Uuid::parse_str(text.trim()).ok());
@@ -80,11 +58,11 @@ impl From<PayError> for ApiError {
     security(("bearer" = []), ("session" = [])),
     responses(
         (status = 201, description = "Charged", body = PaymentBody),
-        (status = 400, description = "Invalid input or token; the order is cancelled, paid or expired; the amount is under the minimum", body = platform::error::ErrorBody),
-        (status = 401, description = "Not signed in, or not the order's owner", body = platform::error::ErrorBody),
-        (status = 402, description = "The card was declined; the order can still be paid with another card", body = platform::error::ErrorBody),
-        (status = 404, description = "Unknown order", body = platform::error::ErrorBody),
-        (status = 503, description = "The payment gateway (or the service's database) is unavailable and the outcome of the charge is not known yet. The service settles it on its own: if the card was charged the order completes (or the charge is refunded if the order cannot be kept); retrying with the same card charges nothing twice", body = platform::error::ErrorBody),
+        (status = 400, description = "Invalid input or token; the order is cancelled, paid or expired; the amount is under the minimum", body = contract::error::ErrorBody),
+        (status = 401, description = "Not signed in, or not the order's owner", body = contract::error::ErrorBody),
+        (status = 402, description = "The card was declined; the order can still be paid with another card", body = contract::error::ErrorBody),
+        (status = 404, description = "Unknown order", body = contract::error::ErrorBody),
+        (status = 503, description = "The payment gateway (or the service's database) is unavailable and the outcome of the charge is not known yet. The service settles it on its own: if the card was charged the order completes (or the charge is refunded if the order cannot be kept); retrying with the same card charges nothing twice", body = contract::error::ErrorBody),
     ))]
 pub async fn create_payment(
     State(payments): State<Arc<PaymentService>>,
@@ -98,7 +76,7 @@ pub async fn create_payment(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

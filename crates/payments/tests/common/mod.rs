@@ -5,23 +5,23 @@
 
 pub mod stripe_standin;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
+use contract::events::{
+    ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated, PricedTicketRef, TicketRef,
+};
 use payments::domain::ChargeAttempt;
 use payments::gateway::{Charge, ChargeRequest, GatewayError, Refund, RefundRequest};
 use payments::{Gateway, PaymentService, PaymentsSettings};
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
-use platform::events::{
-    ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated, PricedTicketRef, TicketRef,
-};
+use platform::envelope::ToEvent;
 use platform::service::Context;
 use platform::session::SessionKeys;
 use platform::settings::Settings;
 use reqwest::StatusCode;
 use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use testkit::{Backend, TempDir, eventually, unique_name};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -169,7 +169,7 @@ impl Stand {
         let order = OrderCreated {
             id: Uuid::new_v4(),
             version: 0,
-            status: platform::events::OrderStatus::Created,
+            status: contract::events::OrderStatus::Created,
             user_id: owner.id,
             expires_at: OffsetDateTime::now_utc() + expires_in,
             ticket: PricedTicketRef { id: Uuid::new_v4(), price },
@@ -192,7 +192,7 @@ impl Stand {
     /// Orders rejects a payment (`order:payment-rejected`): payments owes its refund.
     pub async fn reject(&self, order_id: Uuid, payment_id: Uuid) {
         let reason = "the ticket went to another buyer before the payment arrived".to_owned();
-        self.publish(&platform::events::OrderPaymentRejected { id: order_id, payment_id, reason }).await;
+        self.publish(&contract::events::OrderPaymentRejected { id: order_id, payment_id, reason }).await;
     }
 
     pub async fn wait_for_order_status(&self, order_id: Uuid, status: &str) {

@@ -173,10 +173,10 @@ pub fn dyn_handler<H: Handler>(handler: Arc<H>) -> DynHandler {
             let count = deliveries.len();
             // A panicking handler must not kill its subscriber: treat it as a failed attempt of
             // every delivery it was given.
-            let outcomes = std::panic::AssertUnwindSafe(handler.handle_batch(deliveries))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| (0..count).map(|_| Outcome::Retry(anyhow::anyhow!("event handler panicked"))).collect());
+            let outcomes =
+                std::panic::AssertUnwindSafe(handler.handle_batch(deliveries)).catch_unwind().await.unwrap_or_else(
+                    |_| (0..count).map(|_| Outcome::Retry(anyhow::anyhow!("event handler panicked"))).collect(),
+                );
             complete(outcomes, count)
         })
     })
@@ -207,7 +207,8 @@ fn complete(mut outcomes: Vec<Outcome>, count: usize) -> Vec<Outcome> {
     if outcomes.len() != count {
         tracing::error!(expected = count, got = outcomes.len(), "a handler returned the wrong number of outcomes");
         outcomes.truncate(count);
-        outcomes.resize_with(count, || Outcome::Retry(anyhow::anyhow!("the handler gave no outcome for this delivery")));
+        outcomes
+            .resize_with(count, || Outcome::Retry(anyhow::anyhow!("the handler gave no outcome for this delivery")));
     }
     outcomes
 }

@@ -545,7 +545,12 @@ impl Subscriber {
     /// Starts handling a batch of messages in a task of its own, which holds `slots` until the
     /// messages are settled. The handler is called here, so batches start in the order their
     /// messages arrived.
-    fn start(self: &Arc<Self>, batch: Vec<jetstream::Message>, slots: OwnedSemaphorePermit, handlers: &mut JoinSet<()>) {
+    fn start(
+        self: &Arc<Self>,
+        batch: Vec<jetstream::Message>,
+        slots: OwnedSemaphorePermit,
+        handlers: &mut JoinSet<()>,
+    ) {
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut handled = Vec::with_capacity(batch.len());
         let mut unreadable = Vec::new();

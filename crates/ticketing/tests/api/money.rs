@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use contract::events::{ContractEvent, PaymentCreated};
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{BusError, DynHandler, Event, EventBus, RetryPolicy};
-use platform::events::{ContractEvent, PaymentCreated};
 use platform::service::Context;
 use platform::session::SessionKeys;
 use reqwest::StatusCode;

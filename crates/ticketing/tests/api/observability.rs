@@ -3,8 +3,9 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
+use contract::events::TicketCreated;
 use platform::bus::Event;
-use platform::events::{ContractEvent as _, TicketCreated};
+use platform::envelope::ToEvent;
 use reqwest::StatusCode;
 use serde_json::json;
 use testkit::{Backend, on_both_backends};

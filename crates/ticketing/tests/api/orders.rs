@@ -302,8 +302,9 @@ async fn cancelling_releases_the_ticket_and_repeats_harmlessly(backend: Backend)
 /// Applies `payment:created` for an order the way the orders service's consumer does, on the
 /// app's own orders database: payments are another service's to make.
 async fn record_payment(app: &TestApp, order_id: &str) {
+    use ::contract::events::PaymentCreated;
     use ::platform::bus::{Delivery, Handler, Outcome};
-    use ::platform::events::{ContractEvent, PaymentCreated};
+    use ::platform::envelope::ToEvent;
 
     let settings = &app.args.settings;
     let db = crate::service_db::service_db(settings, ::orders::NAME, &::orders::MIGRATOR).await;

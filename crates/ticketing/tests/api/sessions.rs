@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use contract::events::SessionRevoked;
 use platform::bus::{Delivery, Handler, Outcome};
-use platform::events::{ContractEvent, SessionRevoked};
+use platform::envelope::ToEvent;
 use reqwest::StatusCode;
 use reqwest::header::{RETRY_AFTER, SET_COOKIE};
 use serde_json::{Value, json};

@@ -7,13 +7,14 @@ use crate::form::PageForm;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use contract::api::SessionUser;
 use minijinja::context;
 use minijinja::value::Serde;
 use serde::Deserialize;
 
 use super::{FormErrors, PageResult, form_refusal, page};
 use crate::Web;
-use crate::api::{SetCookies, User};
+use crate::api::SetCookies;
 use crate::pages::{encode_query_value, safe_next};
 use crate::visitor::Visitor;
 
@@ -73,7 +74,7 @@ fn credentials_page(
     kind: Kind,
     status: StatusCode,
     visitor: &Visitor,
-    user: Option<&User>,
+    user: Option<&SessionUser>,
     email: &str,
     next: &str,
     errors: FormErrors,

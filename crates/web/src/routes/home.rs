@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
+use contract::api::{SessionUser, TicketBody};
 use minijinja::context;
 use minijinja::value::Serde;
 use serde::Serialize;
 
 use super::{PageResult, format_price, page};
 use crate::Web;
-use crate::api::{Ticket, User};
 use crate::pages::encode_query_value;
 use crate::visitor::Visitor;
 
@@ -25,9 +25,9 @@ pub struct TicketItem {
 }
 
 impl TicketItem {
-    pub fn new(ticket: &Ticket, web: &Web, user: Option<&User>) -> Self {
+    pub fn new(ticket: &TicketBody, web: &Web, user: Option<&SessionUser>) -> Self {
         Self {
-            id: ticket.id.clone(),
+            id: ticket.id.to_string(),
             title: ticket.title.clone(),
             price: format_price(&web.currency, &ticket.price),
             mine: user.is_some_and(|user| user.id == ticket.user_id),

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use contract::api::SessionUser;
+use contract::error::ErrorItem;
+use contract::money::{Currency, Price, PriceText};
 use minijinja::value::Serde;
 use minijinja::{Value, context};
-use platform::error::ErrorItem;
-use platform::money::Currency;
 use serde::Serialize;
 
-use crate::api::{ApiFailure, ApiResult, User};
+use crate::api::{ApiFailure, ApiResult};
 use crate::pages::{self, error_page, not_found_page, sign_in_url};
 use crate::visitor::Visitor;
 
@@ -73,13 +74,13 @@ pub type PageResult = Result<Response, PageError>;
 /// What the layout needs on every page: who is signed in, the form token, where we are.
 #[derive(Serialize)]
 struct Shell<'a> {
-    user: Option<&'a User>,
+    user: Option<&'a SessionUser>,
     csrf: &'a str,
     path: &'a str,
 }
 
 /// A full page: `template` with `ctx`, in the layout.
-pub fn page(status: StatusCode, template: &str, visitor: &Visitor, user: Option<&User>, ctx: Value) -> Response {
+pub fn page(status: StatusCode, template: &str, visitor: &Visitor, user: Option<&SessionUser>, ctx: Value) -> Response {
     let path = visitor.path.split('?').next().unwrap_or("/");
     let shell = Shell { user, csrf: &visitor.csrf, path };
     pages::html(status, template, context! { shell => Serde(&shell), ..ctx })
@@ -133,7 +134,7 @@ pub fn form_refusal(failure: ApiFailure) -> Result<(StatusCode, Vec<ErrorItem>),
 }
 
 /// The signed-in user, or a trip to the sign-in page and back to `next`.
-pub fn require_user(user: Option<User>, next: &str) -> Result<User, PageError> {
+pub fn require_user(user: Option<SessionUser>, next: &str) -> Result<SessionUser, PageError> {
     user.ok_or_else(|| PageError::SignIn { next: next.to_owned() })
 }
 
@@ -174,12 +175,12 @@ where
 
 /// A path id: a UUID, or the page does not exist (and nothing else reaches the API's path).
 pub fn parse_id(id: &str) -> Result<uuid::Uuid, PageError> {
-    platform::error::parse_canonical_uuid(id).ok_or(PageError::NotFound)
+    contract::error::parse_canonical_uuid(id).ok_or(PageError::NotFound)
 }
 
 /// `$12.50` for the API's `12.5`; the raw number if it is not a price we understand.
-pub fn format_price(currency: &Currency, price: &serde_json::Value) -> String {
-    match currency.parse_price(price) {
+pub fn format_price(currency: &Currency, price: &Price) -> String {
+    match currency.minor_units(price) {
         Ok(minor) => currency.format(minor),
         Err(_) => price.to_string(),
     }
@@ -188,23 +189,23 @@ pub fn format_price(currency: &Currency, price: &serde_json::Value) -> String {
 /// A price as typed into a form, for the API: the text itself (the API reads decimal strings
 /// exactly, and reports what is wrong with one next to the field). Never turned into a JSON
 /// number here: that would go through a float and round `10.999999999999999999` to 11.
-pub fn price_for_api(text: &str) -> serde_json::Value {
+pub fn price_for_api(text: &str) -> PriceText {
     let text = text.trim();
     if text.is_empty() {
-        return serde_json::Value::Null;
+        return PriceText::default();
     }
-    serde_json::Value::String(text.to_owned())
+    PriceText::string(text)
 }
 
 /// A price as the form shows it again: the API's number in major units, fixed decimals.
-pub fn price_for_form(currency: &Currency, price: &serde_json::Value) -> String {
-    match currency.parse_price(price) {
+pub fn price_for_form(currency: &Currency, price: &Price) -> String {
+    match currency.minor_units(price) {
         Ok(minor) if currency.decimals == 0 => minor.to_string(),
         Ok(minor) => {
             let scale = 10i64.pow(currency.decimals);
             format!("{}.{:0width$}", minor / scale, minor % scale, width = currency.decimals as usize)
         }
-        Err(_) => price.as_str().map_or_else(|| price.to_string(), str::to_owned),
+        Err(_) => price.to_string(),
     }
 }
 
@@ -252,21 +253,27 @@ mod tests {
     #[test]
     fn prices_read_in_the_currency() {
         let usd = Currency::new("usd");
-        assert_eq!(format_price(&usd, &json!(12.5)), "$12.50");
-        assert_eq!(format_price(&usd, &json!(123456)), "$123,456.00");
-        assert_eq!(format_price(&Currency::new("jpy"), &json!(1500)), "¥1,500");
-        assert_eq!(price_for_form(&usd, &json!(12.5)), "12.50");
-        assert_eq!(price_for_form(&Currency::new("jpy"), &json!(1500)), "1500");
+        let price = |value: serde_json::Value| -> Price { serde_json::from_value(value).unwrap() };
+        assert_eq!(format_price(&usd, &price(json!(12.5))), "$12.50");
+        assert_eq!(format_price(&usd, &price(json!(123456))), "$123,456.00");
+        assert_eq!(format_price(&Currency::new("jpy"), &price(json!(1500))), "¥1,500");
+        assert_eq!(format_price(&usd, &price(json!(0.001))), "0.001", "not a price: as the API sent it");
+        assert_eq!(price_for_form(&usd, &price(json!(12.5))), "12.50");
+        assert_eq!(price_for_form(&Currency::new("jpy"), &price(json!(1500))), "1500");
     }
 
     #[test]
     fn typed_prices_go_to_the_api_as_numbers_when_they_are() {
-        assert_eq!(price_for_api(" 12.50 "), json!("12.50"));
-        assert_eq!(price_for_api("20"), json!("20"));
-        assert_eq!(price_for_api("10.999999999999999999"), json!("10.999999999999999999"));
-        assert_eq!(price_for_api("twelve"), json!("twelve"));
-        assert_eq!(price_for_api("12,50"), json!("12,50"));
-        assert_eq!(price_for_api(""), json!(null));
+        let sent = |text: &str| serde_json::to_value(price_for_api(text)).unwrap();
+        assert_eq!(sent(" 12.50 "), json!("12.50"));
+        assert_eq!(sent("20"), json!("20"));
+        assert_eq!(
+            serde_json::to_string(&price_for_api("10.999999999999999999")).unwrap(),
+            r#""10.999999999999999999""#
+        );
+        assert_eq!(sent("twelve"), json!("twelve"));
+        assert_eq!(sent("12,50"), json!("12,50"));
+        assert_eq!(sent(""), json!(null));
     }
 
     #[test]

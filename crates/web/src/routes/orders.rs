@@ -7,6 +7,8 @@ use crate::form::PageForm;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use contract::api::{OrderBody, RefundStatus, SessionUser};
+use contract::events::OrderStatus;
 use minijinja::context;
 use minijinja::value::Serde;
 use serde::{Deserialize, Serialize};
@@ -19,7 +21,6 @@ use super::{
     unauthorized,
 };
 use crate::Web;
-use crate::api::{Order, User};
 use crate::visitor::Visitor;
 
 /// How long paying waits for the order to turn complete before showing My Orders anyway
@@ -55,38 +56,42 @@ pub struct OrderView {
 }
 
 impl OrderView {
-    fn new(order: &Order, web: &Web, now: OffsetDateTime) -> Self {
-        let expires_at = OffsetDateTime::parse(&order.expires_at, &Rfc3339).ok();
-        let ms_left = expires_at.map_or(0, |at| ((at - now).whole_milliseconds()).clamp(0, i64::MAX as i128) as i64);
-        let waiting = matches!(order.status.as_str(), "created" | "awaiting:payment");
+    fn new(order: &OrderBody, web: &Web, now: OffsetDateTime) -> Self {
+        let ms_left = ((order.expires_at - now).whole_milliseconds()).clamp(0, i64::MAX as i128) as i64;
+        let waiting = is_waiting(order.status);
         let payable = waiting && ms_left > 0;
-        let status_label = match order.status.as_str() {
-            "complete" => "Complete",
-            "cancelled" => "Cancelled",
-            _ if waiting && !payable => "Expired",
-            _ if waiting => "Awaiting payment",
-            _ => "Unknown",
+        let status_label = match order.status {
+            OrderStatus::Complete => "Complete",
+            OrderStatus::Cancelled => "Cancelled",
+            _ if !payable => "Expired",
+            _ => "Awaiting payment",
         };
         Self {
-            id: order.id.clone(),
-            ticket_id: order.ticket.id.clone(),
+            id: order.id.to_string(),
+            ticket_id: order.ticket.id.to_string(),
             title: order.ticket.title.clone(),
             price: format_price(&web.currency, &order.ticket.price),
-            status: order.status.clone(),
+            status: order.status.as_str().to_owned(),
             status_label,
             payable,
-            expires_at: order.expires_at.clone(),
+            // As the API wrote it: the same RFC 3339 text, read and written by the same library.
+            expires_at: order.expires_at.format(&Rfc3339).unwrap_or_default(),
             ms_left,
             time_left: format_time_left((ms_left + 999) / 1000),
             refund: order.refund.as_ref().map(|refund| {
                 let amount = format_price(&web.currency, &refund.amount);
-                match refund.status.as_str() {
-                    "refunded" => format!("Refunded: {amount}"),
-                    _ => format!("Refund pending: {amount}"),
+                match refund.status {
+                    RefundStatus::Refunded => format!("Refunded: {amount}"),
+                    RefundStatus::Pending => format!("Refund pending: {amount}"),
                 }
             }),
         }
     }
+}
+
+/// Created and not paid yet (it may have expired without expiration having cancelled it yet).
+fn is_waiting(status: OrderStatus) -> bool {
+    matches!(status, OrderStatus::Created | OrderStatus::AwaitingPayment)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,8 +138,8 @@ fn order_page(
     web: &Web,
     status: StatusCode,
     visitor: &Visitor,
-    user: &User,
-    order: &Order,
+    user: &SessionUser,
+    order: &OrderBody,
     alerts: Vec<String>,
 ) -> Response {
     let order = OrderView::new(order, web, OffsetDateTime::now_utc());
@@ -150,7 +155,12 @@ fn order_page(
 }
 
 /// The order, for its owner; someone else's order is as good as missing.
-async fn owned_order(web: &Web, visitor: &Visitor, id: uuid::Uuid, here: &str) -> Result<(User, Order), PageError> {
+async fn owned_order(
+    web: &Web,
+    visitor: &Visitor,
+    id: uuid::Uuid,
+    here: &str,
+) -> Result<(SessionUser, OrderBody), PageError> {
     if visitor.session.is_none() {
         return Err(PageError::SignIn { next: here.to_owned() });
     }
@@ -206,7 +216,7 @@ async fn wait_for_completion(web: &Web, visitor: &Visitor, id: uuid::Uuid) {
     let mut pause = Duration::from_millis(20);
     while tokio::time::Instant::now() < deadline {
         match web.api.order(visitor, id).await {
-            Ok(order) if order.status != "created" && order.status != "awaiting:payment" => return,
+            Ok(order) if !is_waiting(order.status) => return,
             Ok(_) => {}
             Err(_) => return,
         }

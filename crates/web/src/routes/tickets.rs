@@ -6,6 +6,7 @@ use crate::form::PageForm;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use contract::api::{SessionUser, TicketBody};
 use minijinja::context;
 use minijinja::value::Serde;
 use serde::Deserialize;
@@ -16,7 +17,6 @@ use super::{
     require_user, unauthorized,
 };
 use crate::Web;
-use crate::api::{Ticket, User};
 use crate::visitor::Visitor;
 
 #[derive(Debug, Deserialize)]
@@ -40,7 +40,7 @@ struct FormPage<'a> {
     locked: Option<&'static str>,
 }
 
-fn form_page(web: &Web, status: StatusCode, visitor: &Visitor, user: &User, form: FormPage<'_>) -> Response {
+fn form_page(web: &Web, status: StatusCode, visitor: &Visitor, user: &SessionUser, form: FormPage<'_>) -> Response {
     let (heading, action) = match form.ticket_id {
         Some(id) => ("Edit ticket".to_owned(), format!("/tickets/{id}/edit")),
         None => ("Sell a ticket".to_owned(), "/tickets/new".to_owned()),
@@ -92,14 +92,14 @@ fn ticket_page(
     web: &Web,
     status: StatusCode,
     visitor: &Visitor,
-    user: Option<&User>,
-    ticket: &Ticket,
+    user: Option<&SessionUser>,
+    ticket: &TicketBody,
     alerts: Vec<String>,
 ) -> Response {
     let mine = user.is_some_and(|user| user.id == ticket.user_id);
     let ctx = context! {
         ticket => context! {
-            id => &ticket.id,
+            id => ticket.id.to_string(),
             title => &ticket.title,
             price => format_price(&web.currency, &ticket.price),
             reserved => ticket.order_id.is_some(),
@@ -127,8 +127,9 @@ pub async fn edit_ticket(State(web): State<Arc<Web>>, visitor: Visitor, Path(id)
         return Err(PageError::Forbidden("Only the seller can edit this ticket."));
     }
     let price = price_for_form(&web.currency, &ticket.price);
+    let ticket_id = ticket.id.to_string();
     let form = FormPage {
-        ticket_id: Some(&ticket.id),
+        ticket_id: Some(&ticket_id),
         title: &ticket.title,
         price: &price,
         errors: FormErrors::default(),
@@ -167,7 +168,7 @@ pub async fn purchase_ticket(State(web): State<Arc<Web>>, visitor: Visitor, Path
     let id = parse_id(&id)?;
     let here = format!("/tickets/{id}");
     match catching_up(|| web.api.create_order(&visitor, id)).await {
-        Ok(order_id) => Ok(Redirect::to(&format!("/orders/{order_id}")).into_response()),
+        Ok(order) => Ok(Redirect::to(&format!("/orders/{}", order.id)).into_response()),
         Err(failure) if failure.status() == Some(StatusCode::UNAUTHORIZED) => Err(PageError::SignIn { next: here }),
         Err(failure) => {
             let (status, items) = form_refusal(failure)?;

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use axum::response::Response;
-use platform::money::Currency;
+use contract::money::Currency;
 use tower::ServiceExt;
 use web::WebConfig;
 

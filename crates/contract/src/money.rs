@@ -4,16 +4,18 @@
 //! Parsing goes through the decimal text the client sent, never through float arithmetic, so
 //! `19.99` is exactly 1999 cents and `19.999` is refused rather than rounded. Request bodies keep
 //! a price as [`PriceText`] (the JSON text verbatim): a `serde_json::Value` would already have
-//! rounded `10.999999999999999999` to `11.0` before any rule could see it.
+//! rounded `10.999999999999999999` to `11.0` before any rule could see it. Response bodies carry
+//! a price as a [`Price`]: a JSON number in major units.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 /// A price as a client sent it: the JSON text of the value, untouched, or nothing when the field
 /// was missing or `null`. Only deserialises from JSON text (serde_json's `from_slice`/`from_str`),
 /// not from a `Value`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct PriceText(Option<Box<RawValue>>);
 
@@ -21,6 +23,26 @@ impl PriceText {
     /// The price as JSON text (`12.5`, `"12.50"`); for tests and for callers that build one.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
+    }
+
+    /// A price sent as a decimal string (`"12.50"`), as a person typed it: the service reads its
+    /// digits exactly and reports what is wrong with it next to the field.
+    pub fn string(text: &str) -> Self {
+        Self(serde_json::value::to_raw_value(text).ok())
+    }
+}
+
+/// A price as the API answers it: a JSON number in major units of the marketplace's currency
+/// (`12.5` for 1250 cents). Made by [`Currency::to_major`], read back exactly, from the number's
+/// digits, by [`Currency::minor_units`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Price(serde_json::Number);
+
+impl std::fmt::Display for Price {
+    /// The number as the API wrote it (`12.5`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -50,12 +72,18 @@ impl Currency {
     }
 
     /// Minor units as a JSON number in major units (1999 → 19.99).
-    pub fn to_major(&self, minor: i64) -> Value {
+    pub fn to_major(&self, minor: i64) -> Price {
         if self.decimals == 0 {
-            return Value::from(minor);
+            return Price(minor.into());
         }
         // Exact for every amount we accept: the shortest float text of minor/100 is the decimal.
-        serde_json::Number::from_f64(minor as f64 / self.scale() as f64).map_or(Value::Null, Value::Number)
+        // An i64 over a power of ten is always finite, so it is always a JSON number.
+        Price(serde_json::Number::from_f64(minor as f64 / self.scale() as f64).expect("a finite number"))
+    }
+
+    /// A price the API answered, in minor units; the same checks as [`Self::parse_price`].
+    pub fn minor_units(&self, price: &Price) -> Result<i64, String> {
+        self.parse_decimal(&price.0.to_string())
     }
 
     /// Parses a price, checking it is a positive number with at most the currency's
@@ -144,6 +172,44 @@ impl Currency {
 }
 
 const NOT_A_NUMBER: &str = "Price must be a number";
+
+/// The OpenAPI schema of a price as clients send it: a JSON number or a decimal string
+/// (`"12.50"`, which the reference client sends), in major units, > 0, at most [`MAX_MAJOR`], at
+/// most 2 decimals (the schema describes a currency with cents, the default).
+pub fn price_input() -> Schema {
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(0))
+                .maximum(Some(MAX_MAJOR))
+                .multiple_of(Some(0.01))
+                .examples([serde_json::json!(12.5)]),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                // 0.01 up to 1000000 with at most two decimals, no sign, no exponent.
+                .pattern(Some(r"^(1000000(\.0{1,2})?|[1-9][0-9]{0,5}(\.[0-9]{1,2})?|0?\.(0[1-9]|[1-9][0-9]?))$"))
+                .examples([serde_json::json!("12.50")]),
+        )
+        .description(Some(
+            "In major units: a JSON number or a decimal string, greater than 0, at most 1000000, \
+             with at most the currency's decimals (2 for usd, 0 for jpy). Read exactly from its digits.",
+        ))
+        .into()
+}
+
+/// The OpenAPI schema of a [`Price`]: a JSON number in major units.
+pub fn price_output() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .exclusive_minimum(Some(0))
+        .maximum(Some(MAX_MAJOR))
+        .description(Some("In major units"))
+        .examples([serde_json::json!(12.5)])
+        .into()
+}
 
 fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -282,11 +348,15 @@ mod tests {
         let usd = Currency::new("usd");
         assert_eq!(usd.format(123_456_789), "$1,234,567.89");
         assert_eq!(usd.format(5), "$0.05");
-        assert_eq!(usd.to_major(1999), json!(19.99));
-        assert_eq!(usd.to_major(2000), json!(20.0));
+        assert_eq!(serde_json::to_value(usd.to_major(1999)).unwrap(), json!(19.99));
+        assert_eq!(serde_json::to_value(usd.to_major(2000)).unwrap(), json!(20.0));
+        assert_eq!(serde_json::to_string(&Currency::new("jpy").to_major(1500)).unwrap(), "1500");
         assert_eq!(Currency::new("jpy").format(1500), "¥1,500");
         for minor in [1, 10, 99, 1999, 12345, 100_000_000] {
-            assert_eq!(usd.parse_price(&usd.to_major(minor)), Ok(minor));
+            let price = usd.to_major(minor);
+            assert_eq!(usd.minor_units(&price), Ok(minor));
+            let read: Price = serde_json::from_str(&serde_json::to_string(&price).unwrap()).unwrap();
+            assert_eq!(usd.minor_units(&read), Ok(minor), "as a client reads it");
         }
     }
 }

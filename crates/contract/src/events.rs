@@ -1,23 +1,17 @@
 //! The contract's events, as typed payloads. Every service that publishes or consumes an
 //! event uses these types, so a shape change is a compile error, not a parked event.
 //!
-//! Prices in events are integer minor units (cents), never floats.
+//! Prices in events are integer minor units (cents), never floats. The envelope around a
+//! payload (its id, time and trace id) is the bus's: `platform::envelope` wraps a payload in it.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::bus::Event;
-
-/// A payload with its contract name.
+/// A payload with its contract name (the envelope's `type`).
 pub trait ContractEvent: Serialize + DeserializeOwned {
     const KIND: &'static str;
-
-    /// Wraps the payload in a fresh envelope.
-    fn to_event(&self) -> Event {
-        Event::new(Self::KIND, serde_json::to_value(self).expect("contract events serialize"))
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
