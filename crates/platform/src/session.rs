@@ -16,6 +16,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
+use cookie::{Cookie, SameSite};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -142,16 +143,23 @@ fn token_from_headers(headers: &HeaderMap) -> Option<&str> {
 /// for this host, and the browser sends both): neither is trusted, so the request is anonymous
 /// rather than possibly acting in the planter's session.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    let mut values = headers
+    let mut values = cookie_values(headers, COOKIE_NAME);
+    let first = values.next()?;
+    values.all(|other| other == first).then_some(first)
+}
+
+/// The values of the cookies called `name` in a request's `Cookie` headers, as sent (not
+/// percent-decoded), in order: a browser may send several of one name (for other paths or
+/// domains, or planted), and the caller decides what that means.
+pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(name, _)| *name == COOKIE_NAME)
-        .map(|(_, value)| value.trim());
-    let first = values.next()?;
-    values.all(|other| other == first).then_some(first)
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .filter(move |cookie| cookie.name() == name)
+        .filter_map(|cookie| cookie.value_raw())
 }
 
 /// Whether the client reached us over TLS, directly or through a proxy that says so.
@@ -171,17 +179,25 @@ pub fn is_https(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
 
 /// `Set-Cookie` for a new session.
 pub fn session_cookie_header(token: &str, max_age: time::Duration, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    let value =
-        format!("{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", max_age.whole_seconds());
-    HeaderValue::from_str(&value).expect("a JWT is a valid header value")
+    set_session_cookie(token, max_age, secure)
 }
 
 /// `Set-Cookie` that removes the session.
 pub fn clear_session_cookie_header(secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"))
-        .expect("static header value")
+    set_session_cookie("", time::Duration::ZERO, secure)
+}
+
+/// The session cookie: not readable by scripts, sent when another site links here (a top-level
+/// GET) but not with its forms' POSTs or its fetches, `Secure` only when the client came over
+/// TLS (so plain-http loopback keeps working).
+fn set_session_cookie(token: &str, max_age: time::Duration, secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((COOKIE_NAME, token))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .max_age(max_age)
+        .secure(secure);
+    HeaderValue::from_str(&cookie.to_string()).expect("a JWT is a valid header value")
 }
 
 fn keys(parts: &Parts) -> Result<&Arc<SessionKeys>, ApiError> {
@@ -248,6 +264,22 @@ mod tests {
         assert_eq!(with(&["session=planted; session=mine"]), None);
         assert_eq!(with(&["session=planted", "session=mine"]), None);
         assert_eq!(with(&["other=1"]), None);
+        assert_eq!(with(&["broken; session=tok; =empty-name"]), Some("tok".to_owned()));
+    }
+
+    #[test]
+    fn session_cookies_are_http_only_lax_for_every_path_and_secure_only_over_tls() {
+        let hour = time::Duration::hours(1);
+        assert_eq!(
+            session_cookie_header("tok", hour, false),
+            "session=tok; HttpOnly; SameSite=Lax; Path=/; Max-Age=3600"
+        );
+        assert_eq!(
+            session_cookie_header("tok", hour, true),
+            "session=tok; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=3600"
+        );
+        assert_eq!(clear_session_cookie_header(false), "session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
+        assert_eq!(clear_session_cookie_header(true), "session=; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=0");
     }
 
     fn keys() -> SessionKeys {

@@ -5,18 +5,16 @@
 //! the stored version is old news (acknowledged, no change); an event further ahead waits
 //! (`Retry`) for the ones before it. So an `order:cancelled` that overtakes its
 //! `order:created` is not lost, and an `order:created` of an order already known never
-//! reserves again. Every ticket change bumps the ticket's version and emits `ticket:updated`
-//! through the outbox in the same transaction.
+//! reserves again. Every ticket change bumps the ticket's version, and the store function that
+//! makes it enqueues `ticket:updated` in the same transaction.
 
 use contract::events::{ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, SessionRevoked};
 use platform::bus::Event;
 use platform::consumer::{EventHandler, HandleError, payload};
 use platform::db::Tx;
-use platform::envelope::ToEvent;
-use platform::{outbox, revocation};
+use platform::revocation;
 use uuid::Uuid;
 
-use crate::domain::Ticket;
 use crate::store;
 
 /// The event kinds the tickets service consumes.
@@ -48,11 +46,6 @@ fn retry(message: String) -> HandleError {
     HandleError::Retry(anyhow::anyhow!(message))
 }
 
-async fn publish_change(tx: &mut Tx, ticket: &Ticket) -> Result<(), HandleError> {
-    outbox::enqueue(tx, &ticket.updated_event().to_event()).await?;
-    Ok(())
-}
-
 /// Reserves the ticket for the new order.
 async fn order_created(tx: &mut Tx, order: OrderCreated) -> Result<(), HandleError> {
     if let Some(stored) = store::known_order_version(tx, order.id).await? {
@@ -61,9 +54,9 @@ async fn order_created(tx: &mut Tx, order: OrderCreated) -> Result<(), HandleErr
         return Ok(());
     }
     store::insert_known_order(tx, order.id, order.ticket.id, order.version, "created").await?;
-    if let Some(ticket) = store::reserve(tx, order.ticket.id, order.id).await? {
+    if let Some(ticket) = store::reserve_ticket(tx, order.ticket.id, order.id).await? {
         tracing::info!(ticket_id = %ticket.id, order_id = %order.id, version = ticket.version, "ticket reserved");
-        return publish_change(tx, &ticket).await;
+        return Ok(());
     }
     match store::find(tx, order.ticket.id).await? {
         // Tickets are created here before any order can name them: this cannot get better.
@@ -93,13 +86,13 @@ async fn order_ended(tx: &mut Tx, order_id: Uuid, version: i64, end: End) -> Res
         None => return old_or_early(tx, order_id, version).await,
     };
     let changed = match end {
-        End::Cancelled => store::release(tx, ticket_id, order_id).await?,
-        End::Completed => store::mark_sold(tx, ticket_id, order_id).await?,
+        End::Cancelled => store::release_ticket(tx, ticket_id, order_id).await?,
+        End::Completed => store::sell_ticket(tx, ticket_id, order_id).await?,
     };
     match changed {
         Some(ticket) => {
             tracing::info!(%ticket_id, %order_id, version = ticket.version, ?end, "ticket changed by its order");
-            publish_change(tx, &ticket).await
+            Ok(())
         }
         None => match (end, store::find(tx, ticket_id).await?) {
             // Completed after a cancellation (a payment accepted in time revived it) while

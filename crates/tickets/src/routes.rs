@@ -11,9 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use contract::api::{TicketBody, TicketInput};
 use contract::error::ErrorItem;
 use contract::money::Currency;
-use platform::envelope::ToEvent;
 use platform::error::{ApiError, ApiResult, IdPath, Json};
-use platform::outbox;
 use platform::session::RequireUser;
 use std::sync::Arc;
 
@@ -58,8 +56,7 @@ pub async fn create_ticket(
             return Err(ApiError::TooManyRequests { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
         }
     }
-    store::insert(&mut tx, &ticket).await?;
-    outbox::enqueue(&mut tx, &ticket.created_event().to_event()).await?;
+    store::insert_ticket(&mut tx, &ticket).await?;
     tx.commit().await?;
     state.outbox.wake();
     tracing::info!(ticket_id = %ticket.id, user_id = %user.id, "ticket listed");
@@ -185,7 +182,6 @@ pub async fn update_ticket(
     let Some(updated) = store::update_listing(&mut tx, id, &listing).await? else {
         return Err(ApiError::bad_request(RESERVED));
     };
-    outbox::enqueue(&mut tx, &updated.updated_event().to_event()).await?;
     tx.commit().await?;
     state.outbox.wake();
     Ok(Json(ticket_body(updated, &state.currency)))

@@ -4,14 +4,21 @@
 //! (an edit and a reservation, two reservations) cannot both win, and the returned row, with
 //! its new version, is what the change's event describes.
 //!
+//! A change of a ticket and the event that tells it are written together, in the caller's
+//! transaction ([`insert_ticket`]: `ticket:created`; [`update_listing`], [`reserve_ticket`],
+//! [`release_ticket`], [`sell_ticket`]: `ticket:updated`): the event cannot be lost, nor sent
+//! for a change that did not commit.
+//!
 //! One executor type: every function takes a `&mut AnyConnection`. Reads are given a reader
 //! connection (`&mut *db.reader().acquire().await?`); changes are given the connection of the
-//! caller's transaction (`&mut tx`), so the caller decides what commits together, the
-//! outbox row of the change's event included.
+//! caller's transaction (`&mut tx`, a [`platform::db::Tx`] derefs to it), so the caller
+//! decides what commits together.
 
 use crate::domain::{Cursor, ListQuery, Listing, Page, Ticket, search_key};
 use contract::events::OrderStatus;
 use platform::db::{now_millis, uuid_column};
+use platform::envelope::ToEvent;
+use platform::outbox;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
@@ -33,7 +40,8 @@ fn ticket(row: &AnyRow) -> Result<Ticket, sqlx::Error> {
     })
 }
 
-pub async fn insert(conn: &mut AnyConnection, ticket: &Ticket) -> Result<(), sqlx::Error> {
+/// Lists a new ticket for sale and enqueues `ticket:created`.
+pub async fn insert_ticket(conn: &mut AnyConnection, ticket: &Ticket) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO tickets (id, title, price, user_id, version, order_id, status, created_at, search_title) \
          VALUES ($1, $2, $3, $4, $5, NULL, 'available', $6, $7)",
@@ -46,8 +54,8 @@ pub async fn insert(conn: &mut AnyConnection, ticket: &Ticket) -> Result<(), sql
     .bind(now_millis())
     .bind(search_key(&ticket.title))
     .execute(&mut *conn)
-    .await
-    .map(drop)
+    .await?;
+    outbox::enqueue(conn, &ticket.created_event().to_event()).await
 }
 
 pub async fn find(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
@@ -142,31 +150,40 @@ pub async fn fill_missing_search_keys(conn: &mut AnyConnection) -> Result<u64, s
     }
 }
 
-/// Runs an order's change of a ticket (`$1` the ticket, `$2` the order); the changed ticket,
-/// or `None` when the guard let nothing change.
+/// Enqueues `ticket:updated` for a ticket the guard let change; passes the result on.
+async fn updated(conn: &mut AnyConnection, changed: Option<Ticket>) -> Result<Option<Ticket>, sqlx::Error> {
+    if let Some(ticket) = &changed {
+        outbox::enqueue(conn, &ticket.updated_event().to_event()).await?;
+    }
+    Ok(changed)
+}
+
+/// Runs an order's change of a ticket (`$1` the ticket, `$2` the order) and enqueues
+/// `ticket:updated`; the changed ticket, or `None` when the guard let nothing change.
 async fn change_by_order(
     conn: &mut AnyConnection,
     sql: &str,
     ticket_id: Uuid,
     order_id: Uuid,
 ) -> Result<Option<Ticket>, sqlx::Error> {
-    sqlx::query(&format!("{sql} RETURNING {COLUMNS}"))
+    let changed = sqlx::query(&format!("{sql} RETURNING {COLUMNS}"))
         .bind(ticket_id.to_string())
         .bind(order_id.to_string())
         .fetch_optional(&mut *conn)
         .await?
         .as_ref()
         .map(ticket)
-        .transpose()
+        .transpose()?;
+    updated(conn, changed).await
 }
 
-/// A new title and price, unless an order holds the ticket (`None`).
+/// A new title and price, and `ticket:updated`, unless an order holds the ticket (`None`).
 pub async fn update_listing(
     conn: &mut AnyConnection,
     id: Uuid,
     listing: &Listing,
 ) -> Result<Option<Ticket>, sqlx::Error> {
-    sqlx::query(&format!(
+    let changed = sqlx::query(&format!(
         "UPDATE tickets SET title = $1, price = $2, search_title = $4, version = version + 1 \
          WHERE id = $3 AND order_id IS NULL RETURNING {COLUMNS}"
     ))
@@ -178,11 +195,16 @@ pub async fn update_listing(
     .await?
     .as_ref()
     .map(ticket)
-    .transpose()
+    .transpose()?;
+    updated(conn, changed).await
 }
 
-/// Lets `order_id` hold the ticket, unless another order already does (`None`).
-pub async fn reserve(conn: &mut AnyConnection, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+/// Lets `order_id` hold the ticket (`ticket:updated`), unless another order already does (`None`).
+pub async fn reserve_ticket(
+    conn: &mut AnyConnection,
+    ticket_id: Uuid,
+    order_id: Uuid,
+) -> Result<Option<Ticket>, sqlx::Error> {
     change_by_order(
         conn,
         "UPDATE tickets SET order_id = $2, status = 'reserved', version = version + 1 \
@@ -193,8 +215,13 @@ pub async fn reserve(conn: &mut AnyConnection, ticket_id: Uuid, order_id: Uuid) 
     .await
 }
 
-/// Frees a ticket reserved by `order_id`; a ticket held by another order, or sold, stays as is.
-pub async fn release(conn: &mut AnyConnection, ticket_id: Uuid, order_id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
+/// Frees a ticket reserved by `order_id` (`ticket:updated`); a ticket held by another order, or
+/// sold, stays as is.
+pub async fn release_ticket(
+    conn: &mut AnyConnection,
+    ticket_id: Uuid,
+    order_id: Uuid,
+) -> Result<Option<Ticket>, sqlx::Error> {
     change_by_order(
         conn,
         "UPDATE tickets SET order_id = NULL, status = 'available', version = version + 1 \
@@ -205,9 +232,9 @@ pub async fn release(conn: &mut AnyConnection, ticket_id: Uuid, order_id: Uuid) 
     .await
 }
 
-/// Sells a ticket to `order_id`, for good: reserved by that order, or free again (the order was
-/// cancelled by its expiry, then revived by a payment accepted in time).
-pub async fn mark_sold(
+/// Sells a ticket to `order_id`, for good (`ticket:updated`): reserved by that order, or free
+/// again (the order was cancelled by its expiry, then revived by a payment accepted in time).
+pub async fn sell_ticket(
     conn: &mut AnyConnection,
     ticket_id: Uuid,
     order_id: Uuid,

@@ -16,6 +16,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use cookie::{Cookie, SameSite};
 use rand::Rng;
 use subtle::ConstantTimeEq;
 
@@ -41,21 +42,13 @@ fn well_formed(token: &str) -> bool {
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim().to_owned())
-        .filter(|value| well_formed(value))
+    platform::session::cookie_values(headers, name).next().filter(|value| well_formed(value)).map(str::to_owned)
 }
 
+/// `Path=/` and `Secure` (over TLS) are what the `__Host-` prefix requires of the cookie.
 fn set_cookie(name: &str, token: &str, https: bool) -> HeaderValue {
-    let secure = if https { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{name}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"))
-        .expect("a hex token is a valid header value")
+    let cookie = Cookie::build((name, token)).path("/").http_only(true).same_site(SameSite::Strict).secure(https);
+    HeaderValue::from_str(&cookie.to_string()).expect("a hex token is a valid header value")
 }
 
 /// Whether `submitted` is the token (constant time, so timing tells nothing about it).

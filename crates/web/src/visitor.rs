@@ -31,7 +31,7 @@ impl Visitor {
     /// `session=<token>` for the API, if the visitor has a session.
     pub fn session_cookie(&self) -> Option<HeaderValue> {
         let session = self.session.as_deref()?;
-        HeaderValue::from_str(&format!("{}={session}", platform::session::COOKIE_NAME)).ok()
+        HeaderValue::from_str(&cookie::Cookie::new(platform::session::COOKIE_NAME, session).to_string()).ok()
     }
 }
 
