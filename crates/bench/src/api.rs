@@ -2,6 +2,7 @@
 //! would be: in one-process-per-service mode each prefix has its own base URL.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context as _, bail};
 use reqwest::{Method, StatusCode};
@@ -16,17 +17,30 @@ pub struct Routes {
     pub payments: String,
     /// The HTML pages (every path outside `/api`).
     pub pages: String,
+    /// More instances of the tickets and orders services (the scale-out run): requests to a
+    /// service take its instances in turn, as a round-robin load balancer would.
+    pub more_tickets: Vec<String>,
+    pub more_orders: Vec<String>,
+    turn: Arc<AtomicUsize>,
 }
 
 impl Routes {
     /// Every prefix on one origin (the all-in-one process).
     pub fn single(base: &str) -> Self {
+        Self::new(base, base, base, base, base)
+    }
+
+    /// One origin per service.
+    pub fn new(auth: &str, tickets: &str, orders: &str, payments: &str, pages: &str) -> Self {
         Self {
-            auth: base.to_owned(),
-            tickets: base.to_owned(),
-            orders: base.to_owned(),
-            payments: base.to_owned(),
-            pages: base.to_owned(),
+            auth: auth.to_owned(),
+            tickets: tickets.to_owned(),
+            orders: orders.to_owned(),
+            payments: payments.to_owned(),
+            pages: pages.to_owned(),
+            more_tickets: Vec::new(),
+            more_orders: Vec::new(),
+            turn: Arc::default(),
         }
     }
 
@@ -34,13 +48,23 @@ impl Routes {
         if path.starts_with("/api/users") {
             &self.auth
         } else if path.starts_with("/api/tickets") {
-            &self.tickets
+            self.in_turn(&self.tickets, &self.more_tickets)
         } else if path.starts_with("/api/orders") {
-            &self.orders
+            self.in_turn(&self.orders, &self.more_orders)
         } else if path.starts_with("/api/payments") {
             &self.payments
         } else {
             &self.pages
+        }
+    }
+
+    fn in_turn<'a>(&self, first: &'a str, more: &'a [String]) -> &'a str {
+        if more.is_empty() {
+            return first;
+        }
+        match self.turn.fetch_add(1, Ordering::Relaxed) % (more.len() + 1) {
+            0 => first,
+            n => &more[n - 1],
         }
     }
 }
@@ -227,19 +251,22 @@ mod tests {
 
     #[test]
     fn routes_by_prefix() {
-        let routes = Routes {
-            auth: "a".into(),
-            tickets: "t".into(),
-            orders: "o".into(),
-            payments: "p".into(),
-            pages: "w".into(),
-        };
+        let routes = Routes::new("a", "t", "o", "p", "w");
         assert_eq!(routes.base_for("/api/users/signin"), "a");
         assert_eq!(routes.base_for("/api/tickets/1"), "t");
         assert_eq!(routes.base_for("/api/orders"), "o");
         assert_eq!(routes.base_for("/api/payments"), "p");
         assert_eq!(routes.base_for("/"), "w");
         assert_eq!(routes.base_for("/?cursor=abc"), "w");
+    }
+
+    #[test]
+    fn more_instances_of_a_service_take_its_requests_in_turn() {
+        let mut routes = Routes::new("a", "t", "o", "p", "w");
+        routes.more_orders = vec!["o2".into()];
+        let orders: Vec<&str> = (0..4).map(|_| routes.base_for("/api/orders")).collect();
+        assert_eq!(orders, ["o", "o2", "o", "o2"]);
+        assert_eq!(routes.base_for("/api/payments"), "p", "other services keep their one instance");
     }
 
     #[test]

@@ -256,6 +256,11 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// CPU milliseconds process `pid` has used so far.
+pub fn process_ms(pid: u32) -> Option<f64> {
+    Some(read_stat(pid)?.ticks as f64 * 1000.0 / clock_ticks_per_second() as f64)
+}
+
 fn read_stat(pid: u32) -> Option<Stat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }

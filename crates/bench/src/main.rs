@@ -217,17 +217,7 @@ async fn purchase_scenarios(
     market.stop().await;
     let mut rows = rows?;
     eprintln!("bench: expiration scenario ({})", mode.name());
-    let expiring_mode = match mode {
-        Mode::Embedded => Mode::Embedded,
-        Mode::Cluster { database_url, database, nats_url, nats, stream, prefix } => Mode::Cluster {
-            database_url: database_url.clone(),
-            database: database.clone(),
-            nats_url: nats_url.clone(),
-            nats: *nats,
-            stream: format!("{stream}_EXP"),
-            prefix: format!("{prefix}_exp"),
-        },
-    };
+    let expiring_mode = with_own_stream(mode, "EXP");
     let market = Marketplace::start(
         binary,
         &expiring_mode,
@@ -238,7 +228,31 @@ async fn purchase_scenarios(
     let row = scenarios::expiration(&market, mode.name(), sizes, run_id).await;
     market.stop().await;
     rows.push(row?);
+    if let Mode::Cluster { .. } = mode {
+        eprintln!("bench: scale-out scenario ({})", mode.name());
+        let scaled = with_own_stream(mode, "SCALE");
+        let dir = work.join("scale-out");
+        let market = Marketplace::start_services(binary, &scaled, Services::ScaleOut, &dir, &common_env(None)).await?;
+        let scaled = scenarios::scale_out(&market, mode.name(), sizes, run_id).await;
+        market.stop().await;
+        rows.extend(scaled?);
+    }
     Ok(rows)
+}
+
+/// `mode` on a stream and subjects of its own (suffix `name`), so a run starts with no events.
+fn with_own_stream(mode: &Mode, name: &str) -> Mode {
+    match mode {
+        Mode::Embedded => Mode::Embedded,
+        Mode::Cluster { database_url, database, nats_url, nats, stream, prefix } => Mode::Cluster {
+            database_url: database_url.clone(),
+            database: database.clone(),
+            nats_url: nats_url.clone(),
+            nats: *nats,
+            stream: format!("{stream}_{name}"),
+            prefix: format!("{prefix}_{}", name.to_lowercase()),
+        },
+    }
 }
 
 fn find<'a>(rows: &'a [Row], mode: &str, scenario: &str, users: Option<usize>) -> Option<&'a Row> {
@@ -619,6 +633,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             row.vs = format!("{:.2}× pgbench orders tx", row.throughput() / orders);
             if let Some(cascade) = cascade {
                 row.vs.push_str(&format!(", {:.2}× pgbench cascade", row.throughput() / cascade));
+            }
+        }
+    }
+
+    // The scale-out rows against the same operation on one instance of each service.
+    let single: Vec<(String, String, f64, Option<f64>)> = rows
+        .iter()
+        .filter(|row| row.users == 8 && (row.scenario.starts_with("reserve") || row.scenario.starts_with("pay")))
+        .map(|row| (row.mode.clone(), row.scenario.clone(), row.throughput(), row.cpu.map(|cpu| cpu.total())))
+        .collect();
+    for row in rows.iter_mut().filter(|row| row.scenario.starts_with("scale-out")) {
+        let operation = if row.scenario.ends_with("reserve") { "reserve" } else { "pay" };
+        if let Some((_, _, throughput, cpu)) =
+            single.iter().find(|(mode, scenario, _, _)| *mode == row.mode && scenario.starts_with(operation))
+        {
+            row.vs = format!("{:.2}× one instance", row.throughput() / throughput);
+            if let (Some(cpu), Some(here)) = (cpu, row.cpu.map(|cpu| cpu.total())) {
+                row.vs.push_str(&format!(", CPU per operation {:.2}×", here / cpu));
             }
         }
     }

@@ -209,6 +209,9 @@ pub enum Services {
     /// and the web pages (a process of their own in one-process-per-service mode, calling the
     /// tickets service as their API).
     Browsing,
+    /// The whole API with two instances of tickets and of orders (one-process-per-service mode
+    /// only), requests to them taken in turn.
+    ScaleOut,
 }
 
 impl Marketplace {
@@ -250,11 +253,14 @@ impl Marketplace {
                 let started: &[&str] = match services {
                     Services::Api => &SERVICES,
                     Services::Browsing => &["tickets"],
+                    Services::ScaleOut => &[SERVICES.as_slice(), &["tickets-2", "orders-2"]].concat(),
                 };
-                for service in started {
-                    let args = vec!["serve".to_owned(), (*service).to_owned()];
-                    let log = dir.join(format!("{service}.log"));
-                    procs.push(Proc::start(service, binary, &args, &env, log).await?);
+                for name in started {
+                    // `<service>-2` is a second instance of the service.
+                    let service = name.strip_suffix("-2").unwrap_or(name);
+                    let args = vec!["serve".to_owned(), service.to_owned()];
+                    let log = dir.join(format!("{name}.log"));
+                    procs.push(Proc::start(name, binary, &args, &env, log).await?);
                 }
                 if services == Services::Browsing {
                     let mut env = env.clone();
@@ -265,14 +271,19 @@ impl Marketplace {
                 // A service not started answers nowhere: its routes go to one that is (and
                 // answer 404 there).
                 let base = |name: &str| procs.iter().find(|proc| proc.name == name).unwrap_or(&procs[0]).base.clone();
-                let routes = Routes {
-                    auth: base("auth"),
-                    tickets: base("tickets"),
-                    orders: base("orders"),
-                    payments: base("payments"),
+                let mut routes = Routes::new(
+                    &base("auth"),
+                    &base("tickets"),
+                    &base("orders"),
+                    &base("payments"),
                     // Without the web pages, other paths go to payments (404), as before.
-                    pages: if services == Services::Browsing { base("web") } else { base("payments") },
+                    &if services == Services::Browsing { base("web") } else { base("payments") },
+                );
+                let others = |name: &str| {
+                    procs.iter().filter(|proc| proc.name == format!("{name}-2")).map(|proc| proc.base.clone()).collect()
                 };
+                routes.more_tickets = others("tickets");
+                routes.more_orders = others("orders");
                 let meter = CpuMeter::start(Watch {
                     ours: procs.iter().filter_map(Proc::pid).collect(),
                     databases: vec![database.clone()],
@@ -298,6 +309,14 @@ impl Marketplace {
 
     pub fn reset_peaks(&self) {
         self.procs.iter().for_each(Proc::reset_peak);
+    }
+
+    /// CPU milliseconds each process has used so far (`utime + stime`).
+    pub fn cpu_ms_by_process(&self) -> Vec<(String, f64)> {
+        self.procs
+            .iter()
+            .map(|proc| (proc.name.clone(), proc.pid().and_then(crate::cpu::process_ms).unwrap_or(f64::NAN)))
+            .collect()
     }
 
     /// Peak RSS per process since the last reset, in MiB.

@@ -587,3 +587,73 @@ pub async fn expiration(market: &Marketplace, mode: &str, sizes: &Sizes, run_id:
             poll.as_millis()
         )))
 }
+
+/// Reserve at 8 buyers, then pay for those orders, on a marketplace with two instances of
+/// tickets and orders (the production topology's scale-out, one machine): throughput, and CPU
+/// per operation for every process, so the cost of a second instance shows.
+pub async fn scale_out(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) -> anyhow::Result<Vec<Row>> {
+    let api = Api::new(market.routes.clone())?;
+    let seller = api.sign_up(&format!("seller-scale-{run_id}@bench.test")).await?;
+    let buyers = sign_up_many(&api, &format!("buyer-scale-{run_id}"), 8).await?;
+    let (_, tickets) = create_tickets(&api, &seller, sizes.reserve_orders, 8).await;
+    wait_for_replica(&api, &seller, &buyers[0]).await?;
+    market.meter.settle(Duration::from_secs(15)).await;
+    let tickets = Arc::new(tickets);
+    let name = "scale-out, 2 instances of tickets and of orders";
+
+    let reserved = Arc::new(Mutex::new(Vec::new()));
+    let (api2, buyers2, tickets2, reserved2) =
+        (api.clone(), Arc::new(buyers.clone()), tickets.clone(), reserved.clone());
+    let (mark, before) = (market.begin(), market.cpu_ms_by_process());
+    let stats = drive(8, Until::Count(tickets.len() as u64), move |user, index, _| {
+        let (api, buyers, tickets, reserved) = (api2.clone(), buyers2.clone(), tickets2.clone(), reserved2.clone());
+        async move {
+            let buyer = user % buyers.len();
+            let order = status_error(api.order(&buyers[buyer], &tickets[index as usize]).await, StatusCode::CREATED)?;
+            let id = order.str("id").map_err(|err| err.to_string())?;
+            reserved.lock().expect("reserved lock").push((buyer, id));
+            Ok("ok")
+        }
+    })
+    .await;
+    let cpu = market.cpu_since(&mark).await;
+    let mut rows = vec![
+        Row::new(mode, &format!("{name}: reserve"), 8, None, &stats)
+            .peaks(&market.peaks_mib())
+            .cpu(cpu, stats.total_ok())
+            .note(by_process(market, &before, stats.total_ok())),
+    ];
+
+    let reserved = Arc::new(std::mem::take(&mut *reserved.lock().expect("reserved lock")));
+    let (api2, buyers2, reserved2) = (api.clone(), Arc::new(buyers.clone()), reserved.clone());
+    let (mark, before) = (market.begin(), market.cpu_ms_by_process());
+    let paid = drive(8, Until::Count(reserved.len() as u64), move |_, index, _| {
+        let (api, buyers, reserved) = (api2.clone(), buyers2.clone(), reserved2.clone());
+        async move {
+            let (buyer, order_id) = &reserved[index as usize];
+            pay_when_known(&api, &buyers[*buyer], order_id).await?;
+            Ok("ok")
+        }
+    })
+    .await;
+    let cpu = market.cpu_since(&mark).await;
+    rows.push(
+        Row::new(mode, &format!("{name}: pay"), 8, None, &paid)
+            .peaks(&market.peaks_mib())
+            .cpu(cpu, paid.total_ok())
+            .note(by_process(market, &before, paid.total_ok())),
+    );
+    Ok(rows)
+}
+
+/// "CPU ms per operation by process: orders 0.61, orders-2 0.58, ..." since `before`.
+fn by_process(market: &Marketplace, before: &[(String, f64)], ops: u64) -> String {
+    let ops = ops.max(1) as f64;
+    let each: Vec<String> = market
+        .cpu_ms_by_process()
+        .iter()
+        .zip(before)
+        .map(|((name, after), (_, before))| format!("{name} {:.2}", (after - before) / ops))
+        .collect();
+    format!("CPU ms per operation by process: {}", each.join(", "))
+}
