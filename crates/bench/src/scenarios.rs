@@ -343,17 +343,8 @@ pub async fn run(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: &str) 
     // Pay for the orders reserved at 8 buyers: the payment and its cascade (order complete,
     // ticket sold, timer dropped). With the reservation above, a full purchase.
     let reserved = Arc::new(std::mem::take(&mut *reserved.lock().expect("reserved lock")));
-    let (api2, buyers2, reserved2) = (api.clone(), Arc::new(buyers.clone()), reserved.clone());
     let mark = market.begin();
-    let mut paid = drive(8, Until::Count(reserved.len() as u64), move |_, index, _| {
-        let (api, buyers, reserved) = (api2.clone(), buyers2.clone(), reserved2.clone());
-        async move {
-            let (buyer, order_id) = &reserved[index as usize];
-            pay_when_known(&api, &buyers[*buyer], order_id).await?;
-            Ok("ok")
-        }
-    })
-    .await;
+    let mut paid = pay_reserved(&api, &buyers, &reserved).await;
     let cpu = market.cpu_since(&mark).await;
     let peaks = market.peaks_mib();
     // Then (not measured) check every paid order completed.
@@ -625,17 +616,8 @@ pub async fn scale_out(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: 
     ];
 
     let reserved = Arc::new(std::mem::take(&mut *reserved.lock().expect("reserved lock")));
-    let (api2, buyers2, reserved2) = (api.clone(), Arc::new(buyers.clone()), reserved.clone());
     let (mark, before) = (market.begin(), market.cpu_ms_by_process());
-    let paid = drive(8, Until::Count(reserved.len() as u64), move |_, index, _| {
-        let (api, buyers, reserved) = (api2.clone(), buyers2.clone(), reserved2.clone());
-        async move {
-            let (buyer, order_id) = &reserved[index as usize];
-            pay_when_known(&api, &buyers[*buyer], order_id).await?;
-            Ok("ok")
-        }
-    })
-    .await;
+    let paid = pay_reserved(&api, &buyers, &reserved).await;
     let cpu = market.cpu_since(&mark).await;
     rows.push(
         Row::new(mode, &format!("{name}: pay"), 8, None, &paid)
@@ -644,6 +626,20 @@ pub async fn scale_out(market: &Marketplace, mode: &str, sizes: &Sizes, run_id: 
             .note(by_process(market, &before, paid.total_ok())),
     );
     Ok(rows)
+}
+
+/// Pays every order of `reserved` (buyer index, order id) with 8 buyers at once.
+async fn pay_reserved(api: &Api, buyers: &[Session], reserved: &Arc<Vec<(usize, String)>>) -> Stats {
+    let (api, buyers, reserved) = (api.clone(), Arc::new(buyers.to_vec()), reserved.clone());
+    drive(8, Until::Count(reserved.len() as u64), move |_, index, _| {
+        let (api, buyers, reserved) = (api.clone(), buyers.clone(), reserved.clone());
+        async move {
+            let (buyer, order_id) = &reserved[index as usize];
+            pay_when_known(&api, &buyers[*buyer], order_id).await?;
+            Ok("ok")
+        }
+    })
+    .await
 }
 
 /// "CPU ms per operation by process: orders 0.61, orders-2 0.58, ..." since `before`.
