@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::{Backend, TempDir};
+pub use testkit::{field_errors, messages};
 use ticketing::{Running, ServeArgs};
 
 pub struct TestApp {
@@ -206,24 +207,4 @@ pub async fn into_parts(response: reqwest::Response) -> (StatusCode, Value) {
         serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("non-JSON body: {}", String::from_utf8_lossy(&bytes)))
     };
     (status, body)
-}
-
-/// The messages of an error envelope.
-pub fn messages(body: &Value) -> Vec<String> {
-    body["errors"]
-        .as_array()
-        .unwrap_or_else(|| panic!("not an error envelope: {body}"))
-        .iter()
-        .map(|e| e["message"].as_str().expect("message").to_owned())
-        .collect()
-}
-
-/// `field: message` pairs of an error envelope.
-pub fn field_errors(body: &Value) -> Vec<(String, String)> {
-    body["errors"]
-        .as_array()
-        .unwrap_or_else(|| panic!("not an error envelope: {body}"))
-        .iter()
-        .map(|e| (e["field"].as_str().unwrap_or("").to_owned(), e["message"].as_str().expect("message").to_owned()))
-        .collect()
 }

@@ -7,9 +7,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Outage, Stand, TestGateway, WAIT, messages, quick_reconciler, reconcile_rounds};
+use common::{Outage, Stand, TestGateway, WAIT, quick_reconciler, reconcile_rounds};
 use payments::gateway::{Gateway, SandboxGateway};
 use reqwest::StatusCode;
+use testkit::messages;
 use testkit::{Backend, eventually};
 use time::Duration;
 use uuid::Uuid;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::stripe_standin::{KEY, StripeStandIn};
-use common::{Stand, WAIT, field_errors, messages};
+use common::{Stand, WAIT};
 use contract::events::{OrderCancelled, TicketRef};
 use futures::future::join_all;
 use payments::domain::{ChargeAttempt, OrderRecord};
@@ -14,6 +14,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
 use testkit::{Backend, eventually};
+use testkit::{field_errors, messages};
 use time::Duration;
 use uuid::Uuid;
 

@@ -178,3 +178,19 @@ macro_rules! on_both_backends {
         )*
     };
 }
+
+/// The messages of an error envelope (`{"errors": [{"message": ...}]}`).
+pub fn messages(body: &serde_json::Value) -> Vec<String> {
+    envelope(body).map(|e| e["message"].as_str().expect("message").to_owned()).collect()
+}
+
+/// The `(field, message)` pairs of an error envelope; `""` for an error without a field.
+pub fn field_errors(body: &serde_json::Value) -> Vec<(String, String)> {
+    envelope(body)
+        .map(|e| (e["field"].as_str().unwrap_or("").to_owned(), e["message"].as_str().expect("message").to_owned()))
+        .collect()
+}
+
+fn envelope(body: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    body["errors"].as_array().unwrap_or_else(|| panic!("not an error envelope: {body}")).iter()
+}

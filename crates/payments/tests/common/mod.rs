@@ -263,26 +263,6 @@ impl Buyer {
     }
 }
 
-/// The messages of an error envelope.
-pub fn messages(body: &Value) -> Vec<String> {
-    body["errors"]
-        .as_array()
-        .unwrap_or_else(|| panic!("not an error envelope: {body}"))
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// `field: message` pairs of an error envelope.
-pub fn field_errors(body: &Value) -> Vec<(String, String)> {
-    body["errors"]
-        .as_array()
-        .unwrap_or_else(|| panic!("not an error envelope: {body}"))
-        .iter()
-        .map(|e| (e["field"].as_str().unwrap_or("").to_owned(), e["message"].as_str().unwrap().to_owned()))
-        .collect()
-}
-
 /// Every `payment:created` published.
 #[derive(Clone, Default)]
 pub struct Collected(Arc<Mutex<Vec<PaymentCreated>>>);
