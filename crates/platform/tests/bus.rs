@@ -1068,14 +1068,37 @@ async fn consumer_applies_once_and_parks_what_it_cannot_apply_on_postgres() {
     consumer_applies_once_and_parks_what_it_cannot_apply(&testkit::fresh_postgres_url().await).await;
 }
 
+/// [`Recording`], also noting how many applied rows another connection saw at that moment: the
+/// rows of events applied earlier in the same transaction are not among them.
+struct RecordingWithOutsideView {
+    db: Db,
+}
+
+impl EventHandler for RecordingWithOutsideView {
+    async fn apply(&self, tx: &mut Tx, event: &Event) -> Result<(), HandleError> {
+        let Numbered { n } = consumer::payload(event)?;
+        if n < 0 {
+            return Err(HandleError::Retry(anyhow::anyhow!("not yet")));
+        }
+        let outside: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applied").fetch_one(self.db.reader()).await?;
+        sqlx::query("INSERT INTO applied (event_id, n, seen_outside) VALUES ($1, $2, $3)")
+            .bind(event.id.to_string())
+            .bind(n)
+            .bind(outside)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
 async fn consumer_applies_a_batch_together_and_its_events_alone_when_one_must_wait(db_url: &str) {
     init_logs();
     let db = connect_db(db_url, "batch_test").await;
-    sqlx::query("CREATE TABLE applied (event_id TEXT NOT NULL, n BIGINT NOT NULL)")
+    sqlx::query("CREATE TABLE applied (event_id TEXT NOT NULL, n BIGINT NOT NULL, seen_outside BIGINT NOT NULL)")
         .execute(&db.pool)
         .await
         .expect("cannot create the test table");
-    let consumer = Consumer::new("batch_test", db.clone(), Recording, None);
+    let consumer = Consumer::new("batch_test", db.clone(), RecordingWithOutsideView { db: db.clone() }, None);
     let applied = "SELECT COUNT(*) FROM applied WHERE event_id = $1";
     let processed = "SELECT COUNT(*) FROM processed_events WHERE event_id = $1";
     let deliver = |events: &[Event]| -> Vec<Delivery> {
@@ -1092,6 +1115,11 @@ async fn consumer_applies_a_batch_together_and_its_events_alone_when_one_must_wa
         assert_eq!(count(&db, applied, event.id).await, 1, "each event of the batch applied once");
         assert_eq!(count(&db, processed, event.id).await, 1);
     }
+    let seen_outside: Vec<i64> = sqlx::query_scalar("SELECT seen_outside FROM applied ORDER BY n")
+        .fetch_all(&db.pool)
+        .await
+        .expect("cannot read the test table");
+    assert_eq!(seen_outside, [0, 0, 0], "the batch's events were applied in one transaction, committed together");
 
     // One event of the batch must wait: the others are applied, it alone comes back.
     let before = Event::new(KIND, json!({ "n": 10 }));
