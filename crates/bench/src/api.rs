@@ -21,7 +21,8 @@ pub struct Routes {
     /// service take its instances in turn, as a round-robin load balancer would.
     pub more_tickets: Vec<String>,
     pub more_orders: Vec<String>,
-    turn: Arc<AtomicUsize>,
+    /// Whose turn it is, per service (tickets, orders).
+    turns: Arc<[AtomicUsize; 2]>,
 }
 
 impl Routes {
@@ -40,7 +41,7 @@ impl Routes {
             pages: pages.to_owned(),
             more_tickets: Vec::new(),
             more_orders: Vec::new(),
-            turn: Arc::default(),
+            turns: Arc::default(),
         }
     }
 
@@ -48,9 +49,9 @@ impl Routes {
         if path.starts_with("/api/users") {
             &self.auth
         } else if path.starts_with("/api/tickets") {
-            self.in_turn(&self.tickets, &self.more_tickets)
+            self.in_turn(0, &self.tickets, &self.more_tickets)
         } else if path.starts_with("/api/orders") {
-            self.in_turn(&self.orders, &self.more_orders)
+            self.in_turn(1, &self.orders, &self.more_orders)
         } else if path.starts_with("/api/payments") {
             &self.payments
         } else {
@@ -58,11 +59,11 @@ impl Routes {
         }
     }
 
-    fn in_turn<'a>(&self, first: &'a str, more: &'a [String]) -> &'a str {
+    fn in_turn<'a>(&self, service: usize, first: &'a str, more: &'a [String]) -> &'a str {
         if more.is_empty() {
             return first;
         }
-        match self.turn.fetch_add(1, Ordering::Relaxed) % (more.len() + 1) {
+        match self.turns[service].fetch_add(1, Ordering::Relaxed) % (more.len() + 1) {
             0 => first,
             n => &more[n - 1],
         }
@@ -264,8 +265,11 @@ mod tests {
     fn more_instances_of_a_service_take_its_requests_in_turn() {
         let mut routes = Routes::new("a", "t", "o", "p", "w");
         routes.more_orders = vec!["o2".into()];
-        let orders: Vec<&str> = (0..4).map(|_| routes.base_for("/api/orders")).collect();
-        assert_eq!(orders, ["o", "o2", "o", "o2"]);
+        routes.more_tickets = vec!["t2".into()];
+        // Interleaved, each service still alternates between its own instances.
+        let both: Vec<&str> =
+            (0..4).flat_map(|_| [routes.base_for("/api/orders"), routes.base_for("/api/tickets")]).collect();
+        assert_eq!(both, ["o", "t", "o2", "t2", "o", "t", "o2", "t2"]);
         assert_eq!(routes.base_for("/api/payments"), "p", "other services keep their one instance");
     }
 
