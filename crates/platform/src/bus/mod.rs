@@ -262,3 +262,44 @@ pub trait EventBus: Send + Sync + 'static {
     /// The retry policy this bus applies.
     fn retry_policy(&self) -> &RetryPolicy;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Returns one outcome fewer than it was given deliveries, or panics on an empty batch.
+    struct Faulty;
+
+    impl Handler for Faulty {
+        async fn handle(&self, _: Delivery) -> Outcome {
+            Outcome::Ack
+        }
+
+        async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Outcome> {
+            assert!(deliveries.len() > 1, "panics on a batch of one");
+            deliveries.iter().skip(1).map(|_| Outcome::Ack).collect()
+        }
+    }
+
+    fn deliveries(count: usize) -> Vec<Delivery> {
+        (0..count)
+            .map(|n| Delivery {
+                event: Event::new("test:event", serde_json::json!({ "n": n })),
+                attempt: 1,
+                is_last_attempt: false,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_missing_outcome_or_a_panic_is_a_failed_attempt_never_an_acknowledgement() {
+        let handler = dyn_handler(Arc::new(Faulty));
+        let outcomes = handler(deliveries(3)).await;
+        assert_eq!(outcomes.len(), 3, "one outcome per delivery");
+        assert!(matches!(outcomes[..2], [Outcome::Ack, Outcome::Ack]), "{outcomes:?}");
+        assert!(matches!(outcomes[2], Outcome::Retry(_)), "the delivery without an outcome comes back: {outcomes:?}");
+
+        let outcomes = handler(deliveries(1)).await;
+        assert!(matches!(outcomes[..], [Outcome::Retry(_)]), "a panic fails the batch's deliveries: {outcomes:?}");
+    }
+}
