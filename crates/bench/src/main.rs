@@ -74,6 +74,10 @@ struct RunArgs {
     /// Skip the one-process-per-service mode even when PostgreSQL and NATS are given.
     #[arg(long)]
     embedded_only: bool,
+    /// Skip the embedded mode: only the one-process-per-service mode and its baselines (to
+    /// compare two builds' costs on PostgreSQL + NATS in less time).
+    #[arg(long, conflicts_with = "embedded_only")]
+    cluster_only: bool,
     /// Measure the HTTP limit and the listing scenarios only (issue 12's pages at 1k, 10k and
     /// 100k tickets), in every mode, without the purchase scenarios and pgbench.
     #[arg(long)]
@@ -505,10 +509,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     eprintln!("bench: HTTP limit (trivial axum handler)");
     rows.push(http_limit(&work, &sizes).await?);
-    rows.extend(
-        run_mode(&binary, &Mode::Embedded, &work.join("embedded"), &sizes, &run_id, &mut context, args.listing_only)
+    if !args.cluster_only {
+        rows.extend(
+            run_mode(
+                &binary,
+                &Mode::Embedded,
+                &work.join("embedded"),
+                &sizes,
+                &run_id,
+                &mut context,
+                args.listing_only,
+            )
             .await?,
-    );
+        );
+    }
 
     if let Some((database_url, nats_url)) = cluster {
         // A private NATS server when we can start one: its CPU is then ours to count.
@@ -656,13 +670,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let goals = goals(&rows, &context.idle, &sizes, http);
-    let command = match (args.smoke, args.listing_only) {
-        (true, false) => "scripts/bench --smoke",
-        (true, true) => "scripts/bench --smoke --listing-only",
-        (false, false) => "scripts/bench",
-        (false, true) => "scripts/bench --listing-only",
-    };
-    let markdown = report::render(&context, &rows, &goals, command);
+    let command = [
+        Some("scripts/bench"),
+        args.smoke.then_some("--smoke"),
+        args.listing_only.then_some("--listing-only"),
+        args.cluster_only.then_some("--cluster-only"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
+    let markdown = report::render(&context, &rows, &goals, &command);
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -113,12 +113,22 @@ pub async fn fire(conn: &mut AnyConnection, order_id: Uuid) -> Result<Option<Opt
 }
 
 /// The earliest instant a timer becomes claimable (its `fire_at`, or just after its lease if
-/// an instance holds it), if any is scheduled.
-pub async fn next_due_at(conn: &mut AnyConnection) -> Result<Option<i64>, sqlx::Error> {
+/// an instance holds it), if any is scheduled, as seen at `now`.
+///
+/// Runs after every round, so it must not read every live order's timer: a timer can only be
+/// leased once due, so the not-yet-due ones need just the earliest `fire_at` (one step down
+/// the `timers_scheduled` index), and only the due ones, few unless the loop is behind, are
+/// looked at for their leases.
+pub async fn next_due_at(conn: &mut AnyConnection, now: i64) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT MIN(CASE WHEN locked_until >= fire_at THEN locked_until + 1 ELSE fire_at END) FROM timers \
-         WHERE status = 'scheduled'",
+        "SELECT MIN(next) FROM ( \
+             SELECT MIN(fire_at) AS next FROM timers WHERE status = 'scheduled' AND fire_at > $1 \
+             UNION ALL \
+             SELECT MIN(CASE WHEN locked_until >= fire_at THEN locked_until + 1 ELSE fire_at END) AS next \
+             FROM timers WHERE status = 'scheduled' AND fire_at <= $1 \
+         ) AS candidates",
     )
+    .bind(now)
     .fetch_one(conn)
     .await
 }

@@ -154,6 +154,6 @@ impl TimerLoop {
     /// When the loop must look again: the earliest instant a timer becomes claimable (its
     /// `fire_at`, or just after its lease if another instance holds it).
     async fn next_due_at(&self) -> Result<Option<i64>, sqlx::Error> {
-        store::next_due_at(&mut *self.db.pool.acquire().await?).await
+        store::next_due_at(&mut *self.db.pool.acquire().await?, now_millis()).await
     }
 }

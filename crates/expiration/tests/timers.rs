@@ -171,7 +171,8 @@ testkit::on_both_backends!(
     orders_expire_at_their_window_and_only_live_ones,
     a_window_that_ends_while_stopped_fires_after_restart,
     an_order_that_ended_before_its_creation_was_applied_never_expires,
-    retention_deletes_old_ended_timers_and_processed_events_only
+    retention_deletes_old_ended_timers_and_processed_events_only,
+    the_next_wake_up_is_the_earliest_claimable_instant
 );
 
 /// Applies one event the way the consumer does, in its own transaction.
@@ -387,4 +388,33 @@ async fn a_dead_instances_lease_runs_out() {
     assert_eq!((round.claimed, round.fired), (1, 1));
     assert_eq!(timer_count(&db, abandoned).await, 0);
     assert_eq!(timer_count(&db, held).await, 1);
+}
+
+/// The loop sleeps until the earliest instant a timer becomes claimable: a timer not yet due
+/// at its `fire_at`, a due one held by a lease just after the lease; ended timers never count.
+async fn the_next_wake_up_is_the_earliest_claimable_instant(backend: Backend) {
+    let stand = Stand::new(backend).await;
+    let db = stand.db().await;
+    let now = now_millis();
+    let next = async || expiration::store::next_due_at(&mut *db.pool.acquire().await.unwrap(), now).await.unwrap();
+    let insert = async |fire_at: i64, locked_until: i64, status: &str| {
+        sqlx::query("INSERT INTO timers (order_id, fire_at, locked_until, status) VALUES ($1, $2, $3, $4)")
+            .bind(Uuid::new_v4().to_string())
+            .bind(fire_at)
+            .bind(locked_until)
+            .bind(status)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    };
+    assert_eq!(next().await, None, "nothing scheduled");
+    insert(now - 60_000, 0, "ended").await;
+    assert_eq!(next().await, None, "ended timers never wake the loop");
+    insert(now + 10_000, 0, "scheduled").await;
+    insert(now + 20_000, 0, "scheduled").await;
+    assert_eq!(next().await, Some(now + 10_000), "the earliest timer not yet due");
+    insert(now - 1_000, now + 3_000, "scheduled").await;
+    assert_eq!(next().await, Some(now + 3_001), "a due timer another instance holds: just after its lease");
+    insert(now - 500, 0, "scheduled").await;
+    assert_eq!(next().await, Some(now - 500), "a due timer nobody holds: at once");
 }

@@ -72,6 +72,30 @@ async fn record_once(tx: &mut Tx, consumer: &str, event_id: uuid::Uuid) -> Resul
     Ok(inserted == 1)
 }
 
+/// Records every one of `event_ids` as processed by `consumer` in `tx`, in one statement;
+/// returns those that were not already (a batch pays one round trip for its records, not one
+/// per event).
+async fn record_all_once(
+    tx: &mut Tx,
+    consumer: &str,
+    event_ids: &[uuid::Uuid],
+) -> Result<std::collections::HashSet<uuid::Uuid>, sqlx::Error> {
+    if event_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows = (0..event_ids.len()).map(|n| format!("($1, ${}, $2)", n + 3)).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES {rows} \
+         ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+    );
+    let mut query = sqlx::query_scalar::<_, String>(&sql).bind(consumer).bind(now_millis());
+    for id in event_ids {
+        query = query.bind(id.to_string());
+    }
+    let recorded = query.fetch_all(&mut **tx).await?;
+    Ok(recorded.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok()).collect())
+}
+
 /// Records an event that will not be applied, with why.
 pub async fn park(db: &Db, consumer: &str, event: &Event, reason: &str) -> Result<(), sqlx::Error> {
     park_at(db, consumer, event, reason, now_millis()).await
@@ -177,10 +201,13 @@ impl<H: EventHandler> Consumer<H> {
     /// then handles each on its own, which decides retry, parking and logging per event).
     async fn process_batch(&self, deliveries: &[Delivery]) -> Result<(), HandleError> {
         let mut tx = self.db.begin().await?;
+        let ids: Vec<uuid::Uuid> = deliveries.iter().map(|delivery| delivery.event.id).collect();
+        let mut new = record_all_once(&mut tx, &self.name, &ids).await?;
         for delivery in deliveries {
             let event = &delivery.event;
             let applied = async {
-                if !record_once(&mut tx, &self.name, event.id).await? {
+                // Removed once applied, so a duplicate later in the batch is skipped too.
+                if !new.remove(&event.id) {
                     tracing::debug!("duplicate event ignored");
                     return Ok(());
                 }
