@@ -18,7 +18,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
-use crate::session::SessionKeys;
+use crate::session::{Revocations, SessionKeys};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -31,6 +31,16 @@ pub struct ReadinessCheck {
     /// tickets or orders unready: their writes wait in the outbox, so they can still serve.
     pub required: bool,
     pub probe: Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>,
+}
+
+/// A started service: its routes, what `/readyz` must check, and its background loops. The
+/// binary merges the routers of the services it runs into one app and waits for their loops
+/// after shutdown.
+pub struct Service {
+    pub name: &'static str,
+    pub router: Router,
+    pub checks: Vec<ReadinessCheck>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What `/readyz` answers: "starting" until the process's services have started (they wait for
@@ -128,13 +138,16 @@ impl Readiness {
     }
 }
 
-/// Wraps a service's API routes with what every service needs. Services set no fallback:
-/// routers of several services are merged into one app, which answers unknown paths.
-pub fn service_router(api: Router, keys: Arc<SessionKeys>, max_body_bytes: usize) -> Router {
+/// Wraps a service's API routes with what every service needs: the session keys and the
+/// revoked-session list its extractors consult (see [`crate::session`]), the error envelope,
+/// the body limit. Services set no fallback: routers of several services are merged into one
+/// app, which answers unknown paths.
+pub fn service_router(api: Router, keys: Arc<SessionKeys>, revocations: Revocations, max_body_bytes: usize) -> Router {
     api.layer(middleware::from_fn(envelope_for_bare_errors))
         .layer(middleware::from_fn(no_store_when_personal))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(keys))
+        .layer(axum::Extension(revocations))
 }
 
 /// Marks the answers of the health endpoints, so their request logs stay at debug: probes
