@@ -62,7 +62,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ServeA
 
 fn testkit_logs() {
     if std::env::var_os("RUST_LOG").is_some() {
-        platform::telemetry::init(platform::settings::LogFormat::Human);
+        httpkit::telemetry::init(httpkit::settings::LogFormat::Human);
     }
 }
 

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ratelimit::WindowLimiter;
+use httpkit::http::Service;
 use platform::outbox::OutboxWaker;
-use platform::service::{Context, Service};
+use platform::service::Context;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -67,9 +68,9 @@ impl AuthSettings {
 
 pub(crate) struct AppState {
     db: platform::db::Db,
-    keys: Arc<platform::session::SessionKeys>,
+    keys: Arc<httpkit::session::SessionKeys>,
     outbox: OutboxWaker,
-    addresses: platform::client_addr::ClientAddresses,
+    addresses: httpkit::client_addr::ClientAddresses,
     failures_per_pair: WindowLimiter,
     failures_per_client: WindowLimiter,
     signups_per_client: WindowLimiter,
@@ -84,7 +85,7 @@ pub async fn start(ctx: &Context, settings: &AuthSettings) -> anyhow::Result<Ser
         db: db.clone(),
         keys: ctx.keys.clone(),
         outbox,
-        addresses: platform::client_addr::ClientAddresses::from_settings(&ctx.settings, ctx.keys.clone()),
+        addresses: httpkit::client_addr::ClientAddresses::from_settings(&ctx.settings, ctx.keys.clone()),
         failures_per_pair: WindowLimiter::new(settings.signin_failures_per_pair(), window),
         failures_per_client: WindowLimiter::new(settings.signin_failures_per_client, window),
         signups_per_client: WindowLimiter::new(settings.signups_per_client, window),

@@ -7,9 +7,9 @@ use std::hint::black_box;
 use contract::events::{OrderCreated, OrderStatus, PricedTicketRef};
 use contract::money::Currency;
 use criterion::{Criterion, criterion_group, criterion_main};
+use httpkit::session::SessionKeys;
 use platform::bus::Event;
 use platform::envelope::ToEvent;
-use platform::session::SessionKeys;
 use serde_json::json;
 use uuid::Uuid;
 

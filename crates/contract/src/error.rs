@@ -1,5 +1,5 @@
 //! The error envelope: `{"errors":[{"message":"...","field":"..."}]}` is what every client sees
-//! when a request fails. `platform::error` turns errors into it; the pages read it back.
+//! when a request fails. `httpkit::error` turns errors into it; the pages read it back.
 
 use serde::{Deserialize, Serialize};
 

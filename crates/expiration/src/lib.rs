@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use httpkit::http::Service;
 use platform::bus::dyn_handler;
 use platform::consumer::Consumer;
-use platform::service::{Context, Service};
+use platform::service::Context;
 
 pub use timers::{TimerLoop, TimerWaker};
 
@@ -62,14 +63,14 @@ pub async fn start(ctx: &Context, settings: &ExpirationSettings) -> anyhow::Resu
 /// Counts, at each scrape, the timers that are due and not fired yet.
 fn sample_due_timers(ctx: &Context, db: &platform::db::Db) {
     let db = db.clone();
-    platform::metrics::sample_with(ctx.shutdown.clone(), move || {
+    httpkit::metrics::sample_with(ctx.shutdown.clone(), move || {
         let db = db.clone();
         Box::pin(async move {
             let due = async { store::due_count(&mut *db.pool.acquire().await?, platform::db::now_millis()).await };
             let due: Result<i64, sqlx::Error> = due.await;
             match due {
                 Ok(due) => {
-                    platform::metrics::metrics().timers_due.set(due);
+                    httpkit::metrics::metrics().timers_due.set(due);
                 }
                 Err(err) => tracing::debug!(error = %err, "cannot count due timers"),
             }

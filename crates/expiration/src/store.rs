@@ -25,7 +25,7 @@ pub async fn schedule(conn: &mut AnyConnection, order_id: Uuid, fire_at: i64) ->
     )
     .bind(order_id.to_string())
     .bind(fire_at)
-    .bind(platform::telemetry::current_trace_id())
+    .bind(httpkit::telemetry::current_trace_id())
     .execute(conn)
     .await?
     .rows_affected();

@@ -104,7 +104,7 @@ impl TimerLoop {
             match self.fire(order_id).await {
                 Ok(true) => {
                     round.fired += 1;
-                    let m = platform::metrics::metrics();
+                    let m = httpkit::metrics::metrics();
                     m.timers_fired.inc();
                     m.timer_lateness.observe((now_millis() - fire_at).max(0) as f64 / 1000.0);
                 }

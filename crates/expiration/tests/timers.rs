@@ -10,15 +10,16 @@ use contract::events::{
     ContractEvent, ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef,
 };
 use expiration::{ExpirationSettings, MIGRATOR, NAME, TimerLoop};
+use httpkit::http::Service;
+use httpkit::session::SessionKeys;
+use httpkit::settings::Settings;
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
 use platform::db::{Db, database_url, millis, now_millis};
 use platform::envelope::ToEvent;
 use platform::outbox::OutboxWaker;
-use platform::service::{Context, Service};
-use platform::session::SessionKeys;
-use platform::settings::Settings;
+use platform::service::Context;
 use testkit::{Backend, TempDir, eventually, unique_name};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;

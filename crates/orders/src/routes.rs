@@ -10,9 +10,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use contract::api::{NewOrder, OrderBody, OrderTicketBody, RefundBody, RefundStatus};
 use contract::money::Currency;
+use httpkit::error::{ApiError, ApiResult, IdPath, Json};
+use httpkit::session::RequireUser;
 use platform::db::{from_millis, is_unique_violation, now_millis};
-use platform::error::{ApiError, ApiResult, IdPath, Json};
-use platform::session::RequireUser;
 use std::sync::Arc;
 
 /// An order as its buyer sees it, with the ticket it reserves.

@@ -195,8 +195,8 @@ impl PaymentService {
         answer: Result<Charge, GatewayError>,
     ) -> Result<Uuid, PayError> {
         let order_id = attempt.order_id;
-        let charges = &platform::metrics::metrics().payments_charges;
-        let outcome = |outcome| charges.get_or_create(&platform::metrics::OutcomeLabels { outcome }).inc();
+        let charges = &httpkit::metrics::metrics().payments_charges;
+        let outcome = |outcome| charges.get_or_create(&httpkit::metrics::OutcomeLabels { outcome }).inc();
         let err = match answer {
             Ok(charge) => {
                 outcome("charged");
@@ -335,7 +335,7 @@ impl PaymentService {
                 idempotency_key: refund_idempotency_key(&payment.charge_id),
             })
             .await?;
-        platform::metrics::metrics().payments_refunds.inc();
+        httpkit::metrics::metrics().payments_refunds.inc();
         Ok(refund)
     }
 

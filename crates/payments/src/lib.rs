@@ -29,9 +29,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use contract::money::Currency;
+use httpkit::http::Service;
 use platform::bus::dyn_handler;
 use platform::consumer::Consumer;
-use platform::service::{Context, Service};
+use platform::service::Context;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -227,7 +228,7 @@ async fn launch(
 /// that is not where it should be until the reconciler or an operator acts.
 fn sample_obligations(ctx: &Context, db: &platform::db::Db) {
     let db = db.clone();
-    platform::metrics::sample_with(ctx.shutdown.clone(), move || {
+    httpkit::metrics::sample_with(ctx.shutdown.clone(), move || {
         let db = db.clone();
         Box::pin(async move {
             if let Err(err) = sample_obligations_now(&db).await {
@@ -238,7 +239,7 @@ fn sample_obligations(ctx: &Context, db: &platform::db::Db) {
 }
 
 async fn sample_obligations_now(db: &platform::db::Db) -> Result<(), sqlx::Error> {
-    let m = platform::metrics::metrics();
+    let m = httpkit::metrics::metrics();
     let mut conn = db.pool.acquire().await?;
     let (owed, oldest, unsettled) = store::obligations(&mut conn).await?;
     m.payments_refunds_owed.set(owed);

@@ -23,7 +23,11 @@ impl From<sqlx::Error> for PayError {
     /// A database that cannot be reached is an outage (503, the reconciler settles later);
     /// any other database error is unexpected.
     fn from(err: sqlx::Error) -> Self {
-        if platform::db::is_unavailable(&err) { Self::Unavailable(err.into()) } else { Self::Unexpected(err.into()) }
+        if httpkit::error::is_database_unavailable(&err) {
+            Self::Unavailable(err.into())
+        } else {
+            Self::Unexpected(err.into())
+        }
     }
 }
 

@@ -231,11 +231,6 @@ fn sqlite_readers(pool_size: u32) -> AnyPoolOptions {
         })
 }
 
-/// True when the error means the database is unreachable rather than the query being wrong.
-pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
-}
-
 /// True when the error is a unique-constraint violation (the database refusing a duplicate).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|db| db.is_unique_violation())

@@ -1,35 +1,30 @@
-//! What every ticketing service runs on: storage, the bus, background loops, sessions and the
-//! HTTP layer. The types that cross a process boundary (API bodies, the error envelope, event
-//! payloads, money) are the `contract` crate's; this crate runs them.
+//! What every ticketing service that keeps data runs on: storage, the bus, background loops,
+//! and how a service is composed from them. The HTTP layer they serve through (errors,
+//! sessions, settings, logs, metrics) is the `httpkit` crate, which links no database and no
+//! bus, so a server without data (the web pages) uses it alone. The types that cross a process
+//! boundary (API bodies, the error envelope, event payloads, money) are the `contract` crate's.
 //!
-//! - [`error`]: errors into the contract's error envelope, and the extractors that speak it;
-//! - [`session`]: JWT sessions in a cookie or bearer header;
-//! - [`settings`]: shared settings from flags and environment;
 //! - [`db`]: one portable-SQL storage path for PostgreSQL and SQLite;
 //! - [`bus`]: the durable event bus (NATS JetStream or embedded);
 //! - [`envelope`]: a contract event payload inside the bus's envelope;
 //! - [`outbox`] and [`consumer`]: exactly-once effects over an at-least-once bus;
-//! - [`openapi`]: what the API description says alike for every service;
-//! - [`revocation`]: the revoked-session list every authenticating service keeps;
+//! - [`revocation`]: the revoked-session list every authenticating service keeps, which the
+//!   HTTP layer's session extractors consult through `httpkit::session::RevocationCheck`;
 //! - [`worker`]: the one background loop (relay, timers, reconciler, retention);
 //! - [`retention`]: deleting what only grows;
-//! - [`http`], [`telemetry`], [`metrics`]: the HTTP surface, logs and metrics every service
-//!   shares.
+//! - [`service`]: the context a service starts with, and its database, relay and readiness.
 
 pub mod bus;
-pub mod client_addr;
 pub mod consumer;
 pub mod db;
 pub mod envelope;
-pub mod error;
-pub mod http;
-pub mod metrics;
-pub mod openapi;
 pub mod outbox;
 pub mod retention;
 pub mod revocation;
 pub mod service;
-pub mod session;
-pub mod settings;
-pub mod telemetry;
 pub mod worker;
+
+// The runtime records into the HTTP layer's metrics registry, carries its trace ids across the
+// bus and reads its stream settings from the process's settings; these private imports let the
+// runtime's modules name them `crate::metrics`, `crate::telemetry`, `crate::settings`.
+use httpkit::{metrics, settings, telemetry};

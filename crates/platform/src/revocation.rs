@@ -4,13 +4,17 @@
 //! its `exp`. Each token carries a session id (`jti`); signing out records it in auth's
 //! `revoked_sessions` and publishes `session:revoked`, which every other service that
 //! authenticates requests applies to its own `revoked_sessions` (same table, from the platform
-//! migrations). The session extractors ([`crate::session::MaybeUser`],
-//! [`crate::session::RequireUser`]) refuse a token whose id is listed, with one primary-key
-//! lookup in the service's own database: instances of one service share their consumer group,
-//! so a per-process list would miss the revocations other instances consumed.
+//! migrations). The session extractors (`httpkit::session::MaybeUser`, `RequireUser`) refuse a
+//! token whose id is listed, asking [`RevokedSessions`] through `httpkit`'s [`RevocationCheck`]
+//! (the HTTP layer links no database): one primary-key lookup in the service's own database.
+//! Instances of one service share their consumer group, so a per-process list would miss the
+//! revocations other instances consumed.
 //!
 //! A row is needed only until the token expires; [`crate::retention`] deletes it then.
 
+use futures::future::BoxFuture;
+use httpkit::error::ApiError;
+use httpkit::session::RevocationCheck;
 use uuid::Uuid;
 
 use crate::bus::Event;
@@ -18,8 +22,8 @@ use crate::consumer::{HandleError, payload};
 use crate::db::{Db, Tx, millis, now_millis};
 use contract::events::SessionRevoked;
 
-/// A service's list of revoked sessions, put on its API router as a request extension so
-/// the session extractors can consult it (see [`RevokedSessions::layer`]).
+/// A service's list of revoked sessions, which its API router's session extractors consult
+/// (`crate::service::Context::api_router` installs it).
 #[derive(Debug, Clone)]
 pub struct RevokedSessions {
     db: Db,
@@ -30,11 +34,6 @@ impl RevokedSessions {
         Self { db: db.clone() }
     }
 
-    /// The extension layer for a service's API router.
-    pub fn layer(db: &Db) -> axum::Extension<Self> {
-        axum::Extension(Self::new(db))
-    }
-
     /// Whether session `id` was revoked.
     pub async fn contains(&self, id: Uuid) -> Result<bool, sqlx::Error> {
         // Asked on every signed-in request: a reader, so it never waits behind a write.
@@ -43,6 +42,14 @@ impl RevokedSessions {
             .fetch_optional(self.db.reader())
             .await?;
         Ok(row.is_some())
+    }
+}
+
+impl RevocationCheck for RevokedSessions {
+    /// A database that cannot be read answers 503 (the request cannot be trusted meanwhile),
+    /// any other database error 500; the cause is logged either way (`ApiError`'s `From`).
+    fn is_revoked(&self, id: Uuid) -> BoxFuture<'_, Result<bool, ApiError>> {
+        Box::pin(async move { Ok(self.contains(id).await?) })
     }
 }
 

@@ -10,7 +10,7 @@ pub fn command_without_env<A: Args>() -> Command {
     A::augment_args(Command::new("test").no_binary_name(true)).mut_args(|arg: Arg| arg.env(None))
 }
 
-/// `A` (`platform::settings::Settings`, a service's settings, the binary's `ServeArgs`) with
+/// `A` (`httpkit::settings::Settings`, a service's settings, the binary's `ServeArgs`) with
 /// every field at its declared default, whatever the environment holds. A test changes
 /// the fields it needs on the value returned.
 ///
@@ -24,6 +24,6 @@ pub fn defaults<A: Args>() -> A {
 }
 
 /// The platform's settings every service reads, at their defaults (see [`defaults`]).
-pub fn settings() -> platform::settings::Settings {
+pub fn settings() -> httpkit::settings::Settings {
     defaults()
 }

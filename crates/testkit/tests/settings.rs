@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use platform::settings::Settings;
+use httpkit::settings::Settings;
 
 /// What a careless shell might export; each would change a test that read it.
 const HOSTILE: &[(&str, &str)] = &[

@@ -11,10 +11,10 @@
 
 use crate::ServiceName;
 use anyhow::Context as _;
+use httpkit::settings::Settings;
 use platform::bus::{Delivery, Event, Handler, Outcome};
 use platform::consumer::Consumer;
 use platform::db::{Db, from_millis, now_millis};
-use platform::settings::Settings;
 use sqlx::Row;
 use time::format_description::well_known::Rfc3339;
 
@@ -158,7 +158,7 @@ async fn open(settings: &Settings, service: ServiceName) -> anyhow::Result<Db> {
     };
     let name = service_name(service);
     if settings.database_url.is_none() {
-        platform::settings::create_private_dir(&settings.data_dir)?;
+        httpkit::settings::create_private_dir(&settings.data_dir)?;
     }
     let url = platform::db::database_url(settings.database_url.as_deref(), &settings.data_dir, name);
     Db::connect_with(&url, name, migrator, 1).await

@@ -10,15 +10,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::response::IntoResponse;
+use httpkit::error::ApiError;
+use httpkit::http::{Readiness, ReadinessCheck, Service};
+use httpkit::session::SessionKeys;
+use httpkit::settings::Settings;
 use platform::bus::embedded::{DataDirInUse, EmbeddedBus};
 use platform::bus::nats::{NatsBus, NatsConnection, StreamSettings};
 use platform::bus::{EventBus, RetryPolicy};
-use platform::error::ApiError;
-use platform::http::{Readiness, ReadinessCheck};
 use platform::retention::RETENTION_EVERY;
-use platform::service::{Context, Service};
-use platform::session::SessionKeys;
-use platform::settings::Settings;
+use platform::service::Context;
 use platform::worker::Worker;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -160,7 +160,7 @@ async fn connect_bus(settings: &Settings, shutdown: &CancellationToken) -> anyho
             Arc::new(NatsBus::start(connection, stream, &settings.subject_prefix, policy).await?)
         }
         None => {
-            platform::settings::create_private_dir(&settings.data_dir)?;
+            httpkit::settings::create_private_dir(&settings.data_dir)?;
             let bus = EmbeddedBus::open(&settings.data_dir.join("bus.db"), &settings.subject_prefix, policy).await?;
             if let Some(keep) = settings.retention() {
                 Worker::new(bus.retention(keep)).poll_every(RETENTION_EVERY).spawn(shutdown.clone());
@@ -201,10 +201,10 @@ pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow
                 .with_context(|| format!("cannot listen on METRICS_ADDR {wanted}"))?;
             let bound = admin_listener.local_addr()?;
             let stop = shutdown.clone();
-            let app = platform::metrics::admin_router();
+            let app = httpkit::metrics::admin_router();
             (
                 Some(bound),
-                Some(tokio::spawn(platform::http::serve(admin_listener, app, async move { stop.cancelled().await }))),
+                Some(tokio::spawn(httpkit::http::serve(admin_listener, app, async move { stop.cancelled().await }))),
             )
         }
         None => (None, None),
@@ -245,13 +245,13 @@ pub async fn start_until(args: ServeArgs, shutdown: CancellationToken) -> anyhow
             }
         })
     };
-    let app = platform::http::with_observability(app, readiness.clone());
+    let app = httpkit::http::with_observability(app, readiness.clone());
     let stop = shutdown.clone();
-    let server = tokio::spawn(platform::http::serve_with_limits(
+    let server = tokio::spawn(httpkit::http::serve_with_limits(
         listener,
         app,
         async move { stop.cancelled().await },
-        platform::http::ServeLimits::from_settings(&settings),
+        httpkit::http::ServeLimits::from_settings(&settings),
     ));
 
     let mut failures = 0u32;
@@ -336,9 +336,9 @@ async fn start_services(
     // The web pages, when served here, answer every unknown path (with the envelope under
     // /api); without them, unknown paths get the envelope.
     if !names.contains(&ServiceName::Web) {
-        app = app.fallback(platform::error::not_found);
+        app = app.fallback(httpkit::error::not_found);
     }
-    Ok((platform::http::with_metrics(app), checks, tasks))
+    Ok((httpkit::http::with_metrics(app), checks, tasks))
 }
 
 /// Starts the named services one after the other into `services`, stopping at the first failure.
@@ -359,7 +359,7 @@ async fn start_each(
             ServiceName::Orders => orders::start(&ctx, &args.orders).await,
             ServiceName::Expiration => expiration::start(&ctx, &args.expiration).await,
             ServiceName::Payments => payments::start(&ctx, &args.payments).await,
-            ServiceName::Web => web::start(&ctx, &args.web).await,
+            ServiceName::Web => web::start(settings, keys.clone(), &args.web).await,
         };
         let service = service.with_context(|| format!("cannot start the {name:?} service"))?;
         tracing::info!(service = service.name, "started");
@@ -376,7 +376,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         if args.services.is_empty() { ServiceName::ALL.to_vec() } else { args.services.clone() };
     let settings = &args.settings;
     if settings.database_url.is_none() {
-        platform::settings::create_private_dir(&settings.data_dir)?;
+        httpkit::settings::create_private_dir(&settings.data_dir)?;
     }
     for name in names {
         let (service, migrator) = match name {
@@ -422,7 +422,7 @@ pub fn openapi(names: &[ServiceName]) -> utoipa::openapi::OpenApi {
         };
         spec.merge(part);
     }
-    platform::openapi::complete(&mut spec);
+    httpkit::openapi::complete(&mut spec);
     spec
 }
 

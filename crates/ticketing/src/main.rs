@@ -28,12 +28,12 @@ async fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Some(Command::Serve(args)) => *args,
         Some(Command::Admin(args)) => {
-            platform::telemetry::init(args.settings.log_format);
+            httpkit::telemetry::init(args.settings.log_format);
             print!("{}", ticketing::admin::run(&args).await?);
             return Ok(());
         }
         Some(Command::Migrate(args)) => {
-            platform::telemetry::init(args.settings.log_format);
+            httpkit::telemetry::init(args.settings.log_format);
             return ticketing::migrate(*args).await;
         }
         None => match Cli::parse_from(["ticketing", "serve"]).command {
@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
             _ => unreachable!("serve was given"),
         },
     };
-    platform::telemetry::init(args.settings.log_format);
+    httpkit::telemetry::init(args.settings.log_format);
     // Listen for signals from the start: a process still waiting for its database stops too.
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

@@ -14,11 +14,12 @@ mod store;
 use std::sync::Arc;
 
 use contract::money::Currency;
+use httpkit::http::Service;
 use platform::bus::dyn_handler;
 use platform::consumer::Consumer;
 use platform::db::Db;
 use platform::outbox::OutboxWaker;
-use platform::service::{Context, Service};
+use platform::service::Context;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 

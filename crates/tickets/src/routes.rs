@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use contract::api::{TicketBody, TicketInput};
 use contract::error::ErrorItem;
 use contract::money::Currency;
-use platform::error::{ApiError, ApiResult, IdPath, Json};
-use platform::session::RequireUser;
+use httpkit::error::{ApiError, ApiResult, IdPath, Json};
+use httpkit::session::RequireUser;
 use std::sync::Arc;
 
 /// A ticket as clients see it.

@@ -2,7 +2,7 @@
 //!
 //! Each call is made on the visitor's behalf: it carries their `session` cookie (and none
 //! of their other cookies), their address signed with the servers' key (see
-//! `platform::client_addr`; never `X-Forwarded-For`, which anybody can write), `X-Forwarded-Proto: https`
+//! `httpkit::client_addr`; never `X-Forwarded-For`, which anybody can write), `X-Forwarded-Proto: https`
 //! when they came over TLS (so the session cookie the API sets is `Secure`), and the
 //! request id, so the logs of both sides line up. One pooled client serves every visitor,
 //! so it must never keep cookies itself.
@@ -25,7 +25,7 @@ use crate::visitor::Visitor;
 pub struct Api {
     base: String,
     http: reqwest::Client,
-    addresses: platform::client_addr::ClientAddresses,
+    addresses: httpkit::client_addr::ClientAddresses,
 }
 
 /// Why an API call did not give what the page wanted.
@@ -64,7 +64,7 @@ impl Api {
     pub fn new(
         base: &str,
         timeout: Duration,
-        addresses: platform::client_addr::ClientAddresses,
+        addresses: httpkit::client_addr::ClientAddresses,
     ) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base)?;
@@ -82,7 +82,7 @@ impl Api {
         let mut request =
             self.http.request(method, format!("{}{path}", self.base)).header(header::ACCEPT, "application/json");
         if let Some(signed) = self.addresses.sign(&visitor.client_ip) {
-            request = request.header(platform::client_addr::SIGNED_HEADER, signed);
+            request = request.header(httpkit::client_addr::SIGNED_HEADER, signed);
         }
         if let Some(session) = visitor.session_cookie() {
             request = request.header(header::COOKIE, session);

@@ -42,7 +42,7 @@ fn well_formed(token: &str) -> bool {
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    platform::session::cookie_values(headers, name).next().filter(|value| well_formed(value)).map(str::to_owned)
+    httpkit::session::cookie_values(headers, name).next().filter(|value| well_formed(value)).map(str::to_owned)
 }
 
 /// `Path=/` and `Secure` (over TLS) are what the `__Host-` prefix requires of the cookie.
@@ -73,11 +73,11 @@ fn is_safe(method: &Method) -> bool {
 #[derive(Clone)]
 pub struct CsrfConfig {
     pub max_body_bytes: usize,
-    pub keys: std::sync::Arc<platform::session::SessionKeys>,
+    pub keys: std::sync::Arc<httpkit::session::SessionKeys>,
 }
 
 /// The form token for a cookie secret and session: hex HMAC, so it is a well-formed token too.
-fn form_token(keys: &platform::session::SessionKeys, secret: &str, session: Option<&str>) -> String {
+fn form_token(keys: &httpkit::session::SessionKeys, secret: &str, session: Option<&str>) -> String {
     let mac = keys.mac("csrf", &[secret.as_bytes(), session.unwrap_or_default().as_bytes()]);
     mac.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -106,10 +106,10 @@ fn cross_site(headers: &HeaderMap, https: bool) -> bool {
 /// the cookie on first visit).
 pub async fn protect(State(config): State<CsrfConfig>, request: Request, next: Next) -> Response {
     let max_body_bytes = config.max_body_bytes;
-    let https = platform::session::is_https(request.headers(), request.uri());
+    let https = httpkit::session::is_https(request.headers(), request.uri());
     let name = cookie_name(https);
     let existing = cookie(request.headers(), name);
-    let session = platform::session::session_cookie(request.headers()).map(str::to_owned);
+    let session = httpkit::session::session_cookie(request.headers()).map(str::to_owned);
     let mut request = request;
     if !is_safe(request.method()) {
         if cross_site(request.headers(), https) {
@@ -180,7 +180,7 @@ mod tests {
     /// Finding: a planted `csrf` cookie with the same value in the field passed.
     #[test]
     fn the_form_token_is_bound_to_the_cookie_the_session_and_the_key() {
-        let keys = platform::session::SessionKeys::new(b"web key", time::Duration::hours(1));
+        let keys = httpkit::session::SessionKeys::new(b"web key", time::Duration::hours(1));
         let secret = new_token();
         let token = form_token(&keys, &secret, Some("jwt-a"));
         assert!(well_formed(&token) && token != secret);
@@ -188,7 +188,7 @@ mod tests {
         assert_ne!(token, form_token(&keys, &secret, Some("jwt-b")), "another session");
         assert_ne!(token, form_token(&keys, &secret, None));
         assert_ne!(token, form_token(&keys, &new_token(), Some("jwt-a")), "another cookie");
-        let other_key = platform::session::SessionKeys::new(b"other key", time::Duration::hours(1));
+        let other_key = httpkit::session::SessionKeys::new(b"other key", time::Duration::hours(1));
         assert_ne!(token, form_token(&other_key, &secret, Some("jwt-a")), "another server key");
     }
 

@@ -28,8 +28,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{any, get, post};
 use contract::money::Currency;
-use platform::service::{Context, Service};
-use platform::settings::Settings;
+use httpkit::http::Service;
+use httpkit::session::SessionKeys;
+use httpkit::settings::Settings;
 
 /// The web service's own settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,19 +59,19 @@ pub struct WebConfig {
     pub currency: Currency,
     pub stripe_publishable_key: Option<String>,
     /// Who a visitor is (trusted proxies), and the key that signs it for the API.
-    pub addresses: platform::client_addr::ClientAddresses,
+    pub addresses: httpkit::client_addr::ClientAddresses,
     /// Largest form accepted, in bytes.
     pub max_body_bytes: usize,
 }
 
 impl WebConfig {
-    pub fn new(settings: &Settings, web: &WebSettings, keys: Arc<platform::session::SessionKeys>) -> Self {
+    pub fn new(settings: &Settings, web: &WebSettings, keys: Arc<SessionKeys>) -> Self {
         Self {
             api_url: web.api_url.clone().unwrap_or_else(|| own_url(settings.addr)),
             api_timeout: Duration::from_secs(web.api_timeout_seconds.max(1)),
             currency: Currency::new(&settings.currency),
             stripe_publishable_key: web.stripe_publishable_key.clone().filter(|key| !key.trim().is_empty()),
-            addresses: platform::client_addr::ClientAddresses::from_settings(settings, keys),
+            addresses: httpkit::client_addr::ClientAddresses::from_settings(settings, keys),
             max_body_bytes: settings.max_body_bytes,
         }
     }
@@ -92,12 +93,14 @@ pub(crate) struct Web {
     pub api: api::Api,
     pub currency: Currency,
     pub stripe_publishable_key: Option<String>,
-    pub addresses: platform::client_addr::ClientAddresses,
+    pub addresses: httpkit::client_addr::ClientAddresses,
 }
 
-/// Starts the web service. Its router is the fallback for every path outside `/api`.
-pub async fn start(ctx: &Context, settings: &WebSettings) -> anyhow::Result<Service> {
-    let config = WebConfig::new(&ctx.settings, settings, ctx.keys.clone());
+/// Starts the web service. Its router is the fallback for every path outside `/api`. It keeps
+/// no data and sends no events, so it starts from the process's settings and session keys
+/// alone, not from a `platform` context (and links no database or bus).
+pub async fn start(settings: &Settings, keys: Arc<SessionKeys>, web: &WebSettings) -> anyhow::Result<Service> {
+    let config = WebConfig::new(settings, web, keys);
     tracing::info!(api_url = %config.api_url, stripe = config.stripe_publishable_key.is_some(), "web pages call the API");
     Ok(Service { name: "web", router: router(config)?, checks: Vec::new(), tasks: Vec::new() })
 }
@@ -143,8 +146,8 @@ pub fn router(config: WebConfig) -> anyhow::Result<Router> {
             }),
         )
         // In a process without the API, its paths still answer in the API's language.
-        .route("/api", any(platform::error::not_found))
-        .route("/api/{*rest}", any(platform::error::not_found))
+        .route("/api", any(httpkit::error::not_found))
+        .route("/api/{*rest}", any(httpkit::error::not_found))
         .merge(pages)
         .fallback(routes::not_found)
         .layer(middleware::from_fn_with_state(headers, pages::security_headers))

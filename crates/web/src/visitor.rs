@@ -7,7 +7,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use platform::http::PeerAddr;
+use httpkit::http::PeerAddr;
 
 use crate::Web;
 use crate::csrf::CsrfToken;
@@ -31,7 +31,7 @@ impl Visitor {
     /// `session=<token>` for the API, if the visitor has a session.
     pub fn session_cookie(&self) -> Option<HeaderValue> {
         let session = self.session.as_deref()?;
-        HeaderValue::from_str(&cookie::Cookie::new(platform::session::COOKIE_NAME, session).to_string()).ok()
+        HeaderValue::from_str(&cookie::Cookie::new(httpkit::session::COOKIE_NAME, session).to_string()).ok()
     }
 }
 
@@ -45,9 +45,9 @@ impl FromRequestParts<Arc<Web>> for Visitor {
         };
         let PeerAddr(peer) = PeerAddr::from_request_parts(parts, web).await.unwrap_or(PeerAddr(None));
         Ok(Self {
-            session: platform::session::session_cookie(&parts.headers).filter(|s| !s.is_empty()).map(str::to_owned),
+            session: httpkit::session::session_cookie(&parts.headers).filter(|s| !s.is_empty()).map(str::to_owned),
             client_ip: web.addresses.client_ip(&parts.headers, peer),
-            https: platform::session::is_https(&parts.headers, &parts.uri),
+            https: httpkit::session::is_https(&parts.headers, &parts.uri),
             request_id: parts.headers.get("x-request-id").cloned(),
             csrf,
             path: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use contract::api::{CreatePayment, PaymentBody};
 use contract::error::ErrorItem;
-use platform::error::{ApiError, ApiResult, Json};
-use platform::session::RequireUser;
+use httpkit::error::{ApiError, ApiResult, Json};
+use httpkit::session::RequireUser;
 use uuid::Uuid;
 
 use crate::charges::PaymentService;

@@ -8,6 +8,8 @@ pub mod stripe_standin;
 use contract::events::{
     ContractEvent, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated, PricedTicketRef, TicketRef,
 };
+use httpkit::session::SessionKeys;
+use httpkit::settings::Settings;
 use payments::domain::ChargeAttempt;
 use payments::gateway::{Charge, ChargeRequest, GatewayError, Refund, RefundRequest};
 use payments::{Gateway, PaymentService, PaymentsSettings};
@@ -16,8 +18,6 @@ use platform::bus::nats::NatsBus;
 use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
 use platform::envelope::ToEvent;
 use platform::service::Context;
-use platform::session::SessionKeys;
-use platform::settings::Settings;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -75,7 +75,7 @@ impl Stand {
         tweak: impl FnOnce(&mut PaymentsSettings),
     ) -> Self {
         if std::env::var_os("RUST_LOG").is_some() {
-            platform::telemetry::init(platform::settings::LogFormat::Human);
+            httpkit::telemetry::init(httpkit::settings::LogFormat::Human);
         }
         let dir = TempDir::new();
         let mut settings = testkit::settings();
@@ -233,7 +233,7 @@ async fn launch(
     let stop = service.clone();
     let mut tasks = started.tasks;
     tasks.push(tokio::spawn(async move {
-        platform::http::serve(listener, started.router, async move { stop.cancelled().await }).await.unwrap();
+        httpkit::http::serve(listener, started.router, async move { stop.cancelled().await }).await.unwrap();
     }));
     (base, payments, tasks)
 }

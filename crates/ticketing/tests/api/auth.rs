@@ -211,7 +211,7 @@ async fn current_user_treats_bad_tokens_as_anonymous(backend: Backend) {
         }
     }
     // An expired token, signed with the right key, is anonymous too.
-    let expired = platform::session::SessionKeys::new(
+    let expired = httpkit::session::SessionKeys::new(
         app.args.settings.jwt_key.as_ref().unwrap().as_bytes(),
         time::Duration::seconds(-60),
     )

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use contract::events::{ContractEvent, PaymentCreated};
+use httpkit::session::SessionKeys;
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{BusError, DynHandler, Event, EventBus, RetryPolicy};
 use platform::service::Context;
-use platform::session::SessionKeys;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::{Backend, TempDir, on_both_backends};
@@ -34,7 +34,7 @@ on_both_backends!(
 
 /// Amounts (minor units) and statuses of the payments recorded for an order, from the
 /// payments service's own database.
-async fn charged(settings: &platform::settings::Settings, order_id: &str) -> Vec<(i64, String)> {
+async fn charged(settings: &httpkit::settings::Settings, order_id: &str) -> Vec<(i64, String)> {
     let db = crate::service_db::service_db(settings, payments::NAME, &payments::MIGRATOR).await;
     let rows = sqlx::query_as("SELECT amount, status FROM payments WHERE order_id = $1 ORDER BY created_at")
         .bind(order_id)
@@ -255,7 +255,7 @@ async fn a_payment_accepted_in_time_wins_over_an_expiry_processed_first(backend:
         tasks.extend(service.tasks);
     }
     let stop = shutdown.clone();
-    let server = tokio::spawn(platform::http::serve(listener, router, async move { stop.cancelled().await }));
+    let server = tokio::spawn(httpkit::http::serve(listener, router, async move { stop.cancelled().await }));
 
     let (seller, buyer, other) = (new_user_at(&base).await, new_user_at(&base).await, new_user_at(&base).await);
     let mut outcomes = Vec::new();

@@ -281,10 +281,10 @@ async fn alerts_and_dashboard_use_series_the_processes_export() {
     let app = spawn_observed(Backend::Embedded).await;
     // A family shows in a scrape once it has a series: give each one a series, so the scrape
     // lists every name the processes register.
-    let m = platform::metrics::metrics();
-    let event = platform::metrics::EventLabels { group: "probe".into(), kind: "probe".into() };
-    let group = platform::metrics::GroupLabels { group: "probe".into() };
-    let http = platform::metrics::HttpLabels { route: "/probe".into(), method: "GET".into(), status: 200 };
+    let m = httpkit::metrics::metrics();
+    let event = httpkit::metrics::EventLabels { group: "probe".into(), kind: "probe".into() };
+    let group = httpkit::metrics::GroupLabels { group: "probe".into() };
+    let http = httpkit::metrics::HttpLabels { route: "/probe".into(), method: "GET".into(), status: 200 };
     drop(m.http_requests.get_or_create(&http));
     drop(m.http_request_duration.get_or_create(&http));
     for family in [&m.events_handled, &m.events_failed, &m.events_redelivered, &m.events_parked] {
@@ -293,7 +293,7 @@ async fn alerts_and_dashboard_use_series_the_processes_export() {
     drop(m.event_handling_duration.get_or_create(&group));
     drop(m.event_lag.get_or_create(&group));
     drop(m.consumer_lag.get_or_create(&group));
-    drop(m.payments_charges.get_or_create(&platform::metrics::OutcomeLabels { outcome: "charged" }));
+    drop(m.payments_charges.get_or_create(&httpkit::metrics::OutcomeLabels { outcome: "charged" }));
     let text = scrape(&app).await;
     app.stop().await;
     let exported: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next()).collect();

@@ -103,7 +103,7 @@ async fn forged_forwarded_for_does_not_dodge_the_per_client_limit() {
     let response = app
         .client()
         .post(app.url("/api/users/signin"))
-        .header(platform::client_addr::SIGNED_HEADER, "198.51.100.99;1700000000;00ff")
+        .header(httpkit::client_addr::SIGNED_HEADER, "198.51.100.99;1700000000;00ff")
         .json(&json!({"email": "x@example.com", "password": "wrong-password"}))
         .send()
         .await

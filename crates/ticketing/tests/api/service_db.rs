@@ -4,7 +4,7 @@
 /// A service's own database, as the marketplace with these settings uses it (one connection),
 /// for tests that look at what a service stored.
 pub async fn service_db(
-    settings: &platform::settings::Settings,
+    settings: &httpkit::settings::Settings,
     service: &str,
     migrator: &'static sqlx::migrate::Migrator,
 ) -> platform::db::Db {

@@ -147,7 +147,7 @@ async fn a_redelivered_revocation_changes_nothing_and_each_service_keeps_its_own
     let app = spawn_app(backend).await;
     let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
     let (id, token) = sign_up(&app, &email).await;
-    let keys = platform::session::SessionKeys::new(
+    let keys = httpkit::session::SessionKeys::new(
         app.args.settings.jwt_key.as_ref().unwrap().as_bytes(),
         time::Duration::hours(1),
     );

@@ -89,7 +89,7 @@ async fn calls_carry_the_visitors_session_and_address_and_nothing_else_of_theirs
     for request in &seen {
         assert_eq!(request.headers[header::COOKIE], "session=the-jwt", "only the session cookie goes to the API");
         assert!(request.headers.get("x-forwarded-for").is_none(), "the API believes no X-Forwarded-For");
-        let signed = request.headers[platform::client_addr::SIGNED_HEADER].to_str().unwrap();
+        let signed = request.headers[httpkit::client_addr::SIGNED_HEADER].to_str().unwrap();
         assert!(signed.starts_with("127.0.0.1;"), "the visitor's address, signed: {signed}");
         assert_eq!(request.headers["x-request-id"], "req-123", "logs of both sides line up");
         assert!(request.headers.get("x-forwarded-proto").is_none());
@@ -239,7 +239,7 @@ async fn the_visitor_address_is_taken_from_trusted_proxies_only_and_signed_for_t
     let signed_address = |api: &FakeApi| {
         let seen = api.requests();
         let last = seen.last().expect("the API was called");
-        let value = last.headers[platform::client_addr::SIGNED_HEADER].to_str().unwrap().to_owned();
+        let value = last.headers[httpkit::client_addr::SIGNED_HEADER].to_str().unwrap().to_owned();
         value.split(';').next().unwrap().to_owned()
     };
     let visit = |app: &apptest::TestApp, forwarded: &'static str| {

@@ -21,9 +21,9 @@ fn router() -> Router {
         api_timeout: Duration::from_secs(2),
         currency: Currency::new("usd"),
         stripe_publishable_key: None,
-        addresses: platform::client_addr::ClientAddresses::new(
+        addresses: httpkit::client_addr::ClientAddresses::new(
             Vec::new(),
-            Arc::new(platform::session::SessionKeys::new(b"router test key", time::Duration::hours(1))),
+            Arc::new(httpkit::session::SessionKeys::new(b"router test key", time::Duration::hours(1))),
         ),
         max_body_bytes: 16 * 1024,
     })

@@ -6,6 +6,9 @@
 //! where things happen (HTTP middleware, the consumer adapter, the outbox relay, timers,
 //! payments); what lives in tables (outbox backlog, parked events, refunds owed) is sampled
 //! by a query when Prometheus scrapes, so it is right even when another instance did the work.
+//! The registry is here, in the HTTP layer, because the HTTP middleware and the admin port are
+//! its first users and the runtime (`platform`) builds on this crate; the runtime records its
+//! series into the same registry and registers its database samplers with [`sample_with`].
 //! `docs/operations.md` says what each series means and what to do about it.
 
 use std::sync::atomic::AtomicU64;
@@ -228,48 +231,6 @@ pub fn sample_with(until: CancellationToken, sample: impl Fn() -> BoxFuture<'sta
     let mut samplers = SAMPLERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     samplers.retain(|(token, _)| !token.is_cancelled());
     samplers.push((until, Arc::new(sample)));
-}
-
-/// Samples the database-backed gauges of `service`'s database at each scrape: pool, outbox
-/// backlog, parked events.
-pub fn sample_database(until: CancellationToken, service: &str, db: &crate::db::Db) {
-    let service = service.to_owned();
-    let db = db.clone();
-    sample_with(until, move || {
-        let service = service.clone();
-        let db = db.clone();
-        Box::pin(async move {
-            let m = metrics();
-            let size = i64::from(db.pool.size());
-            let idle = db.pool.num_idle() as i64;
-            m.db_pool_connections.get_or_create(&PoolLabels { service: service.clone(), state: "idle" }).set(idle);
-            m.db_pool_connections
-                .get_or_create(&PoolLabels { service: service.clone(), state: "in_use" })
-                .set((size - idle).max(0));
-            m.db_pool_max
-                .get_or_create(&ServiceLabels { service: service.clone() })
-                .set(i64::from(db.pool.options().get_max_connections()));
-            if let Err(err) = sample_tables(&db, &service).await {
-                tracing::debug!(%service, error = %err, "cannot sample the outbox and parked events");
-            }
-        })
-    });
-}
-
-async fn sample_tables(db: &crate::db::Db, service: &str) -> Result<(), sqlx::Error> {
-    use sqlx::Row;
-    let m = metrics();
-    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox").fetch_one(db.reader()).await?;
-    let pending: i64 = row.try_get("n")?;
-    let oldest: Option<i64> = row.try_get("oldest")?;
-    let labels = ServiceLabels { service: service.to_owned() };
-    m.outbox_pending.get_or_create(&labels).set(pending);
-    let age = oldest.map_or(0.0, |at| (crate::db::now_millis() - at).max(0) as f64 / 1000.0);
-    m.outbox_oldest_age.get_or_create(&labels).set(age);
-    let parked: i64 =
-        sqlx::query("SELECT COUNT(*) AS n FROM parked_events").fetch_one(db.reader()).await?.try_get("n")?;
-    m.parked_events.get_or_create(&GroupLabels { group: service.to_owned() }).set(parked);
-    Ok(())
 }
 
 /// Runs the samplers (each at most 2 s) and renders every series in the text format.

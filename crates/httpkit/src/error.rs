@@ -103,18 +103,31 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A database error: 503 while the database cannot be reached, 500 for anything else, the
+/// cause logged either way. Here rather than beside the database code because neither the error
+/// type nor `ApiError` would be that crate's own (the orphan rule); behind the `sqlx` feature
+/// so that a server without a database (the web pages) links no database driver.
+#[cfg(feature = "sqlx")]
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if crate::db::is_unavailable(&err) { Self::Unavailable(err.into()) } else { Self::Unexpected(err.into()) }
+        if is_database_unavailable(&err) { Self::Unavailable(err.into()) } else { Self::Unexpected(err.into()) }
     }
+}
+
+/// True when the error means the database is unreachable rather than the query being wrong.
+#[cfg(feature = "sqlx")]
+pub fn is_database_unavailable(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> Self {
-        match err.downcast::<sqlx::Error>() {
-            Ok(sql) => sql.into(),
-            Err(other) => Self::Unexpected(other),
-        }
+        #[cfg(feature = "sqlx")]
+        let err = match err.downcast::<sqlx::Error>() {
+            Ok(sql) => return sql.into(),
+            Err(other) => other,
+        };
+        Self::Unexpected(err)
     }
 }
 

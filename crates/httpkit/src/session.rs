@@ -6,10 +6,11 @@
 //! put there by [`crate::http::service_router`], so services need no extra state for this.
 //!
 //! Every token carries a session id (`jti`, a UUIDv7). The extractors also refuse a token whose
-//! session was revoked (signed out): they look it up in the service's own revoked-session list,
-//! [`crate::revocation::RevokedSessions`], which the service puts on its API router. A token
-//! without a `jti` (issued before sessions could be revoked) is anonymous, since it could never
-//! be signed out.
+//! session was revoked (signed out): they ask the router's [`RevocationCheck`], which
+//! [`crate::http::service_router`] installs beside the keys. The list itself is stored data
+//! (`platform::revocation`, kept in each service's own database), so this layer knows it only
+//! through that trait and links no database. A token without a `jti` (issued before sessions
+//! could be revoked) is anonymous, since it could never be signed out.
 
 use std::sync::Arc;
 
@@ -17,15 +18,25 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use cookie::{Cookie, SameSite};
+use futures::future::BoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::revocation::RevokedSessions;
 
 pub const COOKIE_NAME: &str = "session";
+
+/// Whether a session was signed out: asked on every request that carries a valid token.
+pub trait RevocationCheck: Send + Sync {
+    /// Whether session `id` (a token's `jti`) was revoked. An error is the client's answer (a
+    /// 503 while the list cannot be read), since the request cannot be trusted meanwhile.
+    fn is_revoked(&self, id: Uuid) -> BoxFuture<'_, Result<bool, ApiError>>;
+}
+
+/// The revocation check a router's extractors consult, as its request extension.
+pub type Revocations = Arc<dyn RevocationCheck>;
 
 /// What a session token says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,10 +223,10 @@ async fn signed_in_user(parts: &Parts) -> Result<Option<CurrentUser>, ApiError> 
     let Some(claims) = keys(parts)?.user_from_headers(&parts.headers) else {
         return Ok(None);
     };
-    let revoked = parts.extensions.get::<RevokedSessions>().ok_or_else(|| {
+    let revocations = parts.extensions.get::<Revocations>().ok_or_else(|| {
         ApiError::Unexpected(anyhow::anyhow!("the revoked-session list is not installed on this router"))
     })?;
-    if revoked.contains(claims.jti).await? {
+    if revocations.is_revoked(claims.jti).await? {
         tracing::debug!(session_id = %claims.jti, "revoked session token refused");
         return Ok(None);
     }

@@ -18,7 +18,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
-use crate::session::SessionKeys;
+use crate::session::{Revocations, SessionKeys};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -31,6 +31,16 @@ pub struct ReadinessCheck {
     /// tickets or orders unready: their writes wait in the outbox, so they can still serve.
     pub required: bool,
     pub probe: Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>,
+}
+
+/// A started service: its routes, what `/readyz` must check, and its background loops. The
+/// binary merges the routers of the services it runs into one app and waits for their loops
+/// after shutdown.
+pub struct Service {
+    pub name: &'static str,
+    pub router: Router,
+    pub checks: Vec<ReadinessCheck>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What `/readyz` answers: "starting" until the process's services have started (they wait for
@@ -128,13 +138,16 @@ impl Readiness {
     }
 }
 
-/// Wraps a service's API routes with what every service needs. Services set no fallback:
-/// routers of several services are merged into one app, which answers unknown paths.
-pub fn service_router(api: Router, keys: Arc<SessionKeys>, max_body_bytes: usize) -> Router {
+/// Wraps a service's API routes with what every service needs: the session keys and the
+/// revoked-session list its extractors consult (see [`crate::session`]), the error envelope,
+/// the body limit. Services set no fallback: routers of several services are merged into one
+/// app, which answers unknown paths.
+pub fn service_router(api: Router, keys: Arc<SessionKeys>, revocations: Revocations, max_body_bytes: usize) -> Router {
     api.layer(middleware::from_fn(envelope_for_bare_errors))
         .layer(middleware::from_fn(no_store_when_personal))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(keys))
+        .layer(axum::Extension(revocations))
 }
 
 /// Marks the answers of the health endpoints, so their request logs stay at debug: probes
@@ -647,6 +660,53 @@ mod tests {
         assert!(response.headers().contains_key("x-request-id"));
         let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], br#"{"errors":[{"message":"Something went wrong"}]}"#);
+    }
+
+    /// What the session extractors of a service router do with its `RevocationCheck`: a
+    /// revoked session is anonymous (401 where a user is required), and a list that cannot be
+    /// read refuses the request with the check's own answer (503 with `Retry-After`).
+    #[tokio::test]
+    async fn the_service_router_asks_its_revocation_check_about_every_session() {
+        use crate::session::{RequireUser, RevocationCheck};
+
+        /// Revoked: the sessions listed; `None` stands for a list that cannot be read.
+        struct Listed(Option<Vec<uuid::Uuid>>);
+
+        impl RevocationCheck for Listed {
+            fn is_revoked(&self, id: uuid::Uuid) -> BoxFuture<'_, Result<bool, ApiError>> {
+                Box::pin(async move {
+                    match &self.0 {
+                        Some(revoked) => Ok(revoked.contains(&id)),
+                        None => Err(ApiError::Unavailable(anyhow::anyhow!("revoked sessions unreadable"))),
+                    }
+                })
+            }
+        }
+
+        let keys = Arc::new(SessionKeys::new(b"revocation test key", time::Duration::hours(1)));
+        let ask = |check: Listed, token: String| {
+            let api = Router::new().route("/me", get(|RequireUser(user): RequireUser| async move { user.email }));
+            let app = service_router(api, keys.clone(), Arc::new(check), 1024);
+            async move {
+                let request = Request::get("/me").header("authorization", format!("Bearer {token}"));
+                let response = app.oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+                let (status, retry_after) = (response.status(), response.headers().contains_key("retry-after"));
+                let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+                (status, retry_after, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        let signed_out = keys.issue(uuid::Uuid::new_v4(), "out@b.co").unwrap();
+        let signed_in = keys.issue(uuid::Uuid::new_v4(), "in@b.co").unwrap();
+        let revoked = Some(vec![keys.verify(&signed_out).unwrap().jti]);
+
+        assert_eq!(
+            ask(Listed(revoked.clone()), signed_in.clone()).await,
+            (StatusCode::OK, false, "in@b.co".to_owned())
+        );
+        let (status, _, body) = ask(Listed(revoked), signed_out).await;
+        assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, r#"{"errors":[{"message":"Not authorized"}]}"#));
+        let (status, retry_after, _) = ask(Listed(None), signed_in).await;
+        assert_eq!((status, retry_after), (StatusCode::SERVICE_UNAVAILABLE, true));
     }
 
     /// A background loop that dies makes `/healthz` answer 503 with the service's name; one
