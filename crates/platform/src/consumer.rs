@@ -165,7 +165,7 @@ impl<H: EventHandler> Handler for Consumer<H> {
         let event = &delivery.event;
         let span = event_span(&self.name, &delivery);
         // Events this handler writes to the outbox carry the same trace id on.
-        crate::telemetry::with_trace_id(event.trace_id.clone(), self.handle_in_span(&delivery)).instrument(span).await
+        httpkit::telemetry::with_trace_id(event.trace_id.clone(), self.handle_in_span(&delivery)).instrument(span).await
     }
 
     async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Outcome> {
@@ -211,7 +211,7 @@ impl<H: EventHandler> Consumer<H> {
                     tracing::debug!("duplicate event ignored");
                     return Ok(());
                 }
-                crate::telemetry::with_trace_id(event.trace_id.clone(), self.handler.apply(&mut tx, event)).await
+                httpkit::telemetry::with_trace_id(event.trace_id.clone(), self.handler.apply(&mut tx, event)).await
             }
             .instrument(event_span(&self.name, delivery))
             .await;
@@ -226,21 +226,21 @@ impl<H: EventHandler> Consumer<H> {
     }
 
     /// Counts a delivery's handling, whatever came of it; returns the labels of its other counts.
-    fn observe(&self, delivery: &Delivery, seconds: f64) -> crate::metrics::EventLabels {
-        let m = crate::metrics::metrics();
-        let labels = crate::metrics::EventLabels { group: self.name.clone(), kind: delivery.event.kind.clone() };
+    fn observe(&self, delivery: &Delivery, seconds: f64) -> httpkit::metrics::EventLabels {
+        let m = httpkit::metrics::metrics();
+        let labels = httpkit::metrics::EventLabels { group: self.name.clone(), kind: delivery.event.kind.clone() };
         if delivery.attempt > 1 {
             m.events_redelivered.get_or_create(&labels).inc();
         }
-        let group = crate::metrics::GroupLabels { group: self.name.clone() };
+        let group = httpkit::metrics::GroupLabels { group: self.name.clone() };
         m.event_handling_duration.get_or_create(&group).observe(seconds);
         labels
     }
 
     /// Counts and logs (in the caller's span) an event whose effect committed.
-    fn applied(&self, delivery: &Delivery, labels: &crate::metrics::EventLabels) -> Outcome {
-        let m = crate::metrics::metrics();
-        let group = crate::metrics::GroupLabels { group: self.name.clone() };
+    fn applied(&self, delivery: &Delivery, labels: &httpkit::metrics::EventLabels) -> Outcome {
+        let m = httpkit::metrics::metrics();
+        let group = httpkit::metrics::GroupLabels { group: self.name.clone() };
         let lag = (time::OffsetDateTime::now_utc() - delivery.event.occurred_at).as_seconds_f64().max(0.0);
         m.events_handled.get_or_create(labels).inc();
         m.event_lag.get_or_create(&group).observe(lag);
@@ -251,7 +251,7 @@ impl<H: EventHandler> Consumer<H> {
 
     async fn handle_in_span(&self, delivery: &Delivery) -> Outcome {
         let event = &delivery.event;
-        let m = crate::metrics::metrics();
+        let m = httpkit::metrics::metrics();
         let started = std::time::Instant::now();
         let processed = self.process(event).await;
         let labels = self.observe(delivery, started.elapsed().as_secs_f64());

@@ -23,8 +23,3 @@ pub mod retention;
 pub mod revocation;
 pub mod service;
 pub mod worker;
-
-// The runtime records into the HTTP layer's metrics registry, carries its trace ids across the
-// bus and reads its stream settings from the process's settings; these private imports let the
-// runtime's modules name them `crate::metrics`, `crate::telemetry`, `crate::settings`.
-use httpkit::{metrics, settings, telemetry};

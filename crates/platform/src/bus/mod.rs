@@ -32,7 +32,7 @@ pub struct Event {
     pub occurred_at: OffsetDateTime,
     pub data: serde_json::Value,
     /// The request id of the HTTP request that caused this event, directly or through other
-    /// events ([`crate::telemetry::current_trace_id`]). Absent from events written before it
+    /// events ([`httpkit::telemetry::current_trace_id`]). Absent from events written before it
     /// existed.
     #[serde(rename = "traceId", default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -47,7 +47,7 @@ impl Event {
             kind: kind.to_owned(),
             occurred_at: OffsetDateTime::now_utc(),
             data,
-            trace_id: crate::telemetry::current_trace_id(),
+            trace_id: httpkit::telemetry::current_trace_id(),
         }
     }
 

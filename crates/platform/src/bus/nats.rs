@@ -76,7 +76,7 @@ pub struct StreamSettings {
     pub max_age: Duration,
     /// -1: unlimited.
     pub max_bytes: i64,
-    pub storage: crate::settings::StreamStorage,
+    pub storage: httpkit::settings::StreamStorage,
 }
 
 impl StreamSettings {
@@ -87,7 +87,7 @@ impl StreamSettings {
             replicas: 1,
             max_age: Duration::ZERO,
             max_bytes: -1,
-            storage: crate::settings::StreamStorage::File,
+            storage: httpkit::settings::StreamStorage::File,
         }
     }
 }
@@ -193,8 +193,8 @@ impl NatsBus {
             name: stream.name,
             subjects: vec![format!("{prefix}.>")],
             storage: match stream.storage {
-                crate::settings::StreamStorage::File => StorageType::File,
-                crate::settings::StreamStorage::Memory => StorageType::Memory,
+                httpkit::settings::StreamStorage::File => StorageType::File,
+                httpkit::settings::StreamStorage::Memory => StorageType::Memory,
             },
             num_replicas: stream.replicas,
             max_age: stream.max_age,
