@@ -12,12 +12,14 @@
 //! - [`openapi`]: what the API description says alike for every service;
 //! - [`revocation`]: the revoked-session list every authenticating service keeps;
 //! - [`worker`]: the one background loop (relay, timers, reconciler, retention);
+//! - [`clock`]: the wall clock reservation windows are measured on, which tests move by hand;
 //! - [`retention`]: deleting what only grows;
 //! - [`http`], [`telemetry`], [`metrics`]: the HTTP surface, logs and metrics every service
 //!   shares.
 
 pub mod bus;
 pub mod client_addr;
+pub mod clock;
 pub mod consumer;
 pub mod db;
 pub mod envelope;

@@ -174,6 +174,11 @@ pub struct Settings {
     /// must not be reachable through the public ingress, so it has its own port.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// The clock reservation windows are measured on: the system's, unless a test set its own
+    /// (see [`crate::clock`]). Not a flag.
+    #[arg(skip)]
+    pub clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for Settings {
@@ -212,6 +217,7 @@ impl std::fmt::Debug for Settings {
             .field("http_body_read_timeout_seconds", &self.http_body_read_timeout_seconds)
             .field("http_max_connections", &self.http_max_connections)
             .field("metrics_addr", &self.metrics_addr)
+            .field("clock", &self.clock)
             .finish()
     }
 }
