@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use contract::api::{NewOrder, OrderBody, OrderTicketBody, RefundBody, RefundStatus};
 use contract::money::Currency;
-use platform::db::{from_millis, is_unique_violation, now_millis};
+use platform::db::{from_millis, is_unique_violation};
 use platform::error::{ApiError, ApiResult, IdPath, Json};
 use platform::session::RequireUser;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub async fn create_order(
         return Err(ApiError::bad_request(OWN_TICKET));
     }
     // Whole milliseconds, as stored, so every later read shows the same instant.
-    let expires_at = from_millis(now_millis().saturating_add(state.expiration_millis));
+    let expires_at = from_millis(state.clock.now_millis().saturating_add(state.expiration_millis));
     let order = Order::new(user.id, &ticket, expires_at);
     // A ticket already seen held is answered at once, without waiting for the write lock
     // behind the race's winner (a flash sale's losers). Seen free is no promise: the partial
