@@ -3,9 +3,13 @@
 //!
 //! A crate of its own, rather than a file of ticketing's tests, so that ticketing's tests and
 //! web's (which check the pages against the real API) share it as an ordinary dependency.
+//!
+//! Reservation windows: a test that needs one to end spawns the app [`on_manual_clock`] and
+//! ends it with [`TestApp::end_window`], instead of setting a short window and waiting for it.
 
 use std::time::Duration;
 
+use platform::clock::{Clock, ManualClock};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::{Backend, TempDir};
@@ -47,6 +51,13 @@ pub async fn test_args(backend: Backend, data_dir: &TempDir) -> ServeArgs {
     args
 }
 
+/// Has the marketplace measure reservation windows on a clock of the test's (see
+/// [`platform::clock`]): pass it to [`spawn_app_with`], then move it with [`TestApp::clock`] or
+/// [`TestApp::end_window`].
+pub fn on_manual_clock(args: &mut ServeArgs) {
+    args.settings.clock = ManualClock::starting_now().into();
+}
+
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
@@ -80,6 +91,21 @@ impl TestApp {
     /// A browser-like client: keeps cookies.
     pub fn client(&self) -> reqwest::Client {
         reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client builds")
+    }
+
+    /// The clock the marketplace measures reservation windows on; it must have been spawned
+    /// [`on_manual_clock`].
+    pub fn clock(&self) -> ManualClock {
+        match &self.args.settings.clock {
+            Clock::Manual(clock) => clock.clone(),
+            Clock::System => panic!("the marketplace runs on the system clock: spawn it with apptest::on_manual_clock"),
+        }
+    }
+
+    /// Moves the marketplace's clock just past `order`'s `expiresAt`: its reservation window has
+    /// ended, for the expiration timers (due at `expiresAt`) and for payments (refused after it).
+    pub fn end_window(&self, order: &Value) {
+        self.clock().advance_to(expires_at_millis(order) + 1);
     }
 
     /// Stops the marketplace and starts it again on the same storage and bus.
@@ -124,6 +150,14 @@ impl TestApp {
     pub async fn sign_up(&self, email: &str, password: &str) -> User {
         sign_up_at(&self.base, email, password).await
     }
+}
+
+/// An order's `expiresAt`, in milliseconds since the epoch.
+pub fn expires_at_millis(order: &Value) -> i64 {
+    let expires_at = order["expiresAt"].as_str().unwrap_or_else(|| panic!("no expiresAt in {order}"));
+    let expires_at = time::OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|err| panic!("expiresAt {expires_at} is not RFC 3339: {err}"));
+    platform::db::millis(expires_at)
 }
 
 /// Signs up a fresh user on the marketplace at `base`.
