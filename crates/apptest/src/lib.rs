@@ -175,19 +175,25 @@ async fn sign_up_at(base: &str, email: &str, password: &str) -> User {
         .await
         .expect("request sent");
     assert_eq!(response.status(), StatusCode::CREATED, "sign-up of {email}");
+    let token = session_token(&response);
     let body: Value = response.json().await.expect("JSON body");
     User {
         client,
         id: body["id"].as_str().expect("id").to_owned(),
         email: body["email"].as_str().expect("email").to_owned(),
+        token,
         base: base.to_owned(),
     }
 }
 
+/// A signed-up user: a client holding their session cookie, and who they are.
 pub struct User {
     pub client: reqwest::Client,
     pub id: String,
     pub email: String,
+    /// The session token their sign-up set in `client`'s cookie: a copy, for bearer requests
+    /// or a cookie sent by another client.
+    pub token: String,
     base: String,
 }
 
@@ -213,7 +219,6 @@ impl User {
     }
 }
 
-/// Status and JSON body (Null for an empty body).
 /// The `session` token a sign-up or sign-in answer sets.
 pub fn session_token(response: &reqwest::Response) -> String {
     let cookie = response.headers().get(reqwest::header::SET_COOKIE).expect("a session cookie").to_str().unwrap();
@@ -232,6 +237,7 @@ pub async fn sign_in_token(app: &TestApp, email: &str) -> String {
     session_token(&response)
 }
 
+/// Status and JSON body (Null for an empty body).
 pub async fn into_parts(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let bytes = response.bytes().await.expect("body read");
