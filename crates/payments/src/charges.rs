@@ -92,7 +92,8 @@ pub struct PaymentService {
     refund_backoff: Duration,
     /// Wakes the [`Reconciler`] when a refund becomes owed.
     reconcile: Waker,
-    /// The clock an order's `expiresAt` is checked on.
+    /// The clock an order's `expiresAt` is checked on, and owed refunds are scheduled on (their
+    /// lease and the pause before the next try).
     clock: Clock,
 }
 
@@ -355,13 +356,13 @@ impl PaymentService {
     pub async fn refund_due(&self) -> Result<(usize, usize), sqlx::Error> {
         let due = {
             let mut conn = self.db.pool.acquire().await?;
-            store::refunds_due(&mut conn, now_millis(), BATCH).await?
+            store::refunds_due(&mut conn, self.clock.now_millis(), BATCH).await?
         };
         let (mut done, mut tried) = (0, 0);
         for payment in due {
             let claimed = {
                 let mut conn = self.db.pool.acquire().await?;
-                let lease_until = now_millis() + REFUND_LEASE.as_millis() as i64;
+                let lease_until = self.clock.now_millis() + REFUND_LEASE.as_millis() as i64;
                 store::claim_refund(&mut conn, &payment, lease_until).await?
             };
             if !claimed {
@@ -385,7 +386,7 @@ impl PaymentService {
                     store::refund_failed(
                         &mut conn,
                         payment.id,
-                        now_millis() + pause.as_millis() as i64,
+                        self.clock.now_millis() + pause.as_millis() as i64,
                         &err.to_string(),
                     )
                     .await?;

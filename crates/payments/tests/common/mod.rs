@@ -14,6 +14,7 @@ use payments::{Gateway, PaymentService, PaymentsSettings};
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
+use platform::clock::Clock;
 use platform::envelope::ToEvent;
 use platform::service::Context;
 use platform::session::SessionKeys;
@@ -74,6 +75,16 @@ impl Stand {
         gateway: Arc<dyn Gateway>,
         tweak: impl FnOnce(&mut PaymentsSettings),
     ) -> Self {
+        Self::start_on(backend, gateway, tweak, Clock::System).await
+    }
+
+    /// With tweaked settings, measuring windows and refund pauses on `clock`.
+    pub async fn start_on(
+        backend: Backend,
+        gateway: Arc<dyn Gateway>,
+        tweak: impl FnOnce(&mut PaymentsSettings),
+        clock: Clock,
+    ) -> Self {
         if std::env::var_os("RUST_LOG").is_some() {
             platform::telemetry::init(platform::settings::LogFormat::Human);
         }
@@ -84,6 +95,7 @@ impl Stand {
         payments_settings.confirm_wait_millis = 0;
         tweak(&mut payments_settings);
         settings.data_dir = dir.path().to_owned();
+        settings.clock = clock;
         let policy = RetryPolicy {
             backoff: [20, 50, 100, 200].into_iter().map(Duration::from_millis).collect(),
             ..RetryPolicy::default()
