@@ -1,15 +1,16 @@
 //! The wall clock that reservation windows are measured on, injectable so tests can move it.
 //!
 //! A reservation's end is wall time: orders stamps `expiresAt` as now plus the window, the
-//! expiration timers fire what is due now, payments refuses an order past its `expiresAt`.
+//! expiration timers fire what is due now, payments refuses an order past its `expiresAt` (and
+//! spaces out the tries of a refund it owes).
 //! In production all three read the system clock ([`Clock::System`], the default). A test
 //! gives them one [`ManualClock`] instead (through [`crate::settings::Settings::clock`]) and
 //! moves it forward: a 15-minute window ends at once, without waiting a real second, and
 //! "never before `expiresAt`" is checked at the last millisecond rather than on a sleep.
 //!
-//! Only these decisions use it. Bookkeeping instants (when a row was written, retention
-//! cutoffs, leases between instances) stay on [`crate::db::now_millis`]: they do not decide
-//! anything a user would see in a window.
+//! Only these decisions use it (and what is compared with the same "now": a timer's claim
+//! lease, an owed refund's next try). Other instants (when a row was written, retention
+//! cutoffs) stay on [`crate::db::now_millis`]: they decide nothing a user sees in a window.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
