@@ -486,11 +486,11 @@ async fn same_event_published_twice_is_delivered_once(which: Which) {
     let marker = Event::new(KIND, json!({ "n": 2 }));
     publish_all(&*bus, &[twice.clone(), twice.clone(), marker.clone()]).await;
 
-    // One subscriber handles its group's events in order, so by the marker every copy is in.
-    seen.wait_for_id(marker.id, WAIT, "the marker event").await;
+    // Once the bus holds nothing more for the group, every copy that would come has come.
     setup.settled(&group).await;
     assert_eq!(seen.count_of(twice.id), 1, "deliveries: {:?}", seen.all());
-    assert_eq!(seen.ids(), [twice.id, marker.id]);
+    assert_eq!(seen.count_of(marker.id), 1, "deliveries: {:?}", seen.all());
+    assert_eq!(seen.all().len(), 2, "deliveries: {:?}", seen.all());
 
     running.stop().await;
     setup.finish().await;
@@ -600,9 +600,16 @@ async fn every_group_gets_every_event(which: Which) {
     payments.wait_for(5, "the second group's events").await;
     setup.settled(&orders_group).await;
     setup.settled(&payments_group).await;
-    let sent_ids: Vec<Uuid> = sent.iter().map(|event| event.id).collect();
-    assert_eq!(orders.ids(), sent_ids);
-    assert_eq!(payments.ids(), sent_ids);
+    // Each group gets each event once. Not necessarily in publish order: a subscriber runs each
+    // batch it is handed in a task of its own, and events published one by one may come in
+    // several batches.
+    let sorted = |mut ids: Vec<Uuid>| {
+        ids.sort();
+        ids
+    };
+    let sent_ids = sorted(sent.iter().map(|event| event.id).collect());
+    assert_eq!(sorted(orders.ids()), sent_ids);
+    assert_eq!(sorted(payments.ids()), sent_ids);
 
     running_orders.stop().await;
     running_payments.stop().await;
