@@ -3,9 +3,13 @@
 //!
 //! A crate of its own, rather than a file of ticketing's tests, so that ticketing's tests and
 //! web's (which check the pages against the real API) share it as an ordinary dependency.
+//!
+//! Reservation windows: a test that needs one to end spawns the app [`on_manual_clock`] and
+//! ends it with [`TestApp::end_window`], instead of setting a short window and waiting for it.
 
 use std::time::Duration;
 
+use platform::clock::{Clock, ManualClock};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::{Backend, TempDir};
@@ -47,6 +51,13 @@ pub async fn test_args(backend: Backend, data_dir: &TempDir) -> ServeArgs {
     args
 }
 
+/// Has the marketplace measure reservation windows on a clock of the test's (see
+/// [`platform::clock`]): pass it to [`spawn_app_with`], then move it with [`TestApp::clock`] or
+/// [`TestApp::end_window`].
+pub fn on_manual_clock(args: &mut ServeArgs) {
+    args.clock = ManualClock::starting_now().into();
+}
+
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
@@ -80,6 +91,21 @@ impl TestApp {
     /// A browser-like client: keeps cookies.
     pub fn client(&self) -> reqwest::Client {
         reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client builds")
+    }
+
+    /// The clock the marketplace measures reservation windows on; it must have been spawned
+    /// [`on_manual_clock`].
+    pub fn clock(&self) -> ManualClock {
+        match &self.args.clock {
+            Clock::Manual(clock) => clock.clone(),
+            Clock::System => panic!("the marketplace runs on the system clock: spawn it with apptest::on_manual_clock"),
+        }
+    }
+
+    /// Moves the marketplace's clock just past `order`'s `expiresAt`: its reservation window has
+    /// ended, for the expiration timers (due at `expiresAt`) and for payments (refused after it).
+    pub fn end_window(&self, order: &Value) {
+        self.clock().advance_to(expires_at_millis(order) + 1);
     }
 
     /// Stops the marketplace and starts it again on the same storage and bus.
@@ -126,6 +152,14 @@ impl TestApp {
     }
 }
 
+/// An order's `expiresAt`, in milliseconds since the epoch.
+pub fn expires_at_millis(order: &Value) -> i64 {
+    let expires_at = order["expiresAt"].as_str().unwrap_or_else(|| panic!("no expiresAt in {order}"));
+    let expires_at = time::OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|err| panic!("expiresAt {expires_at} is not RFC 3339: {err}"));
+    platform::db::millis(expires_at)
+}
+
 /// Signs up a fresh user on the marketplace at `base`.
 pub async fn new_user_at(base: &str) -> User {
     sign_up_at(base, &format!("{}@example.com", uuid::Uuid::new_v4().simple()), "correct horse battery").await
@@ -141,19 +175,25 @@ async fn sign_up_at(base: &str, email: &str, password: &str) -> User {
         .await
         .expect("request sent");
     assert_eq!(response.status(), StatusCode::CREATED, "sign-up of {email}");
+    let token = session_token(&response);
     let body: Value = response.json().await.expect("JSON body");
     User {
         client,
         id: body["id"].as_str().expect("id").to_owned(),
         email: body["email"].as_str().expect("email").to_owned(),
+        token,
         base: base.to_owned(),
     }
 }
 
+/// A signed-up user: a client holding their session cookie, and who they are.
 pub struct User {
     pub client: reqwest::Client,
     pub id: String,
     pub email: String,
+    /// The session token their sign-up set in `client`'s cookie: a copy, for bearer requests
+    /// or a cookie sent by another client.
+    pub token: String,
     base: String,
 }
 
@@ -179,7 +219,6 @@ impl User {
     }
 }
 
-/// Status and JSON body (Null for an empty body).
 /// The `session` token a sign-up or sign-in answer sets.
 pub fn session_token(response: &reqwest::Response) -> String {
     let cookie = response.headers().get(reqwest::header::SET_COOKIE).expect("a session cookie").to_str().unwrap();
@@ -198,6 +237,7 @@ pub async fn sign_in_token(app: &TestApp, email: &str) -> String {
     session_token(&response)
 }
 
+/// Status and JSON body (Null for an empty body).
 pub async fn into_parts(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let bytes = response.bytes().await.expect("body read");

@@ -6,7 +6,8 @@
 //! instances running and even if the window ended while the service was down; orders then
 //! cancels the order if it is still unpaid. Expiration has no HTTP API of its own.
 //!
-//! A timer never fires before `expiresAt`. It fires within a few milliseconds after when
+//! A timer never fires before `expiresAt` on the settings' clock (the system's, or a test's
+//! [`platform::clock::ManualClock`], whose moves wake the loop). It fires within a few milliseconds after when
 //! the loop was sleeping on it, and within `EXPIRATION_POLL_MILLIS` when another instance
 //! scheduled it (or after a restart).
 //!
@@ -48,7 +49,9 @@ pub struct ExpirationSettings {
 pub async fn start(ctx: &Context, settings: &ExpirationSettings) -> anyhow::Result<Service> {
     let db = ctx.database(NAME, &MIGRATOR).await?;
     let (outbox, relay) = ctx.start_outbox_relay(&db);
-    let timers = TimerLoop::new(db.clone(), outbox.clone(), Duration::from_millis(settings.expiration_poll_millis));
+    let clock = ctx.clock.clone();
+    let timers =
+        TimerLoop::new(db.clone(), outbox.clone(), clock, Duration::from_millis(settings.expiration_poll_millis));
     let handler = events::WakeTimersAfter {
         consumer: Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox)),
         timers: timers.waker(),
@@ -63,10 +66,12 @@ pub async fn start(ctx: &Context, settings: &ExpirationSettings) -> anyhow::Resu
 /// Counts, at each scrape, the timers that are due and not fired yet.
 fn sample_due_timers(ctx: &Context, db: &platform::db::Db) {
     let db = db.clone();
+    let clock = ctx.clock.clone();
     httpkit::metrics::sample_with(ctx.shutdown.clone(), move || {
         let db = db.clone();
+        let now = clock.now_millis();
         Box::pin(async move {
-            let due = async { store::due_count(&mut *db.pool.acquire().await?, platform::db::now_millis()).await };
+            let due = async { store::due_count(&mut *db.pool.acquire().await?, now).await };
             let due: Result<i64, sqlx::Error> = due.await;
             match due {
                 Ok(due) => {

@@ -14,7 +14,8 @@
 
 use crate::store;
 use anyhow::Context as _;
-use platform::db::{Db, now_millis};
+use platform::clock::Clock;
+use platform::db::Db;
 use platform::outbox::OutboxWaker;
 use platform::worker::{Job, Step, Worker};
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub struct TimerLoop {
     outbox: OutboxWaker,
     waker: TimerWaker,
     max_sleep: Duration,
+    /// What is due is due on this clock.
+    clock: Clock,
 }
 
 #[async_trait::async_trait]
@@ -64,8 +67,12 @@ impl Job for TimerLoop {
 }
 
 impl TimerLoop {
-    pub fn new(db: Db, outbox: OutboxWaker, max_sleep: Duration) -> Self {
-        Self { db, outbox, waker: TimerWaker::default(), max_sleep: max_sleep.max(MIN_SLEEP) }
+    /// A loop firing what is due on `clock`. A manual clock wakes it when moved, as a new
+    /// timer does.
+    pub fn new(db: Db, outbox: OutboxWaker, clock: Clock, max_sleep: Duration) -> Self {
+        let waker = TimerWaker::default();
+        clock.wake_on_advance(&waker);
+        Self { db, outbox, waker, max_sleep: max_sleep.max(MIN_SLEEP), clock }
     }
 
     /// The handle that wakes this loop.
@@ -89,9 +96,8 @@ impl TimerLoop {
         }
         let pause = match self.next_due_at().await? {
             None => self.max_sleep,
-            Some(at) => {
-                Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0)).clamp(MIN_SLEEP, self.max_sleep)
-            }
+            Some(at) => Duration::from_millis(u64::try_from(at - self.clock.now_millis()).unwrap_or(0))
+                .clamp(MIN_SLEEP, self.max_sleep),
         };
         Ok(pause)
     }
@@ -106,7 +112,7 @@ impl TimerLoop {
                     round.fired += 1;
                     let m = httpkit::metrics::metrics();
                     m.timers_fired.inc();
-                    m.timer_lateness.observe((now_millis() - fire_at).max(0) as f64 / 1000.0);
+                    m.timer_lateness.observe((self.clock.now_millis() - fire_at).max(0) as f64 / 1000.0);
                 }
                 Ok(false) => tracing::debug!(%order_id, "timer already fired or dropped elsewhere"),
                 Err(err) => {
@@ -128,7 +134,7 @@ impl TimerLoop {
 
     /// Leases due timers; returns their order ids and due times.
     async fn claim_due(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let now = now_millis();
+        let now = self.clock.now_millis();
         let lease_until = now + LEASE.as_millis() as i64;
         store::claim_due(&mut *self.db.pool.acquire().await?, now, lease_until, CLAIM_BATCH).await
     }
@@ -154,6 +160,6 @@ impl TimerLoop {
     /// When the loop must look again: the earliest instant a timer becomes claimable (its
     /// `fire_at`, or just after its lease if another instance holds it).
     async fn next_due_at(&self) -> Result<Option<i64>, sqlx::Error> {
-        store::next_due_at(&mut *self.db.pool.acquire().await?, now_millis()).await
+        store::next_due_at(&mut *self.db.pool.acquire().await?, self.clock.now_millis()).await
     }
 }

@@ -1,6 +1,9 @@
 //! The expiration service on its own: order events in, `expiration:complete` out, on both
 //! storage/bus combinations; and the timer loop's exactly-once firing with several instances
 //! sharing one PostgreSQL database.
+//!
+//! One test runs on the system clock with short windows, as production does (the loop sleeps
+//! until the next due time); the others move a [`ManualClock`] instead of waiting real seconds.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -9,6 +12,7 @@ use std::time::Duration;
 use contract::events::{
     ContractEvent, ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PricedTicketRef, TicketRef,
 };
+use expiration::timers::Round;
 use expiration::{ExpirationSettings, MIGRATOR, NAME, TimerLoop};
 use httpkit::http::Service;
 use httpkit::session::SessionKeys;
@@ -16,7 +20,8 @@ use httpkit::settings::Settings;
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
-use platform::db::{Db, database_url, millis, now_millis};
+use platform::clock::{Clock, ManualClock};
+use platform::db::{Db, database_url, from_millis, millis, now_millis};
 use platform::envelope::ToEvent;
 use platform::outbox::OutboxWaker;
 use platform::service::Context;
@@ -33,6 +38,7 @@ struct Stand {
     settings: Settings,
     expiration: ExpirationSettings,
     bus: Arc<dyn EventBus>,
+    clock: Clock,
     _dir: TempDir,
 }
 
@@ -59,7 +65,7 @@ impl Stand {
                 )
             }
         };
-        Self { settings, expiration, bus, _dir: dir }
+        Self { settings, expiration, bus, clock: Clock::System, _dir: dir }
     }
 
     fn context(&self) -> Context {
@@ -68,6 +74,7 @@ impl Stand {
             keys: Arc::new(SessionKeys::new(b"expiration-test-key-expiration-test-key", time::Duration::hours(1))),
             bus: self.bus.clone(),
             shutdown: CancellationToken::new(),
+            clock: self.clock.clone(),
         }
     }
 
@@ -246,6 +253,7 @@ async fn retention_deletes_old_ended_timers_and_processed_events_only(backend: B
     assert_eq!(rows("SELECT COUNT(*) FROM timers").await, 1);
 }
 
+/// On the system clock: the loop sleeps until the window ends and fires within a second after.
 async fn orders_expire_at_their_window_and_only_live_ones(backend: Backend) {
     let stand = Stand::new(backend).await;
     let expirations = stand.collect_expirations().await;
@@ -285,23 +293,24 @@ async fn orders_expire_at_their_window_and_only_live_ones(backend: Backend) {
 }
 
 async fn a_window_that_ends_while_stopped_fires_after_restart(backend: Backend) {
-    let stand = Stand::new(backend).await;
+    let mut stand = Stand::new(backend).await;
+    let clock = ManualClock::starting_now();
+    stand.clock = clock.clone().into();
     let expirations = stand.collect_expirations().await;
     let db = stand.db().await;
     let instance = stand.start().await;
-    let order = order_created(in_millis(2000));
+    let order = order_created(from_millis(clock.now_millis() + 15 * 60_000));
     stand.publish(&order).await;
     eventually(WAIT, "the timer to be scheduled", || async { (timer_count(&db, order.id).await == 1).then_some(()) })
         .await;
     instance.stop().await;
 
-    eventually(WAIT, "the window to end", || async { (OffsetDateTime::now_utc() > order.expires_at).then_some(()) })
-        .await;
+    // The window ends while the service is stopped.
+    clock.advance_to(millis(order.expires_at));
     assert_eq!(expirations.times_seen(order.id), 0, "fired while stopped");
 
     let instance = stand.start().await;
-    let fired_at = expirations.wait_for(order.id).await;
-    assert!(fired_at >= order.expires_at);
+    expirations.wait_for(order.id).await;
     assert_eq!(timer_count(&db, order.id).await, 0);
     instance.stop().await;
     assert_eq!(expirations.times_seen(order.id), 1);
@@ -327,8 +336,8 @@ async fn due_timers_fire_once_across_instances() {
 
     // Rounds driven by hand, raced against each other...
     let loops = [
-        TimerLoop::new(first.clone(), OutboxWaker::default(), Duration::from_secs(1)),
-        TimerLoop::new(second.clone(), OutboxWaker::default(), Duration::from_secs(1)),
+        TimerLoop::new(first.clone(), OutboxWaker::default(), Clock::System, Duration::from_secs(1)),
+        TimerLoop::new(second.clone(), OutboxWaker::default(), Clock::System, Duration::from_secs(1)),
     ];
     let (a, b) = tokio::join!(loops[0].fire_due(), loops[1].fire_due());
     let (a, b) = (a.unwrap(), b.unwrap());
@@ -384,7 +393,7 @@ async fn a_dead_instances_lease_runs_out() {
             .await
             .unwrap();
     }
-    let timers = TimerLoop::new(db.clone(), OutboxWaker::default(), Duration::from_secs(1));
+    let timers = TimerLoop::new(db.clone(), OutboxWaker::default(), Clock::System, Duration::from_secs(1));
     let round = timers.fire_due().await.unwrap();
     assert_eq!((round.claimed, round.fired), (1, 1));
     assert_eq!(timer_count(&db, abandoned).await, 0);
@@ -418,4 +427,39 @@ async fn the_next_wake_up_is_the_earliest_claimable_instant(backend: Backend) {
     assert_eq!(next().await, Some(now + 3_001), "a due timer another instance holds: just after its lease");
     insert(now - 500, 0, "scheduled").await;
     assert_eq!(next().await, Some(now - 500), "a due timer nobody holds: at once");
+}
+
+/// On a manual clock a timer is due at its time and not a millisecond before; moving the clock
+/// wakes a spawned loop that would otherwise sleep until the next due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_is_due_at_its_time_on_the_clock_never_a_millisecond_before() {
+    let url = testkit::fresh_postgres_url().await;
+    let db = Db::connect(&url, NAME, &MIGRATOR).await.unwrap();
+    let clock = ManualClock::starting_now();
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let fire_at = clock.now_millis() + 15 * 60_000;
+    let mut tx = db.begin().await.unwrap();
+    assert!(expiration::store::schedule(&mut tx, first, fire_at).await.unwrap());
+    assert!(expiration::store::schedule(&mut tx, second, fire_at + 60_000).await.unwrap());
+    tx.commit().await.unwrap();
+    let timers = TimerLoop::new(db.clone(), OutboxWaker::default(), clock.clone().into(), Duration::from_secs(3_600));
+
+    clock.advance_to(fire_at - 1);
+    assert_eq!(timers.fire_due().await.unwrap(), Round::default(), "due a millisecond early");
+    assert_eq!(timer_count(&db, first).await, 1);
+    clock.advance_to(fire_at);
+    assert_eq!(timers.fire_due().await.unwrap(), Round { claimed: 1, fired: 1 });
+    assert_eq!(timer_count(&db, first).await, 0);
+
+    // Left alone, the loop sleeps a real minute (until `second` is due on the clock, well past
+    // `WAIT`): only the clock's move can make it fire in time.
+    let shutdown = CancellationToken::new();
+    let task = timers.spawn(shutdown.clone());
+    clock.advance(Duration::from_secs(60));
+    eventually(WAIT, "the woken loop to fire the second timer", || async {
+        (timer_count(&db, second).await == 0).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
 }

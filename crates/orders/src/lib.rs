@@ -16,6 +16,7 @@ use std::sync::Arc;
 use contract::money::Currency;
 use httpkit::http::Service;
 use platform::bus::dyn_handler;
+use platform::clock::Clock;
 use platform::consumer::Consumer;
 use platform::db::Db;
 use platform::outbox::OutboxWaker;
@@ -41,6 +42,8 @@ pub(crate) struct AppState {
     outbox: OutboxWaker,
     currency: Currency,
     expiration_millis: i64,
+    /// What `expiresAt` is counted from.
+    clock: Clock,
 }
 
 /// Starts the orders service: its database, outbox relay, event consumer and routes.
@@ -54,6 +57,7 @@ pub async fn start(ctx: &Context, settings: &OrdersSettings) -> anyhow::Result<S
         outbox,
         currency: Currency::new(&ctx.settings.currency),
         expiration_millis: i64::from(settings.order_expiration_seconds) * 1000,
+        clock: ctx.clock.clone(),
     });
     let (api, _) = api().split_for_parts();
     let api = api.with_state(state);

@@ -12,7 +12,7 @@ use contract::api::{NewOrder, OrderBody, OrderTicketBody, RefundBody, RefundStat
 use contract::money::Currency;
 use httpkit::error::{ApiError, ApiResult, IdPath, Json};
 use httpkit::session::RequireUser;
-use platform::db::{from_millis, is_unique_violation, now_millis};
+use platform::db::{from_millis, is_unique_violation};
 use std::sync::Arc;
 
 /// An order as its buyer sees it, with the ticket it reserves.
@@ -58,7 +58,7 @@ pub async fn create_order(
         return Err(ApiError::bad_request(OWN_TICKET));
     }
     // Whole milliseconds, as stored, so every later read shows the same instant.
-    let expires_at = from_millis(now_millis().saturating_add(state.expiration_millis));
+    let expires_at = from_millis(state.clock.now_millis().saturating_add(state.expiration_millis));
     let order = Order::new(user.id, &ticket, expires_at);
     // A ticket already seen held is answered at once, without waiting for the write lock
     // behind the race's winner (a flash sale's losers). Seen free is no promise: the partial

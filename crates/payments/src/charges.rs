@@ -65,6 +65,7 @@ use crate::gateway::{
 use crate::store;
 use contract::events::OrderStatus;
 use contract::money::Currency;
+use platform::clock::Clock;
 use platform::db::{Db, now_millis};
 use platform::outbox::OutboxWaker;
 use platform::worker::{Job, Step, Waker, Worker};
@@ -91,6 +92,9 @@ pub struct PaymentService {
     refund_backoff: Duration,
     /// Wakes the [`Reconciler`] when a refund becomes owed.
     reconcile: Waker,
+    /// The clock an order's `expiresAt` is checked on, and owed refunds are scheduled on (their
+    /// lease and the pause before the next try).
+    clock: Clock,
 }
 
 impl PaymentService {
@@ -103,7 +107,14 @@ impl PaymentService {
             confirm_wait: Duration::ZERO,
             refund_backoff: Duration::from_secs(1),
             reconcile: Waker::default(),
+            clock: Clock::System,
         }
+    }
+
+    /// Checks windows on `clock` rather than the system's (see [`platform::clock`]).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// How long a payment request waits for orders to complete the order (see [`Self::pay`]),
@@ -131,7 +142,7 @@ impl PaymentService {
             let mut conn = self.db.pool.acquire().await?;
             let order = store::find_order(&mut conn, order_id).await?.ok_or(PayError::UnknownOrder)?;
             let paid = store::kept_payment(&mut conn, order_id).await?.is_some();
-            check_payable(&order, paid, user_id, now_millis())?;
+            check_payable(&order, paid, user_id, self.clock.now_millis())?;
             order
         };
         let attempt = self.begin_charge(&order, token).await?;
@@ -345,13 +356,13 @@ impl PaymentService {
     pub async fn refund_due(&self) -> Result<(usize, usize), sqlx::Error> {
         let due = {
             let mut conn = self.db.pool.acquire().await?;
-            store::refunds_due(&mut conn, now_millis(), BATCH).await?
+            store::refunds_due(&mut conn, self.clock.now_millis(), BATCH).await?
         };
         let (mut done, mut tried) = (0, 0);
         for payment in due {
             let claimed = {
                 let mut conn = self.db.pool.acquire().await?;
-                let lease_until = now_millis() + REFUND_LEASE.as_millis() as i64;
+                let lease_until = self.clock.now_millis() + REFUND_LEASE.as_millis() as i64;
                 store::claim_refund(&mut conn, &payment, lease_until).await?
             };
             if !claimed {
@@ -375,7 +386,7 @@ impl PaymentService {
                     store::refund_failed(
                         &mut conn,
                         payment.id,
-                        now_millis() + pause.as_millis() as i64,
+                        self.clock.now_millis() + pause.as_millis() as i64,
                         &err.to_string(),
                     )
                     .await?;

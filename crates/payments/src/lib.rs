@@ -202,10 +202,14 @@ async fn launch(
 ) -> anyhow::Result<(Service, Arc<PaymentService>)> {
     let (outbox, relay) = ctx.start_outbox_relay(&db);
     let currency = Currency::new(&ctx.settings.currency);
-    let payments = Arc::new(PaymentService::new(db.clone(), gateway, currency, outbox.clone()).with_timing(
-        Duration::from_millis(settings.confirm_wait_millis),
-        Duration::from_millis(settings.refund_backoff_millis),
-    ));
+    let payments = Arc::new(
+        PaymentService::new(db.clone(), gateway, currency, outbox.clone())
+            .with_timing(
+                Duration::from_millis(settings.confirm_wait_millis),
+                Duration::from_millis(settings.refund_backoff_millis),
+            )
+            .with_clock(ctx.clock.clone()),
+    );
     let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox));
     let handler = events::WakeReconcilerAfter { consumer, payments: payments.clone() };
     let subscription =

@@ -8,8 +8,9 @@ use common::stripe_standin::{KEY, StripeStandIn};
 use common::{Stand, WAIT};
 use contract::events::{OrderCancelled, TicketRef};
 use futures::future::join_all;
-use payments::domain::{ChargeAttempt, OrderRecord};
+use payments::domain::{ChargeAttempt, MAX_REFUND_BACKOFF, OrderRecord};
 use payments::gateway::{Charge, Gateway, SandboxGateway, StripeGateway};
+use platform::clock::ManualClock;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
@@ -308,7 +309,11 @@ async fn a_refund_the_gateway_fails_is_retried(backend: Backend) {
         settings.reconcile_every_millis = 20;
         settings.refund_backoff_millis = 1;
     };
-    let stand = Stand::start_with(backend, gateway(), quick).await;
+    // Refund pauses are measured on this clock: each look below moves it past the longest one,
+    // instead of waiting out 13 doubling pauses.
+    let clock = ManualClock::starting_now();
+    let time_passes = || clock.advance(MAX_REFUND_BACKOFF);
+    let stand = Stand::start_on(backend, gateway(), quick, clock.clone().into()).await;
     let buyer = stand.user();
 
     // The refund fails far longer than the bus would ever redeliver an event (12 attempts):
@@ -319,7 +324,8 @@ async fn a_refund_the_gateway_fails_is_retried(backend: Backend) {
     let created = stand.created.wait_for(order.id).await;
     stripe.fail_next_refunds(1_000_000);
     stand.reject(order.id, created.id).await;
-    eventually(std::time::Duration::from_secs(60), "the refund to fail 13 times", || async {
+    eventually(WAIT, "the refund to fail 13 times", || async {
+        time_passes();
         let owed = stand.payments.refunds_owed().await.unwrap();
         owed.iter().find(|payment| payment.order_id == order.id && payment.refund_tries >= 13).map(drop)
     })
@@ -331,6 +337,7 @@ async fn a_refund_the_gateway_fails_is_retried(backend: Backend) {
     stripe.fail_next_refunds(0);
     let stand = stand.restart(gateway(), quick).await;
     eventually(WAIT, "the refund to go through", || async {
+        time_passes();
         let records = stand.payments_of(order.id).await;
         (stripe.is_refunded(&created.charge_id) && records[0].0 == "refunded").then_some(())
     })

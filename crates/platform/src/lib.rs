@@ -11,10 +11,12 @@
 //! - [`revocation`]: the revoked-session list every authenticating service keeps, which the
 //!   HTTP layer's session extractors consult through `httpkit::session::RevocationCheck`;
 //! - [`worker`]: the one background loop (relay, timers, reconciler, retention);
+//! - [`clock`]: the wall clock reservation windows are measured on, which tests move by hand;
 //! - [`retention`]: deleting what only grows;
 //! - [`service`]: the context a service starts with, and its database, relay and readiness.
 
 pub mod bus;
+pub mod clock;
 pub mod consumer;
 pub mod db;
 pub mod envelope;

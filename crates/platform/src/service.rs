@@ -31,6 +31,8 @@ pub struct Context {
     pub keys: Arc<SessionKeys>,
     pub bus: Arc<dyn EventBus>,
     pub shutdown: CancellationToken,
+    /// The clock reservation windows are measured on: the system's, unless a test moves its own.
+    pub clock: crate::clock::Clock,
 }
 
 impl Context {

@@ -46,7 +46,7 @@ impl Waker {
         self.0.notify_one();
     }
 
-    async fn woken(&self) {
+    pub(crate) async fn woken(&self) {
         self.0.notified().await;
     }
 }

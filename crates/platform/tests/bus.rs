@@ -2,8 +2,8 @@
 //! JetStream), and the outbox relay and idempotent consumer that stand on it.
 //!
 //! Every test gets its own bus file or stream, subject prefix and consumer groups, so tests run
-//! in parallel. Waiting is polling with a deadline; the only fixed wait is [`quiet`], a short
-//! look for deliveries that must not come, taken after a positive signal.
+//! in parallel. Waiting is polling with a deadline, never a fixed sleep: "no more deliveries"
+//! is the bus itself reporting it holds nothing more for the group ([`settled`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -27,9 +27,6 @@ const KIND: &str = "test:created";
 const OTHER_KIND: &str = "test:other";
 /// Deadline for anything the bus should do "soon".
 const WAIT: Duration = Duration::from_secs(15);
-/// How long to watch for a delivery that must not come. Retries in these tests back off by at
-/// most 100 ms, so a wrong redelivery shows up well within it.
-const QUIET: Duration = Duration::from_millis(500);
 
 fn policy() -> RetryPolicy {
     RetryPolicy {
@@ -42,8 +39,45 @@ fn policy() -> RetryPolicy {
     }
 }
 
-async fn quiet() {
-    tokio::time::sleep(QUIET).await;
+/// Waits until the bus holds nothing more for a group (`pending` counts it): nothing waiting,
+/// nothing handed out and unsettled, no retry due later. From then on no delivery to the group
+/// can come without a new publish, so what its handlers saw is all they will see: the way these
+/// tests say "nothing more arrives", without watching the clock for a while.
+async fn settled<F, Fut>(pending: F, group: &str)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = u64>,
+{
+    eventually(WAIT, &format!("the bus to hold nothing more for {group}"), || {
+        let pending = pending();
+        async move { (pending.await == 0).then_some(()) }
+    })
+    .await;
+}
+
+/// What the embedded bus in `path` still holds for `group`: its rows in the bus's own
+/// `deliveries` table, which a delivery leaves only when acknowledged or given up.
+async fn embedded_pending(path: &Path, group: &str) -> u64 {
+    use sqlx::Connection as _;
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("cannot open the bus file");
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE grp = $1")
+        .bind(group)
+        .fetch_one(&mut conn)
+        .await
+        .expect("cannot count the group's deliveries");
+    let _ = conn.close().await;
+    count as u64
+}
+
+/// What JetStream still holds for `group`: its durable consumer's messages not delivered yet,
+/// and those delivered and not acknowledged (or terminated). The bus names the consumer after
+/// the group; the tests' group names are valid consumer names as they are.
+async fn nats_pending(url: &str, stream: &str, group: &str) -> u64 {
+    let client = async_nats::connect(url).await.expect("cannot connect to NATS");
+    let stream = async_nats::jetstream::new(client).get_stream(stream).await.expect("the test's stream");
+    let info = stream.consumer_info(group).await.expect("the group's consumer");
+    info.num_pending + info.num_ack_pending as u64
 }
 
 fn init_logs() {
@@ -88,6 +122,20 @@ impl Setup {
                     .await
                     .expect("cannot connect the NATS bus"),
             ),
+        }
+    }
+
+    /// Waits until the bus holds nothing more for `group` (see [`settled`]).
+    async fn settled(&self, group: &str) {
+        match self.which {
+            Which::Embedded => {
+                let path = self.dir.path().join("bus.db");
+                settled(|| embedded_pending(&path, group), group).await;
+            }
+            Which::Nats => {
+                let url = testkit::nats_url();
+                settled(|| nats_pending(&url, &self.stream, group), group).await;
+            }
         }
     }
 
@@ -242,16 +290,17 @@ on_both_buses!(
 
 async fn published_event_reaches_a_subscriber_of_its_kind(which: Which) {
     let setup = Setup::new(which);
+    let group = unique_name("g");
     let bus = setup.open().await;
     let seen = Seen::default();
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], acking(&seen)).await;
+    let running = subscribe(&*bus, &group, &[KIND], acking(&seen)).await;
 
     bus.publish(&Event::new(OTHER_KIND, json!({ "n": 0 }))).await.expect("cannot publish");
     let sent = Event::new(KIND, json!({ "n": 1, "name": "Concert" }));
     bus.publish(&sent).await.expect("cannot publish");
 
     seen.wait_for(1, "the published event").await;
-    quiet().await;
+    setup.settled(&group).await;
     let got = seen.all();
     assert_eq!(got.len(), 1, "only the subscribed kind is delivered, once: {got:?}");
     assert_eq!(got[0].event.id, sent.id);
@@ -267,15 +316,16 @@ async fn published_event_reaches_a_subscriber_of_its_kind(which: Which) {
 
 async fn events_published_before_the_group_subscribed_are_delivered(which: Which) {
     let setup = Setup::new(which);
+    let group = unique_name("g");
     let bus = setup.open().await;
     let sent = events(3);
     publish_all(&*bus, &sent).await;
 
     let seen = Seen::default();
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], acking(&seen)).await;
+    let running = subscribe(&*bus, &group, &[KIND], acking(&seen)).await;
 
     seen.wait_for(3, "the events published before subscribing").await;
-    quiet().await;
+    setup.settled(&group).await;
     let sent_ids: Vec<Uuid> = sent.iter().map(|event| event.id).collect();
     assert_eq!(seen.ids(), sent_ids, "each event once, in publish order");
 
@@ -285,17 +335,18 @@ async fn events_published_before_the_group_subscribed_are_delivered(which: Which
 
 async fn failed_handler_gets_the_event_again(which: Which) {
     let setup = Setup::new(which);
+    let group = unique_name("g");
     let bus = setup.open().await;
     let seen = Seen::default();
     let fail_first = handler(&seen, |delivery| async move {
         if delivery.attempt == 1 { Outcome::Retry(anyhow::anyhow!("not yet")) } else { Outcome::Ack }
     });
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], fail_first).await;
+    let running = subscribe(&*bus, &group, &[KIND], fail_first).await;
     let sent = Event::new(KIND, json!({ "n": 1 }));
     bus.publish(&sent).await.expect("cannot publish");
 
     seen.wait_for(2, "the redelivery").await;
-    quiet().await;
+    setup.settled(&group).await;
     let got = seen.all();
     assert_eq!(attempts(&got), [1, 2], "delivered exactly twice: {got:?}");
     assert!(got.iter().all(|delivery| delivery.event == sent));
@@ -309,6 +360,7 @@ async fn handler_exceeding_its_timeout_gets_the_event_again(which: Which) {
         which,
         RetryPolicy { ack_wait: Duration::from_secs(5), handler_timeout: Duration::from_secs(1), ..policy() },
     );
+    let group = unique_name("g");
     let bus = setup.open().await;
     let seen = Seen::default();
     let hang_first = handler(&seen, |delivery| async move {
@@ -317,14 +369,14 @@ async fn handler_exceeding_its_timeout_gets_the_event_again(which: Which) {
         }
         Outcome::Ack
     });
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], hang_first).await;
+    let running = subscribe(&*bus, &group, &[KIND], hang_first).await;
     let sent = Event::new(KIND, json!({ "n": 1 }));
     let published_at = Instant::now();
     bus.publish(&sent).await.expect("cannot publish");
 
     seen.wait_for(2, "the redelivery after the handler timed out").await;
     let redelivered_after = published_at.elapsed();
-    quiet().await;
+    setup.settled(&group).await;
     let got = seen.all();
     assert_eq!(attempts(&got), [1, 2], "delivered exactly twice: {got:?}");
     assert!(got.iter().all(|delivery| delivery.event.id == sent.id));
@@ -368,7 +420,7 @@ async fn handler_slower_than_ack_wait_keeps_its_event_by_reporting_progress(whic
         async move { (finished >= 4).then_some(()) }
     })
     .await;
-    quiet().await;
+    setup.settled(&group).await;
     let handled: Vec<Delivery> = seen.all().into_iter().chain(other.all()).collect();
     assert_eq!(handled.len(), 4, "each event exactly once: {:?}", attempts(&handled));
     assert!(handled.iter().all(|delivery| delivery.attempt == 1), "no redeliveries: {:?}", attempts(&handled));
@@ -406,14 +458,15 @@ async fn events_of_a_crashed_subscriber_come_back_after_ack_wait(which: Which) {
 
 async fn last_attempt_is_flagged_and_not_followed_by_another(which: Which) {
     let setup = Setup::with_policy(which, RetryPolicy { max_attempts: 3, ..policy() });
+    let group = unique_name("g");
     let bus = setup.open().await;
     let seen = Seen::default();
     let always_fail = handler(&seen, |_| async { Outcome::Retry(anyhow::anyhow!("never")) });
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], always_fail).await;
+    let running = subscribe(&*bus, &group, &[KIND], always_fail).await;
     bus.publish(&Event::new(KIND, json!({ "n": 1 }))).await.expect("cannot publish");
 
     seen.wait_for(3, "three attempts").await;
-    quiet().await;
+    setup.settled(&group).await;
     let got = seen.all();
     assert_eq!(attempts(&got), [1, 2, 3], "no delivery after the last attempt: {got:?}");
     let last: Vec<bool> = got.iter().map(|delivery| delivery.is_last_attempt).collect();
@@ -425,18 +478,19 @@ async fn last_attempt_is_flagged_and_not_followed_by_another(which: Which) {
 
 async fn same_event_published_twice_is_delivered_once(which: Which) {
     let setup = Setup::new(which);
+    let group = unique_name("g");
     let bus = setup.open().await;
     let seen = Seen::default();
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], acking(&seen)).await;
+    let running = subscribe(&*bus, &group, &[KIND], acking(&seen)).await;
     let twice = Event::new(KIND, json!({ "n": 1 }));
     let marker = Event::new(KIND, json!({ "n": 2 }));
     publish_all(&*bus, &[twice.clone(), twice.clone(), marker.clone()]).await;
 
-    // One subscriber handles its group's events in order, so by the marker every copy is in.
-    seen.wait_for_id(marker.id, WAIT, "the marker event").await;
-    quiet().await;
+    // Once the bus holds nothing more for the group, every copy that would come has come.
+    setup.settled(&group).await;
     assert_eq!(seen.count_of(twice.id), 1, "deliveries: {:?}", seen.all());
-    assert_eq!(seen.ids(), [twice.id, marker.id]);
+    assert_eq!(seen.count_of(marker.id), 1, "deliveries: {:?}", seen.all());
+    assert_eq!(seen.all().len(), 2, "deliveries: {:?}", seen.all());
 
     running.stop().await;
     setup.finish().await;
@@ -478,7 +532,7 @@ async fn subscribers_of_one_group_split_the_work(which: Which) {
         async move { (handled >= 40).then_some(()) }
     })
     .await;
-    quiet().await;
+    setup.settled(&group).await;
 
     let (first, second) = (first.all(), second.all());
     println!("{which:?}: first subscriber handled {}, second {}", first.len(), second.len());
@@ -521,7 +575,7 @@ async fn slow_handlers_within_ack_wait_do_not_cause_redeliveries(which: Which) {
         async move { (handled >= 20).then_some(()) }
     })
     .await;
-    quiet().await;
+    setup.settled(&group).await;
     let handled: Vec<Delivery> = first.all().into_iter().chain(second.all()).collect();
     println!("{which:?}: first subscriber handled {}, second {}", first.all().len(), second.all().len());
     assert_eq!(handled.len(), 20, "each event exactly once: {:?}", attempts(&handled));
@@ -535,18 +589,27 @@ async fn slow_handlers_within_ack_wait_do_not_cause_redeliveries(which: Which) {
 async fn every_group_gets_every_event(which: Which) {
     let setup = Setup::new(which);
     let bus = setup.open().await;
+    let (orders_group, payments_group) = (unique_name("orders"), unique_name("payments"));
     let (orders, payments) = (Seen::default(), Seen::default());
-    let running_orders = subscribe(&*bus, &unique_name("orders"), &[KIND], acking(&orders)).await;
-    let running_payments = subscribe(&*bus, &unique_name("payments"), &[KIND], acking(&payments)).await;
+    let running_orders = subscribe(&*bus, &orders_group, &[KIND], acking(&orders)).await;
+    let running_payments = subscribe(&*bus, &payments_group, &[KIND], acking(&payments)).await;
     let sent = events(5);
     publish_all(&*bus, &sent).await;
 
     orders.wait_for(5, "the first group's events").await;
     payments.wait_for(5, "the second group's events").await;
-    quiet().await;
-    let sent_ids: Vec<Uuid> = sent.iter().map(|event| event.id).collect();
-    assert_eq!(orders.ids(), sent_ids);
-    assert_eq!(payments.ids(), sent_ids);
+    setup.settled(&orders_group).await;
+    setup.settled(&payments_group).await;
+    // Each group gets each event once. Not necessarily in publish order: a subscriber runs each
+    // batch it is handed in a task of its own, and events published one by one may come in
+    // several batches.
+    let sorted = |mut ids: Vec<Uuid>| {
+        ids.sort();
+        ids
+    };
+    let sent_ids = sorted(sent.iter().map(|event| event.id).collect());
+    assert_eq!(sorted(orders.ids()), sent_ids);
+    assert_eq!(sorted(payments.ids()), sent_ids);
 
     running_orders.stop().await;
     running_payments.stop().await;
@@ -573,7 +636,7 @@ async fn restarted_bus_delivers_what_was_not_acknowledged(which: Which) {
     let seen = Seen::default();
     let running = subscribe(&*bus, &group, &[KIND], acking(&seen)).await;
     seen.wait_for(2, "the events published while stopped").await;
-    quiet().await;
+    setup.settled(&group).await;
     let pending_ids: Vec<Uuid> = pending.iter().map(|event| event.id).collect();
     assert_eq!(seen.ids(), pending_ids, "only what was not acknowledged comes after the restart");
 
@@ -604,6 +667,7 @@ async fn outbox_event_survives_a_crash_on_postgres(which: Which) {
 
 async fn outbox_event_survives_a_crash(which: Which, db_url: &str) {
     let setup = Setup::new(which);
+    let group = unique_name("g");
     let event = Event::new(KIND, json!({ "n": 1 }));
     {
         let db = connect_db(db_url, "outbox_test").await;
@@ -617,7 +681,7 @@ async fn outbox_event_survives_a_crash(which: Which, db_url: &str) {
     assert_eq!(outbox_len(&db).await, 1, "the committed event waits in the outbox");
     let bus = setup.open().await;
     let seen = Seen::default();
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], acking(&seen)).await;
+    let running = subscribe(&*bus, &group, &[KIND], acking(&seen)).await;
     let shutdown = CancellationToken::new();
     let relay = OutboxRelay::new(db.clone(), bus.clone()).spawn(OutboxWaker::default(), shutdown.clone());
 
@@ -628,7 +692,7 @@ async fn outbox_event_survives_a_crash(which: Which, db_url: &str) {
         async move { (outbox_len(&db).await == 0).then_some(()) }
     })
     .await;
-    quiet().await;
+    setup.settled(&group).await;
     assert_eq!(seen.all().len(), 1);
 
     shutdown.cancel();
@@ -718,6 +782,7 @@ async fn a_subscriber_handles_events_concurrently(which: Which) {
     // Eight handlers that each wait for all eight: they finish only if they overlap.
     let setup =
         Setup::with_policy(which, RetryPolicy { ack_wait: Duration::from_secs(10), max_in_flight: 8, ..policy() });
+    let group = unique_name("g");
     let bus = setup.open().await;
     let barrier = Arc::new(tokio::sync::Barrier::new(8));
     let met = Arc::new(AtomicUsize::new(0));
@@ -734,7 +799,7 @@ async fn a_subscriber_handles_events_concurrently(which: Which) {
             }
         })
     };
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], rendezvous).await;
+    let running = subscribe(&*bus, &group, &[KIND], rendezvous).await;
     let started = Instant::now();
     publish_all(&*bus, &events(8)).await;
 
@@ -744,7 +809,7 @@ async fn a_subscriber_handles_events_concurrently(which: Which) {
     })
     .await;
     println!("{which:?}: eight overlapping handlers done after {:?}", started.elapsed());
-    quiet().await;
+    setup.settled(&group).await;
     let got = seen.all();
     assert_eq!(got.len(), 8, "each event once: {:?}", attempts(&got));
     assert!(got.iter().all(|delivery| delivery.attempt == 1), "no redeliveries: {:?}", attempts(&got));
@@ -755,6 +820,7 @@ async fn a_subscriber_handles_events_concurrently(which: Which) {
 
 async fn a_subscriber_handles_at_most_max_in_flight_at_once(which: Which) {
     let setup = Setup::with_policy(which, RetryPolicy { max_in_flight: 3, ..policy() });
+    let group = unique_name("g");
     let bus = setup.open().await;
     let (running_now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let seen = Seen::default();
@@ -771,11 +837,11 @@ async fn a_subscriber_handles_at_most_max_in_flight_at_once(which: Which) {
             }
         })
     };
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], counting).await;
+    let running = subscribe(&*bus, &group, &[KIND], counting).await;
     publish_all(&*bus, &events(12)).await;
 
     seen.wait_for(12, "all 12 events").await;
-    quiet().await;
+    setup.settled(&group).await;
     let got = seen.all();
     assert_eq!(got.len(), 12, "each event once: {:?}", attempts(&got));
     let most = most.load(Ordering::SeqCst);
@@ -795,11 +861,12 @@ async fn enqueue_all(db: &Db, events: &[Event]) {
 
 async fn outbox_relay_sends_a_full_batch(which: Which) {
     let setup = Setup::new(which);
+    let group = unique_name("g");
     let dir = TempDir::new();
     let db = connect_db(&sqlite_url(dir.path()), "outbox_test").await;
     let bus = setup.open().await;
     let seen = Seen::default();
-    let running = subscribe(&*bus, &unique_name("g"), &[KIND], acking(&seen)).await;
+    let running = subscribe(&*bus, &group, &[KIND], acking(&seen)).await;
     let sent = events(100);
     enqueue_all(&db, &sent).await;
 
@@ -809,7 +876,7 @@ async fn outbox_relay_sends_a_full_batch(which: Which) {
     assert_eq!(relay.relay_batch().await.expect("cannot relay"), 0);
 
     seen.wait_for(100, "the 100 relayed events").await;
-    quiet().await;
+    setup.settled(&group).await;
     let got = seen.ids();
     assert_eq!(got.len(), 100, "each event once");
     let got: HashSet<Uuid> = got.into_iter().collect();
@@ -857,11 +924,12 @@ impl EventBus for Partial {
 
 async fn outbox_relay_keeps_what_the_bus_did_not_acknowledge(which: Which) {
     let setup = Setup::new(which);
+    let group = unique_name("g");
     let dir = TempDir::new();
     let db = connect_db(&sqlite_url(dir.path()), "outbox_test").await;
     let inner = setup.open().await;
     let seen = Seen::default();
-    let running = subscribe(&*inner, &unique_name("g"), &[KIND], acking(&seen)).await;
+    let running = subscribe(&*inner, &group, &[KIND], acking(&seen)).await;
     let sent = events(10);
     enqueue_all(&db, &sent).await;
 
@@ -880,7 +948,7 @@ async fn outbox_relay_keeps_what_the_bus_did_not_acknowledge(which: Which) {
     assert_eq!(relay.relay_batch().await.expect("cannot relay"), 6);
     assert_eq!(outbox_len(&db).await, 0);
     seen.wait_for(10, "all ten events").await;
-    quiet().await;
+    setup.settled(&group).await;
     assert_eq!(seen.ids().len(), 10, "each event once");
 
     running.stop().await;
@@ -936,15 +1004,15 @@ impl Handler for Batches {
 
 async fn waiting_events_are_handed_out_in_batches_in_order(which: Which) {
     let setup = Setup::new(which);
+    let group = unique_name("g");
     let bus = setup.open().await;
     let sent = events(20);
     publish_all(&*bus, &sent).await;
 
     let batches = Batches::default();
-    let running =
-        subscribe(&*bus, &unique_name("g"), &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
+    let running = subscribe(&*bus, &group, &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
     batches.wait_for(20, "the twenty waiting events").await;
-    quiet().await;
+    setup.settled(&group).await;
 
     let all = batches.all();
     let sizes: Vec<usize> = all.iter().map(Vec::len).collect();
@@ -967,16 +1035,16 @@ async fn waiting_events_are_handed_out_in_batches_in_order(which: Which) {
 
 async fn outcomes_of_a_batch_are_settled_one_by_one(which: Which) {
     let setup = Setup::new(which);
+    let group = unique_name("g");
     let bus = setup.open().await;
     let sent = events(6);
     publish_all(&*bus, &sent).await;
 
     let batches = Batches::default();
     batches.retry_once.lock().expect("poisoned").push(sent[2].id);
-    let running =
-        subscribe(&*bus, &unique_name("g"), &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
+    let running = subscribe(&*bus, &group, &[KIND], platform::bus::dyn_handler(Arc::new(batches.clone()))).await;
     batches.wait_for(7, "six events and one redelivery").await;
-    quiet().await;
+    setup.settled(&group).await;
 
     let got = batches.deliveries();
     assert_eq!(got.len(), 7, "the acknowledged events once, the retried one twice: {got:?}");
@@ -1268,7 +1336,7 @@ async fn nats_bus_recovers_from_an_outage(wipe: bool) {
     }
     seen.wait_for_id(after.id, recovery, "the subscriber to get events again").await;
     seen.wait_for_id(during.id, WAIT, "the event re-sent after the outage").await;
-    quiet().await;
+    settled(|| nats_pending(&url, "outage", "outage-group"), "outage-group").await;
     // A killed server may forget acks it confirmed shortly before (JetStream writes consumer
     // state lazily), so the event from before the crash may come again: at least once.
     assert!(seen.count_of(before.id) >= 1);

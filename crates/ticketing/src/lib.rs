@@ -56,6 +56,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub settings: Settings,
 
+    /// The clock reservation windows are measured on: the system's, unless a test set its own.
+    /// Not a flag.
+    #[arg(skip)]
+    pub clock: platform::clock::Clock,
+
     #[command(flatten)]
     pub auth: auth::AuthSettings,
 
@@ -351,7 +356,7 @@ async fn start_each(
     services: &mut Vec<Service>,
 ) -> anyhow::Result<()> {
     let bus = connect_bus(settings, attempt).await?;
-    let ctx = Context { settings: settings.clone(), keys: keys.clone(), bus, shutdown: attempt.clone() };
+    let ctx = Context { settings: settings.clone(), keys: keys.clone(), bus, shutdown: attempt.clone(), clock: args.clock.clone() };
     for name in names {
         let service = match name {
             ServiceName::Auth => auth::start(&ctx, &args.auth).await,

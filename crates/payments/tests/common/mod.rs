@@ -16,6 +16,7 @@ use payments::{Gateway, PaymentService, PaymentsSettings};
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{Delivery, EventBus, Handler, Outcome, RetryPolicy, dyn_handler};
+use platform::clock::Clock;
 use platform::envelope::ToEvent;
 use platform::service::Context;
 use reqwest::StatusCode;
@@ -55,6 +56,7 @@ pub struct Stand {
     pub keys: Arc<SessionKeys>,
     pub created: Collected,
     settings: Settings,
+    clock: Clock,
     /// The whole stand (the bus collector included).
     shutdown: CancellationToken,
     /// The payments service only: cancelled to "crash" it.
@@ -73,6 +75,16 @@ impl Stand {
         backend: Backend,
         gateway: Arc<dyn Gateway>,
         tweak: impl FnOnce(&mut PaymentsSettings),
+    ) -> Self {
+        Self::start_on(backend, gateway, tweak, Clock::System).await
+    }
+
+    /// With tweaked settings, measuring windows and refund pauses on `clock`.
+    pub async fn start_on(
+        backend: Backend,
+        gateway: Arc<dyn Gateway>,
+        tweak: impl FnOnce(&mut PaymentsSettings),
+        clock: Clock,
     ) -> Self {
         if std::env::var_os("RUST_LOG").is_some() {
             httpkit::telemetry::init(httpkit::settings::LogFormat::Human);
@@ -113,8 +125,8 @@ impl Stand {
         .await
         .unwrap();
         let service = shutdown.child_token();
-        let (base, payments, tasks) = launch(&settings, &keys, &bus, &service, &payments_settings, gateway).await;
-        Self { base, bus, payments, keys, created, settings, shutdown, service, tasks, _dir: dir }
+        let (base, payments, tasks) = launch(&settings, &clock, &keys, &bus, &service, &payments_settings, gateway).await;
+        Self { base, bus, payments, keys, created, settings, clock, shutdown, service, tasks, _dir: dir }
     }
 
     /// Stops the payments service where it stands (in-flight work is dropped, as in a crash:
@@ -130,7 +142,7 @@ impl Stand {
         payments_settings.confirm_wait_millis = 0;
         tweak(&mut payments_settings);
         (self.base, self.payments, self.tasks) =
-            launch(&self.settings, &self.keys, &self.bus, &self.service, &payments_settings, gateway).await;
+            launch(&self.settings, &self.clock, &self.keys, &self.bus, &self.service, &payments_settings, gateway).await;
         self
     }
 
@@ -219,13 +231,20 @@ impl Stand {
 /// its tasks (the HTTP server's included), all stopped by `service`.
 async fn launch(
     settings: &Settings,
+    clock: &Clock,
     keys: &Arc<SessionKeys>,
     bus: &Arc<dyn EventBus>,
     service: &CancellationToken,
     payments_settings: &PaymentsSettings,
     gateway: Arc<dyn Gateway>,
 ) -> (String, Arc<PaymentService>, Vec<tokio::task::JoinHandle<()>>) {
-    let ctx = Context { settings: settings.clone(), keys: keys.clone(), bus: bus.clone(), shutdown: service.clone() };
+    let ctx = Context {
+        settings: settings.clone(),
+        keys: keys.clone(),
+        bus: bus.clone(),
+        shutdown: service.clone(),
+        clock: clock.clone(),
+    };
     let (started, payments) =
         payments::start_with_gateway(&ctx, payments_settings, gateway).await.expect("payments starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

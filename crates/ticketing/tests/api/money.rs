@@ -13,6 +13,7 @@ use httpkit::session::SessionKeys;
 use platform::bus::embedded::EmbeddedBus;
 use platform::bus::nats::NatsBus;
 use platform::bus::{BusError, DynHandler, Event, EventBus, RetryPolicy};
+use platform::clock::ManualClock;
 use platform::service::Context;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::orders::wait_until_orderable;
 use crate::payments::{order_with_status, pay, wait_until_payable};
 use crate::tickets::{EVENTUAL, id, list_ticket, ticket_at_version};
-use apptest::{messages, new_user_at, spawn_app, spawn_app_with, test_args};
+use apptest::{expires_at_millis, messages, new_user_at, spawn_app, spawn_app_with, test_args};
 
 on_both_backends!(
     edits_racing_orders_never_change_what_is_charged,
@@ -206,7 +207,8 @@ impl EventBus for HeldBus {
 async fn a_payment_accepted_in_time_wins_over_an_expiry_processed_first(backend: Backend) {
     let dir = TempDir::new();
     let mut args = test_args(backend, &dir).await;
-    args.orders.order_expiration_seconds = 2;
+    let clock = ManualClock::starting_now();
+    args.clock = clock.clone().into();
     args.payments.confirm_wait_millis = 200;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -240,7 +242,7 @@ async fn a_payment_accepted_in_time_wins_over_an_expiry_processed_first(backend:
         &settings.session_secret().unwrap(),
         time::Duration::seconds(settings.session_ttl_seconds),
     ));
-    let ctx = Context { settings: settings.clone(), keys, bus: bus.clone(), shutdown: shutdown.clone() };
+    let ctx = Context { settings: settings.clone(), keys, bus: bus.clone(), shutdown: shutdown.clone(), clock: args.clock.clone() };
     let services = vec![
         auth::start(&ctx, &args.auth).await.unwrap(),
         tickets::start(&ctx, &args.tickets).await.unwrap(),
@@ -271,6 +273,7 @@ async fn a_payment_accepted_in_time_wins_over_an_expiry_processed_first(backend:
         bus.holding.store(true, Ordering::SeqCst);
         let (status, body) = pay(&buyer, &id(&order), "tok_visa").await;
         assert_eq!(status, StatusCode::CREATED, "accepted in time: {body}");
+        clock.advance_to(expires_at_millis(&order) + 1);
         order_with_status(&buyer, &id(&order), "cancelled").await;
         ticket_at_version(&seller, &id(&ticket), 2).await;
         let mut rival = None;

@@ -248,7 +248,7 @@ async fn a_purchase_is_traced_through_every_service(backend: Backend) {
 /// the order:cancelled it causes carry its id.
 async fn an_order_left_unpaid_is_traced_to_its_end(backend: Backend) {
     let logs = captured_logs();
-    let app = spawn_app_with(backend, |args| args.orders.order_expiration_seconds = 1).await;
+    let app = spawn_app_with(backend, apptest::on_manual_clock).await;
     let (seller, buyer) = (app.user().await, app.user().await);
     let ticket = list_ticket(&seller, "Concert", json!(20)).await;
     wait_until_orderable(&seller, &id(&ticket)).await;
@@ -263,6 +263,7 @@ async fn an_order_left_unpaid_is_traced_to_its_end(backend: Backend) {
         .expect("request sent");
     assert_eq!(response.status(), StatusCode::CREATED);
     let order: serde_json::Value = response.json().await.expect("JSON");
+    app.end_window(&order);
     order_with_status(&buyer, &id(&order), "cancelled").await;
     let trace = format!("trace_id={request}");
     wait_for_log_line(&logs, &["expiration:complete enqueued", &trace]).await;

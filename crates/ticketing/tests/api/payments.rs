@@ -6,7 +6,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::Backend;
 use ticketing::ServiceName;
-use time::OffsetDateTime;
 
 use crate::orders::{order_ticket, wait_until_orderable};
 use crate::tickets::{EVENTUAL, id, list_ticket};
@@ -184,19 +183,13 @@ async fn a_cancelled_order_cannot_be_paid(backend: Backend) {
 async fn an_expired_order_cannot_be_paid_even_before_its_timer_fires(backend: Backend) {
     // Without the expiration service nothing cancels the order: only its expiresAt says no.
     let app = spawn_app_with(backend, |args| {
-        args.orders.order_expiration_seconds = 1;
+        apptest::on_manual_clock(args);
         args.services = ServiceName::ALL.iter().copied().filter(|name| *name != ServiceName::Expiration).collect();
     })
     .await;
     let (seller, buyer) = (app.user().await, app.user().await);
     let order = ordered(&seller, &buyer, json!(15)).await;
-    let expires_at =
-        OffsetDateTime::parse(order["expiresAt"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
-            .unwrap();
-    testkit::eventually(EVENTUAL, "the window to end", || async {
-        (OffsetDateTime::now_utc() > expires_at).then_some(())
-    })
-    .await;
+    app.end_window(&order);
 
     let (status, body) = pay(&buyer, &id(&order), "tok_visa").await;
     assert_eq!((status, messages(&body)), error(StatusCode::BAD_REQUEST, "Order has expired"));

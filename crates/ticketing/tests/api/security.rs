@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use testkit::Backend;
 
-use apptest::{field_errors, into_parts, sign_in_token, spawn_app};
+use apptest::{field_errors, into_parts, spawn_app};
 
 /// The raw JSON text, as curl would send it: `json!` would already have rounded the number.
 async fn send_raw(user: &apptest::User, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
@@ -161,14 +161,7 @@ async fn every_answer_is_nosniff_and_personal_ones_are_not_stored() {
         .await
         .unwrap();
     assert_eq!(response.headers()["cache-control"], "no-store");
-    let token = response.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .trim_start_matches("session=")
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = apptest::session_token(&response);
     let response = anonymous.get(app.url("/api/orders")).bearer_auth(token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["cache-control"], "no-store");
@@ -290,7 +283,7 @@ async fn a_planted_csrf_cookie_does_not_let_another_site_post_forms() {
     let victim = app.user().await;
     let (status, _) = victim.get("/api/users/currentuser").await;
     assert_eq!(status, StatusCode::OK);
-    let token = sign_in_token(&app, &victim.email).await;
+    let token = victim.token.clone();
     let planted = "a".repeat(64);
     let forge = |origin: Option<&'static str>| {
         let mut request = reqwest::Client::new()

@@ -13,7 +13,7 @@ use sqlx::Row;
 use testkit::{Backend, eventually, on_both_backends};
 
 use crate::service_db::service_db;
-use apptest::{TestApp, into_parts, messages, session_token, sign_in_token, spawn_app, spawn_app_with};
+use apptest::{TestApp, into_parts, messages, sign_in_token, spawn_app, spawn_app_with};
 
 on_both_backends!(
     a_copied_token_is_refused_everywhere_after_sign_out,
@@ -23,19 +23,6 @@ on_both_backends!(
 
 /// How long the services may take to apply `session:revoked` ("within seconds").
 const REVOCATION_DEADLINE: Duration = Duration::from_secs(10);
-
-async fn sign_up(app: &TestApp, email: &str) -> (String, String) {
-    let response = reqwest::Client::new()
-        .post(app.url("/api/users/signup"))
-        .json(&json!({"email": email, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let token = session_token(&response);
-    let (_, body) = into_parts(response).await;
-    (body["id"].as_str().unwrap().to_owned(), token)
-}
 
 /// What each authenticating service makes of a bearer token: auth's current user, tickets'
 /// and payments' status for a POST, orders' status for the list.
@@ -77,9 +64,9 @@ fn signed_out() -> Seen {
 /// Finding: sign up, copy the `session` value, sign out: the copy still worked for 7 days.
 async fn a_copied_token_is_refused_everywhere_after_sign_out(backend: Backend) {
     let mut app = spawn_app(backend).await;
-    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-    let (id, copied) = sign_up(&app, &email).await;
-    let other_session = sign_in_token(&app, &email).await;
+    let owner = app.user().await;
+    let (id, copied) = (owner.id.clone(), owner.token.clone());
+    let other_session = sign_in_token(&app, &owner.email).await;
     let before = seen_with(&app, &copied).await;
     assert_eq!(before.current_user["id"], id.as_str());
     assert_eq!(
@@ -145,8 +132,8 @@ fn deliver(event: &platform::bus::Event) -> Delivery {
 /// made, so only tickets refuses that token.
 async fn a_redelivered_revocation_changes_nothing_and_each_service_keeps_its_own_list(backend: Backend) {
     let app = spawn_app(backend).await;
-    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-    let (id, token) = sign_up(&app, &email).await;
+    let user = app.user().await;
+    let (id, token) = (user.id.clone(), user.token.clone());
     let keys = httpkit::session::SessionKeys::new(
         app.args.settings.jwt_key.as_ref().unwrap().as_bytes(),
         time::Duration::hours(1),
@@ -214,8 +201,7 @@ async fn failed_sign_ins_lock_out_the_guessing_client_not_the_owner() {
         args.settings.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     })
     .await;
-    let victim = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-    sign_up(&app, &victim).await;
+    let victim = app.user().await.email;
     let (attacker, owner) = ("198.51.100.66", "203.0.113.10");
     for attempt in 1..=5 {
         let status = sign_in_from(&app, &victim, "wrong-password", attacker).await.status();
@@ -232,8 +218,7 @@ async fn failed_sign_ins_lock_out_the_guessing_client_not_the_owner() {
     let response = sign_in_from(&app, &victim, "correct horse battery", owner).await;
     assert_eq!(response.status(), StatusCode::OK);
     // The guessing client may still sign in to other accounts (its own budget is per client).
-    let other = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-    sign_up(&app, &other).await;
+    let other = app.user().await.email;
     assert_eq!(sign_in_from(&app, &other, "correct horse battery", attacker).await.status(), StatusCode::OK);
     app.stop().await;
 }
