@@ -76,6 +76,9 @@ use uuid::Uuid;
 
 /// How many unsettled attempts, and owed refunds, one reconciler round takes on.
 const BATCH: i64 = 100;
+/// How often a payment request waiting for orders' verdict looks again without a wake-up:
+/// another instance of payments may be the one that applies the verdict.
+const VERDICT_POLL: Duration = Duration::from_millis(50);
 /// How long an instance holds an owed refund it is asking the gateway for.
 const REFUND_LEASE: Duration = Duration::from_secs(60);
 
@@ -92,6 +95,8 @@ pub struct PaymentService {
     refund_backoff: Duration,
     /// Wakes the [`Reconciler`] when a refund becomes owed.
     reconcile: Waker,
+    /// The payment requests waiting for orders' verdict, woken when this instance applies it.
+    verdicts: Verdicts,
     /// The clock an order's `expiresAt` is checked on, and owed refunds are scheduled on (their
     /// lease and the pause before the next try).
     clock: Clock,
@@ -107,6 +112,7 @@ impl PaymentService {
             confirm_wait: Duration::ZERO,
             refund_backoff: Duration::from_secs(1),
             reconcile: Waker::default(),
+            verdicts: Verdicts::default(),
             clock: Clock::System,
         }
     }
@@ -128,6 +134,12 @@ impl PaymentService {
     /// Wakes the reconciler (a refund is owed).
     pub fn wake_reconciler(&self) {
         self.reconcile.wake();
+    }
+
+    /// Wakes the payment requests waiting for orders' verdict on `order_id` (its replica here
+    /// has just changed: complete, cancelled, or a payment rejected).
+    pub fn verdict_applied(&self, order_id: Uuid) {
+        self.verdicts.wake(order_id);
     }
 
     /// The reconciler's wake-up.
@@ -163,7 +175,12 @@ impl PaymentService {
             return Ok(payment_id);
         }
         let deadline = tokio::time::Instant::now() + self.confirm_wait;
+        let watch = self.verdicts.watch(order_id);
         loop {
+            // Listening before looking, so a verdict applied in between still wakes us.
+            let woken = watch.notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             {
                 let mut conn = self.db.pool.acquire().await?;
                 if store::find_order(&mut conn, order_id)
@@ -177,11 +194,15 @@ impl PaymentService {
                     return Err(PayError::Cancelled);
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 tracing::warn!(%order_id, %payment_id, wait = ?self.confirm_wait, "payment accepted; orders has not confirmed it yet");
                 return Ok(payment_id);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(VERDICT_POLL.min(deadline - now)) => {}
+            }
         }
     }
 
@@ -463,5 +484,77 @@ impl Job for Reconciler {
             tracing::info!(refunded, tried, "owed refunds asked of the gateway");
         }
         Ok(if settled + refunded > 0 { Step::Busy } else { Step::Idle })
+    }
+}
+
+/// The payment requests waiting for orders' verdict, by order. The consumer that applies the
+/// verdict to the replica wakes them ([`PaymentService::verdict_applied`]), so a request looks
+/// at the database when something changed instead of every few milliseconds.
+#[derive(Debug, Default)]
+struct Verdicts {
+    waiting: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<tokio::sync::Notify>>>,
+}
+
+/// One request's registration in [`Verdicts`]; dropping it unregisters the request.
+struct VerdictWatch<'a> {
+    verdicts: &'a Verdicts,
+    order_id: Uuid,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Verdicts {
+    fn watch(&self, order_id: Uuid) -> VerdictWatch<'_> {
+        let notify = self.waiting.lock().expect("verdicts lock").entry(order_id).or_default().clone();
+        VerdictWatch { verdicts: self, order_id, notify }
+    }
+
+    fn wake(&self, order_id: Uuid) {
+        if let Some(notify) = self.waiting.lock().expect("verdicts lock").get(&order_id) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+impl Drop for VerdictWatch<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.verdicts.waiting.lock().expect("verdicts lock");
+        // The map's reference and ours: no other request waits on this order.
+        if Arc::strong_count(&self.notify) == 2 {
+            waiting.remove(&self.order_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt as _;
+
+    #[test]
+    fn a_verdict_wakes_every_request_waiting_on_its_order_and_the_last_one_gone_unregisters() {
+        let verdicts = Verdicts::default();
+        let (order, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = verdicts.watch(order);
+        let second = verdicts.watch(order);
+        let elsewhere = verdicts.watch(other);
+        {
+            let (woken_first, woken_second, not_woken) =
+                (first.notify.notified(), second.notify.notified(), elsewhere.notify.notified());
+            tokio::pin!(woken_first, woken_second, not_woken);
+            for notified in [woken_first.as_mut(), woken_second.as_mut(), not_woken.as_mut()] {
+                notified.enable();
+            }
+
+            verdicts.wake(order);
+            assert!(woken_first.now_or_never().is_some(), "the first request is woken");
+            assert!(woken_second.now_or_never().is_some(), "so is the second, on the same order");
+            assert!(not_woken.now_or_never().is_none(), "a request on another order is not");
+        }
+
+        drop(first);
+        assert!(verdicts.waiting.lock().unwrap().contains_key(&order), "still watched by the second request");
+        drop(second);
+        drop(elsewhere);
+        assert!(verdicts.waiting.lock().unwrap().is_empty(), "nobody waits: nothing left registered");
     }
 }

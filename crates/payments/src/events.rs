@@ -112,32 +112,62 @@ impl EventHandler for OrderEvents {
     }
 }
 
-/// The consumer, plus a wake-up for the reconciler once an event's effect has committed, so a
-/// refund that became owed is asked for at once rather than at the reconciler's next round.
-pub struct WakeReconcilerAfter<H> {
+/// The consumer, plus wake-ups once an event's effect has committed: the reconciler when a
+/// refund became owed, so it is asked for at once rather than at its next round; and the
+/// payment requests waiting for orders' verdict on an order this event changed.
+pub struct WakeAfterCommit<H> {
     pub consumer: Arc<platform::consumer::Consumer<H>>,
     pub payments: Arc<PaymentService>,
 }
 
-impl<H: EventHandler> platform::bus::Handler for WakeReconcilerAfter<H> {
+/// What to wake once an event's effect has committed.
+#[derive(Debug, Clone, Copy)]
+struct WakeUps {
+    /// A refund became owed.
+    reconciler: bool,
+    /// The order whose payment the event decides (completes it, rejects a payment, or ends
+    /// the order).
+    verdict: Option<Uuid>,
+}
+
+impl WakeUps {
+    fn of(event: &Event) -> Self {
+        let verdict = match event.kind.as_str() {
+            OrderCompleted::KIND => payload::<OrderCompleted>(event).ok().map(|order| order.id),
+            OrderCancelled::KIND => payload::<OrderCancelled>(event).ok().map(|order| order.id),
+            OrderPaymentRejected::KIND => payload::<OrderPaymentRejected>(event).ok().map(|rejected| rejected.id),
+            _ => None,
+        };
+        Self { reconciler: event.kind == OrderPaymentRejected::KIND, verdict }
+    }
+
+    fn wake(self, payments: &PaymentService) {
+        if self.reconciler {
+            payments.wake_reconciler();
+        }
+        if let Some(order_id) = self.verdict {
+            payments.verdict_applied(order_id);
+        }
+    }
+}
+
+impl<H: EventHandler> platform::bus::Handler for WakeAfterCommit<H> {
     async fn handle(&self, delivery: platform::bus::Delivery) -> platform::bus::Outcome {
-        let rejection = delivery.event.kind == OrderPaymentRejected::KIND;
+        let wake_ups = WakeUps::of(&delivery.event);
         let outcome = self.consumer.handle(delivery).await;
-        if rejection && matches!(outcome, platform::bus::Outcome::Ack) {
-            self.payments.wake_reconciler();
+        if matches!(outcome, platform::bus::Outcome::Ack) {
+            wake_ups.wake(&self.payments);
         }
         outcome
     }
 
     async fn handle_batch(&self, deliveries: Vec<platform::bus::Delivery>) -> Vec<platform::bus::Outcome> {
-        let rejections: Vec<bool> = deliveries.iter().map(|d| d.event.kind == OrderPaymentRejected::KIND).collect();
+        let wake_ups: Vec<WakeUps> = deliveries.iter().map(|delivery| WakeUps::of(&delivery.event)).collect();
         let outcomes = self.consumer.handle_batch(deliveries).await;
-        if rejections
-            .iter()
-            .zip(&outcomes)
-            .any(|(rejection, outcome)| *rejection && matches!(outcome, platform::bus::Outcome::Ack))
-        {
-            self.payments.wake_reconciler();
+        for (wake_ups, outcome) in wake_ups.into_iter().zip(&outcomes) {
+            if matches!(outcome, platform::bus::Outcome::Ack) {
+                wake_ups.wake(&self.payments);
+            }
         }
         outcomes
     }

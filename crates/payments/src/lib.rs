@@ -211,7 +211,7 @@ async fn launch(
             .with_clock(ctx.clock.clone()),
     );
     let consumer = Consumer::new(NAME, db.clone(), events::OrderEvents, Some(outbox));
-    let handler = events::WakeReconcilerAfter { consumer, payments: payments.clone() };
+    let handler = events::WakeAfterCommit { consumer, payments: payments.clone() };
     let subscription =
         ctx.bus.subscribe(NAME, events::KINDS, dyn_handler(Arc::new(handler)), ctx.shutdown.clone()).await?;
     let (every, grace) = settings.reconcile_schedule();

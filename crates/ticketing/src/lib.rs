@@ -356,7 +356,13 @@ async fn start_each(
     services: &mut Vec<Service>,
 ) -> anyhow::Result<()> {
     let bus = connect_bus(settings, attempt).await?;
-    let ctx = Context { settings: settings.clone(), keys: keys.clone(), bus, shutdown: attempt.clone(), clock: args.clock.clone() };
+    let ctx = Context {
+        settings: settings.clone(),
+        keys: keys.clone(),
+        bus,
+        shutdown: attempt.clone(),
+        clock: args.clock.clone(),
+    };
     for name in names {
         let service = match name {
             ServiceName::Auth => auth::start(&ctx, &args.auth).await,

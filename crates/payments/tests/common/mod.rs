@@ -125,7 +125,8 @@ impl Stand {
         .await
         .unwrap();
         let service = shutdown.child_token();
-        let (base, payments, tasks) = launch(&settings, &clock, &keys, &bus, &service, &payments_settings, gateway).await;
+        let (base, payments, tasks) =
+            launch(&settings, &clock, &keys, &bus, &service, &payments_settings, gateway).await;
         Self { base, bus, payments, keys, created, settings, clock, shutdown, service, tasks, _dir: dir }
     }
 
@@ -142,7 +143,8 @@ impl Stand {
         payments_settings.confirm_wait_millis = 0;
         tweak(&mut payments_settings);
         (self.base, self.payments, self.tasks) =
-            launch(&self.settings, &self.clock, &self.keys, &self.bus, &self.service, &payments_settings, gateway).await;
+            launch(&self.settings, &self.clock, &self.keys, &self.bus, &self.service, &payments_settings, gateway)
+                .await;
         self
     }
 

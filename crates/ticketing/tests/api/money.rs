@@ -242,7 +242,13 @@ async fn a_payment_accepted_in_time_wins_over_an_expiry_processed_first(backend:
         &settings.session_secret().unwrap(),
         time::Duration::seconds(settings.session_ttl_seconds),
     ));
-    let ctx = Context { settings: settings.clone(), keys, bus: bus.clone(), shutdown: shutdown.clone(), clock: args.clock.clone() };
+    let ctx = Context {
+        settings: settings.clone(),
+        keys,
+        bus: bus.clone(),
+        shutdown: shutdown.clone(),
+        clock: args.clock.clone(),
+    };
     let services = vec![
         auth::start(&ctx, &args.auth).await.unwrap(),
         tickets::start(&ctx, &args.tickets).await.unwrap(),
