@@ -410,9 +410,7 @@ pub async fn keep_payment(
     payment: &PaymentRecord,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    mark_attempt_charged(conn, &attempt.idempotency_key, &payment.charge_id, now).await?;
-    let payment = PaymentRecord { status: payment_status::SUCCEEDED.to_owned(), ..payment.clone() };
-    insert_payment(conn, &payment, now).await?;
+    let payment = record_charge(conn, attempt, payment, payment_status::SUCCEEDED, now).await?;
     let event = PaymentCreated {
         id: payment.id,
         order_id: payment.order_id,
@@ -430,11 +428,24 @@ pub async fn give_back_payment(
     payment: &PaymentRecord,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    mark_attempt_charged(conn, &attempt.idempotency_key, &payment.charge_id, now).await?;
-    let payment = PaymentRecord { status: payment_status::REFUNDING.to_owned(), ..payment.clone() };
-    insert_payment(conn, &payment, now).await?;
+    let payment = record_charge(conn, attempt, payment, payment_status::REFUNDING, now).await?;
     let owed = RefundCreated { payment_id: payment.id, order_id: payment.order_id, amount: payment.amount };
     outbox::enqueue(conn, &owed.to_event()).await
+}
+
+/// Settles `attempt` charged and records its charge as `payment` with `status`: what keeping
+/// and giving back a charge share. The payment as recorded.
+async fn record_charge(
+    conn: &mut AnyConnection,
+    attempt: &ChargeAttempt,
+    payment: &PaymentRecord,
+    status: &str,
+    now: i64,
+) -> Result<PaymentRecord, sqlx::Error> {
+    mark_attempt_charged(conn, &attempt.idempotency_key, &payment.charge_id, now).await?;
+    let payment = PaymentRecord { status: status.to_owned(), ..payment.clone() };
+    insert_payment(conn, &payment, now).await?;
+    Ok(payment)
 }
 
 /// Settles an attempt whose charge the gateway took (and that is recorded in `payments`, in
