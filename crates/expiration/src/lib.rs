@@ -60,7 +60,7 @@ pub async fn start(ctx: &Context, settings: &ExpirationSettings) -> anyhow::Resu
     let timer_loop = timers.spawn(ctx.shutdown.clone());
     sample_due_timers(ctx, &db);
     let tasks = vec![relay, consumer, timer_loop, ctx.start_retention(&db, &[store::ENDED_TIMERS])];
-    Ok(Service { name: NAME, router: ctx.api_router(Router::new(), &db), checks: ctx.readiness(&db), tasks })
+    Ok(ctx.service(NAME, Router::new(), &db, tasks))
 }
 
 /// Counts, at each scrape, the timers that are due and not fired yet.

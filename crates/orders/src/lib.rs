@@ -61,12 +61,7 @@ pub async fn start(ctx: &Context, settings: &OrdersSettings) -> anyhow::Result<S
     });
     let (api, _) = api().split_for_parts();
     let api = api.with_state(state);
-    Ok(Service {
-        name: NAME,
-        router: ctx.api_router(api, &db),
-        checks: ctx.readiness(&db),
-        tasks: vec![relay, subscriber, ctx.start_retention(&db, &[])],
-    })
+    Ok(ctx.service(NAME, api, &db, vec![relay, subscriber, ctx.start_retention(&db, &[])]))
 }
 
 /// The service's routes and their documentation, from one list: a route cannot exist without

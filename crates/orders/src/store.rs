@@ -70,11 +70,9 @@ pub async fn find_ticket(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Ti
          version AS ticket_version FROM tickets WHERE id = $1",
     )
     .bind(id.to_string())
+    .try_map(|row| ticket(&row))
     .fetch_optional(&mut *conn)
-    .await?
-    .as_ref()
-    .map(ticket)
-    .transpose()
+    .await
 }
 
 /// Adds a ticket to the replica; `false` if it was already there.
@@ -144,32 +142,26 @@ async fn insert_order(conn: &mut AnyConnection, order: &Order) -> Result<(), sql
 pub async fn find_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
         .bind(id.to_string())
+        .try_map(|row| order(&row))
         .fetch_optional(&mut *conn)
-        .await?
-        .as_ref()
-        .map(order)
-        .transpose()
+        .await
 }
 
 /// A buyer's orders, any status, newest first.
 pub async fn list_orders(conn: &mut AnyConnection, user_id: Uuid) -> Result<Vec<Order>, sqlx::Error> {
     sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC"))
         .bind(user_id.to_string())
+        .try_map(|row| order(&row))
         .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(order)
-        .collect()
+        .await
 }
 
 async fn order_status(conn: &mut AnyConnection, id: Uuid) -> Result<Option<OrderStatus>, sqlx::Error> {
     sqlx::query("SELECT status FROM orders WHERE id = $1")
         .bind(id.to_string())
+        .try_map(|row| status(&row))
         .fetch_optional(&mut *conn)
-        .await?
-        .as_ref()
-        .map(status)
-        .transpose()
+        .await
 }
 
 /// Cancels a live order (`order:cancelled`); a cancelled or complete order stays as it is.
@@ -212,11 +204,9 @@ async fn end_live_order(
     .bind(id.to_string())
     .bind(now_millis())
     .bind(reason.map(EndReason::as_str))
+    .try_map(|row| order(&row))
     .fetch_optional(&mut *conn)
-    .await?
-    .as_ref()
-    .map(order)
-    .transpose()
+    .await
 }
 
 /// Reads an order and holds its row until the transaction ends (portable `FOR UPDATE`), so
@@ -224,11 +214,9 @@ async fn end_live_order(
 pub async fn lock_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     sqlx::query(&format!("UPDATE orders SET version = version WHERE id = $1 RETURNING {ORDER_COLUMNS}"))
         .bind(id.to_string())
+        .try_map(|row| order(&row))
         .fetch_optional(&mut *conn)
-        .await?
-        .as_ref()
-        .map(order)
-        .transpose()
+        .await
 }
 
 /// Whether some order holds the ticket (live or complete) as far as `conn` sees. Only a
@@ -268,11 +256,9 @@ pub async fn revive_as_complete(conn: &mut AnyConnection, id: Uuid) -> Result<Op
     ))
     .bind(id.to_string())
     .bind(now_millis())
+    .try_map(|row| order(&row))
     .fetch_optional(&mut *conn)
-    .await?
-    .as_ref()
-    .map(order)
-    .transpose()?;
+    .await?;
     if let Some(revived) = &revived {
         outbox::enqueue(conn, &revived.ended_event()).await?;
     }

@@ -219,12 +219,8 @@ async fn launch(
     sample_obligations(ctx, &db);
     let (api, _) = api().split_for_parts();
     let api = api.with_state(payments.clone());
-    let service = Service {
-        name: NAME,
-        router: ctx.api_router(api, &db),
-        checks: ctx.readiness(&db),
-        tasks: vec![relay, subscription, reconciler, ctx.start_retention(&db, &[])],
-    };
+    let tasks = vec![relay, subscription, reconciler, ctx.start_retention(&db, &[])];
+    let service = ctx.service(NAME, api, &db, tasks);
     Ok((service, payments))
 }
 

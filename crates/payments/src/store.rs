@@ -86,11 +86,9 @@ const PAYMENT_COLUMNS: &str =
 pub async fn find_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<OrderRecord>, sqlx::Error> {
     sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
         .bind(id.to_string())
+        .try_map(|row| order_from(&row))
         .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(order_from)
-        .transpose()
+        .await
 }
 
 /// Reads the order and holds its row until the transaction ends, so whatever changes the
@@ -100,11 +98,9 @@ pub async fn find_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Ord
 pub async fn lock_order(conn: &mut AnyConnection, id: Uuid) -> Result<Option<OrderRecord>, sqlx::Error> {
     sqlx::query(&format!("UPDATE orders SET version = version WHERE id = $1 RETURNING {ORDER_COLUMNS}"))
         .bind(id.to_string())
+        .try_map(|row| order_from(&row))
         .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(order_from)
-        .transpose()
+        .await
 }
 
 /// Adds an order from `order:created`; an order already known is left alone.
@@ -147,11 +143,9 @@ pub async fn update_order_status(
 pub async fn payments_for_order(conn: &mut AnyConnection, order_id: Uuid) -> Result<Vec<PaymentRecord>, sqlx::Error> {
     sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 ORDER BY created_at, id"))
         .bind(order_id.to_string())
+        .try_map(|row| payment_from(&row))
         .fetch_all(conn)
-        .await?
-        .iter()
-        .map(payment_from)
-        .collect()
+        .await
 }
 
 /// The kept payment of an order, if it has one.
@@ -159,11 +153,9 @@ pub async fn kept_payment(conn: &mut AnyConnection, order_id: Uuid) -> Result<Op
     sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 AND status = $2"))
         .bind(order_id.to_string())
         .bind(payment_status::SUCCEEDED)
+        .try_map(|row| payment_from(&row))
         .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(payment_from)
-        .transpose()
+        .await
 }
 
 pub async fn payment_by_charge(
@@ -172,11 +164,9 @@ pub async fn payment_by_charge(
 ) -> Result<Option<PaymentRecord>, sqlx::Error> {
     sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE charge_id = $1"))
         .bind(charge_id)
+        .try_map(|row| payment_from(&row))
         .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(payment_from)
-        .transpose()
+        .await
 }
 
 /// Payments whose refund is still owed, oldest first.
@@ -188,22 +178,18 @@ pub async fn refunds_due(conn: &mut AnyConnection, now: i64, limit: i64) -> Resu
     .bind(payment_status::REFUNDING)
     .bind(now)
     .bind(limit)
+    .try_map(|row| payment_from(&row))
     .fetch_all(conn)
-    .await?
-    .iter()
-    .map(payment_from)
-    .collect()
+    .await
 }
 
 /// Every refund still owed, due or not.
 pub async fn refunds_owed(conn: &mut AnyConnection) -> Result<Vec<PaymentRecord>, sqlx::Error> {
     sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = $1 ORDER BY created_at, id"))
         .bind(payment_status::REFUNDING)
+        .try_map(|row| payment_from(&row))
         .fetch_all(conn)
-        .await?
-        .iter()
-        .map(payment_from)
-        .collect()
+        .await
 }
 
 /// Claims an owed refund for one attempt: only if nobody moved it since it was read. Its
@@ -255,11 +241,9 @@ pub async fn owe_refund(conn: &mut AnyConnection, payment_id: Uuid) -> Result<Op
     .bind(payment_status::REFUNDING)
     .bind(payment_id.to_string())
     .bind(payment_status::SUCCEEDED)
+    .try_map(|row| payment_from(&row))
     .fetch_optional(&mut *conn)
-    .await?
-    .as_ref()
-    .map(payment_from)
-    .transpose()?;
+    .await?;
     if let Some(payment) = &payment {
         let owed = RefundCreated { payment_id, order_id: payment.order_id, amount: payment.amount };
         outbox::enqueue(conn, &owed.to_event()).await?;
@@ -270,11 +254,9 @@ pub async fn owe_refund(conn: &mut AnyConnection, payment_id: Uuid) -> Result<Op
 pub async fn find_payment(conn: &mut AnyConnection, payment_id: Uuid) -> Result<Option<PaymentRecord>, sqlx::Error> {
     sqlx::query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"))
         .bind(payment_id.to_string())
+        .try_map(|row| payment_from(&row))
         .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(payment_from)
-        .transpose()
+        .await
 }
 
 async fn insert_payment(conn: &mut AnyConnection, payment: &PaymentRecord, now: i64) -> Result<(), sqlx::Error> {
@@ -367,11 +349,9 @@ pub async fn find_attempt(
 ) -> Result<Option<ChargeAttempt>, sqlx::Error> {
     sqlx::query(&format!("SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE idempotency_key = $1"))
         .bind(idempotency_key)
+        .try_map(|row| attempt_from(&row))
         .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(attempt_from)
-        .transpose()
+        .await
 }
 
 /// The charge attempts of an order, oldest first.
@@ -380,11 +360,9 @@ pub async fn attempts_for_order(conn: &mut AnyConnection, order_id: Uuid) -> Res
         "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts WHERE order_id = $1 ORDER BY created_at, idempotency_key"
     ))
     .bind(order_id.to_string())
+    .try_map(|row| attempt_from(&row))
     .fetch_all(conn)
-    .await?
-    .iter()
-    .map(attempt_from)
-    .collect()
+    .await
 }
 
 /// Attempts still `charging` that nobody has touched since `before`, oldest first.
@@ -400,11 +378,9 @@ pub async fn unsettled_attempts(
     .bind(attempt_status::CHARGING)
     .bind(before)
     .bind(limit)
+    .try_map(|row| attempt_from(&row))
     .fetch_all(conn)
-    .await?
-    .iter()
-    .map(attempt_from)
-    .collect()
+    .await
 }
 
 /// Claims an unsettled attempt for the reconciler: only if it is still `charging` and nobody
@@ -434,9 +410,7 @@ pub async fn keep_payment(
     payment: &PaymentRecord,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    mark_attempt_charged(conn, &attempt.idempotency_key, &payment.charge_id, now).await?;
-    let payment = PaymentRecord { status: payment_status::SUCCEEDED.to_owned(), ..payment.clone() };
-    insert_payment(conn, &payment, now).await?;
+    let payment = record_charge(conn, attempt, payment, payment_status::SUCCEEDED, now).await?;
     let event = PaymentCreated {
         id: payment.id,
         order_id: payment.order_id,
@@ -454,11 +428,24 @@ pub async fn give_back_payment(
     payment: &PaymentRecord,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    mark_attempt_charged(conn, &attempt.idempotency_key, &payment.charge_id, now).await?;
-    let payment = PaymentRecord { status: payment_status::REFUNDING.to_owned(), ..payment.clone() };
-    insert_payment(conn, &payment, now).await?;
+    let payment = record_charge(conn, attempt, payment, payment_status::REFUNDING, now).await?;
     let owed = RefundCreated { payment_id: payment.id, order_id: payment.order_id, amount: payment.amount };
     outbox::enqueue(conn, &owed.to_event()).await
+}
+
+/// Settles `attempt` charged and records its charge as `payment` with `status`: what keeping
+/// and giving back a charge share. The payment as recorded.
+async fn record_charge(
+    conn: &mut AnyConnection,
+    attempt: &ChargeAttempt,
+    payment: &PaymentRecord,
+    status: &str,
+    now: i64,
+) -> Result<PaymentRecord, sqlx::Error> {
+    mark_attempt_charged(conn, &attempt.idempotency_key, &payment.charge_id, now).await?;
+    let payment = PaymentRecord { status: status.to_owned(), ..payment.clone() };
+    insert_payment(conn, &payment, now).await?;
+    Ok(payment)
 }
 
 /// Settles an attempt whose charge the gateway took (and that is recorded in `payments`, in

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use httpkit::http::ReadinessCheck;
+use httpkit::http::{ReadinessCheck, Service};
 use httpkit::metrics::{GroupLabels, PoolLabels, ServiceLabels, metrics};
 use httpkit::session::SessionKeys;
 use httpkit::settings::Settings;
@@ -54,6 +54,12 @@ impl Context {
     pub fn api_router(&self, api: Router, db: &Db) -> Router {
         let revocations = Arc::new(crate::revocation::RevokedSessions::new(db));
         httpkit::http::service_router(api, self.keys.clone(), revocations, self.settings.max_body_bytes)
+    }
+
+    /// A service that keeps its data in `db`: `api` behind [`Context::api_router`], ready as
+    /// [`Context::readiness`] says, and `tasks` waited for after shutdown.
+    pub fn service(&self, name: &'static str, api: Router, db: &Db, tasks: Vec<JoinHandle<()>>) -> Service {
+        Service { name, router: self.api_router(api, db), checks: self.readiness(db), tasks }
     }
 
     /// Starts the service's outbox relay; wake it after committing events.

@@ -61,11 +61,9 @@ pub async fn insert_ticket(conn: &mut AnyConnection, ticket: &Ticket) -> Result<
 pub async fn find(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Ticket>, sqlx::Error> {
     sqlx::query(&format!("SELECT {COLUMNS} FROM tickets WHERE id = $1"))
         .bind(id.to_string())
+        .try_map(|row| ticket(&row))
         .fetch_optional(&mut *conn)
-        .await?
-        .as_ref()
-        .map(ticket)
-        .transpose()
+        .await
 }
 
 /// One page of the tickets that can be bought (neither reserved nor sold), newest first.
@@ -169,11 +167,9 @@ async fn change_by_order(
     let changed = sqlx::query(&format!("{sql} RETURNING {COLUMNS}"))
         .bind(ticket_id.to_string())
         .bind(order_id.to_string())
+        .try_map(|row| ticket(&row))
         .fetch_optional(&mut *conn)
-        .await?
-        .as_ref()
-        .map(ticket)
-        .transpose()?;
+        .await?;
     updated(conn, changed).await
 }
 
@@ -191,11 +187,9 @@ pub async fn update_listing(
     .bind(listing.price)
     .bind(id.to_string())
     .bind(search_key(&listing.title))
+    .try_map(|row| ticket(&row))
     .fetch_optional(&mut *conn)
-    .await?
-    .as_ref()
-    .map(ticket)
-    .transpose()?;
+    .await?;
     updated(conn, changed).await
 }
 

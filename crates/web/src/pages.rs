@@ -22,6 +22,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("macros.html", include_str!("../templates/macros.html")),
     ("alerts.html", include_str!("../templates/alerts.html")),
     ("home.html", include_str!("../templates/home.html")),
+    ("form_page.html", include_str!("../templates/form_page.html")),
     ("auth.html", include_str!("../templates/auth.html")),
     ("signout.html", include_str!("../templates/signout.html")),
     ("ticket.html", include_str!("../templates/ticket.html")),
