@@ -9,6 +9,10 @@
 //!
 //! Services never publish directly: they write events to their outbox in the same
 //! transaction as the change ([`crate::outbox`]), and the relay publishes them here.
+//!
+//! A subscriber of either bus is a [`crate::worker::Job`] on a [`crate::worker::Worker`]: each
+//! step takes as many deliveries as it has free slots ([`InFlight`]) and starts their handlers,
+//! so backoff after a failed pull or lease, panic reporting and shutdown are the worker's.
 
 pub mod embedded;
 pub mod nats;
@@ -18,6 +22,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// One event on the wire: the envelope every event carries, around its contract payload.
@@ -217,6 +224,72 @@ fn complete(mut outcomes: Vec<Outcome>, count: usize) -> Vec<Outcome> {
 pub enum BusError {
     #[error("event bus unavailable: {0:#}")]
     Unavailable(anyhow::Error),
+}
+
+/// A subscriber's handlers in flight: at most the policy's `max_in_flight` deliveries at once,
+/// each batch in a task of its own that holds its slots until its deliveries are settled.
+pub(crate) struct InFlight {
+    group: String,
+    slots: Arc<Semaphore>,
+    tasks: std::sync::Mutex<JoinSet<()>>,
+}
+
+impl InFlight {
+    pub(crate) fn new(group: &str, policy: &RetryPolicy) -> Self {
+        Self {
+            group: group.to_owned(),
+            slots: Arc::new(Semaphore::new(policy.in_flight_limit())),
+            tasks: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Waits for a free slot, then takes every free one, so a subscriber asks the bus for no
+    /// more deliveries than can start at once. `None` once `shutdown` is cancelled.
+    pub(crate) async fn free_slots(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        self.reap();
+        let mut free = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return None,
+            // The semaphore is never closed.
+            slot = self.slots.clone().acquire_owned() => slot.ok()?,
+        };
+        if let Ok(more) = u32::try_from(self.slots.available_permits())
+            && more > 0
+            && let Ok(more) = self.slots.clone().try_acquire_many_owned(more)
+        {
+            free.merge(more);
+        }
+        Some(free)
+    }
+
+    /// Runs one batch's handling and settling; it should hold the batch's slots until done.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).spawn(task);
+    }
+
+    /// Waits for every task in flight (each handler is bounded by the policy's
+    /// `handler_timeout`, so this ends). For after the subscriber stopped starting new ones.
+    pub(crate) async fn drain(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        while let Some(joined) = tasks.join_next().await {
+            self.report(joined);
+        }
+    }
+
+    /// Collects the tasks that have finished.
+    fn reap(&self) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(joined) = tasks.try_join_next() {
+            self.report(joined);
+        }
+    }
+
+    fn report(&self, joined: Result<(), tokio::task::JoinError>) {
+        if let Err(err) = joined {
+            // Handlers' own panics are failed attempts (`dyn_handler`); this is the bus's code.
+            tracing::error!(group = %self.group, error = %err, "event handler task failed; its deliveries were not settled and come back when their lease (ack_wait) runs out");
+        }
+    }
 }
 
 /// A durable, at-least-once event bus.
