@@ -406,7 +406,7 @@ async fn the_next_wake_up_is_the_earliest_claimable_instant(backend: Backend) {
     let stand = Stand::new(backend).await;
     let db = stand.db().await;
     let now = now_millis();
-    let next = async || expiration::store::next_due_at(&mut *db.pool.acquire().await.unwrap(), now).await.unwrap();
+    let next = async || expiration::store::next_due_at(&mut db.pool.acquire().await.unwrap(), now).await.unwrap();
     let insert = async |fire_at: i64, locked_until: i64, status: &str| {
         sqlx::query("INSERT INTO timers (order_id, fire_at, locked_until, status) VALUES ($1, $2, $3, $4)")
             .bind(Uuid::new_v4().to_string())
