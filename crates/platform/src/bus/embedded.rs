@@ -30,7 +30,9 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, Delivery, DynHandler, Event, EventBus, InFlight, Outcome, RetryPolicy, subject_for};
+use super::{
+    BusError, Delivery, DynHandler, Event, EventBus, InFlight, Outcome, RetryPolicy, Round, Subscription, subject_for,
+};
 use crate::db::now_millis;
 use crate::worker::{Job, Step, Waker, Worker};
 
@@ -197,19 +199,15 @@ impl EventBus for EmbeddedBus {
         self.subscribe_group(group, kinds).await.map_err(|err| BusError::Unavailable(err.into()))?;
         let waker = Waker::default();
         self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(waker.clone());
-        let subscriber = Arc::new(Subscriber {
+        let subscriber = Subscriber {
             pool: self.pool.clone(),
             group: group.to_owned(),
             policy: self.policy.clone(),
             handler,
             waker: waker.clone(),
-            shutdown: shutdown.clone(),
-        });
-        let subscription = Subscription {
-            subscriber,
-            name: format!("embedded subscriber {group}"),
-            in_flight: InFlight::new(group, &self.policy),
         };
+        let subscription =
+            Subscription::new(format!("embedded subscriber {group}"), group, &self.policy, subscriber, &shutdown);
         Ok(Worker::new(subscription).woken_by(waker).spawn(shutdown))
     }
 
@@ -260,39 +258,17 @@ struct Subscriber {
     handler: DynHandler,
     /// Its worker's: woken by a publish, and when a batch's outcomes are recorded.
     waker: Waker,
-    shutdown: CancellationToken,
 }
 
-/// A subscriber as its [`Worker`]'s job: a step leases as many due deliveries as it has free
-/// slots and starts their handlers; it is woken by a publish or a settled batch.
-struct Subscription {
-    subscriber: Arc<Subscriber>,
-    /// Names the worker in logs.
-    name: String,
-    /// Here, not in the shared subscriber, so ending the worker's task ends the handlers too.
-    in_flight: InFlight,
-}
-
+/// A step of the subscriber's worker leases as many due deliveries as it has free slots and
+/// starts their handlers; the worker is woken by a publish or a settled batch.
 #[async_trait::async_trait]
-impl Job for Subscription {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn step(&self) -> anyhow::Result<Step> {
-        let Some(free) = self.in_flight.free_slots(&self.subscriber.shutdown).await else { return Ok(Step::Idle) };
-        let leased =
-            self.subscriber.lease_and_start(free, &self.in_flight).await.context("embedded bus read failed")?;
-        Ok(match leased {
+impl Round for Subscriber {
+    async fn round(this: &Arc<Self>, free: OwnedSemaphorePermit, in_flight: &InFlight) -> anyhow::Result<Step> {
+        Ok(match this.lease_and_start(free, in_flight).await.context("embedded bus read failed")? {
             Some(wait) => Step::IdleFor(wait),
             None => Step::Busy,
         })
-    }
-
-    /// On shutdown the subscriber stops leasing and the handlers in flight record their outcomes.
-    async fn finish(&self) {
-        self.in_flight.drain().await;
-        tracing::debug!(group = %self.subscriber.group, "embedded subscriber stopped");
     }
 }
 

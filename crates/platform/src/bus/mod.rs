@@ -10,9 +10,10 @@
 //! Services never publish directly: they write events to their outbox in the same
 //! transaction as the change ([`crate::outbox`]), and the relay publishes them here.
 //!
-//! A subscriber of either bus is a [`crate::worker::Job`] on a [`crate::worker::Worker`]: each
-//! step takes as many deliveries as it has free slots ([`InFlight`]) and starts their handlers,
-//! so backoff after a failed pull or lease, panic reporting and shutdown are the worker's.
+//! A subscriber of either bus runs on a [`crate::worker::Worker`] as a [`Subscription`]: each
+//! step waits for free slots ([`InFlight`]) and runs the bus's [`Round`], which takes that many
+//! deliveries and starts their handlers, so backoff after a failed pull or lease, panic
+//! reporting and shutdown are the worker's.
 
 pub mod embedded;
 pub mod nats;
@@ -26,6 +27,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::worker::{Job, Step};
 
 /// One event on the wire: the envelope every event carries, around its contract payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +227,59 @@ fn complete(mut outcomes: Vec<Outcome>, count: usize) -> Vec<Outcome> {
 pub enum BusError {
     #[error("event bus unavailable: {0:#}")]
     Unavailable(anyhow::Error),
+}
+
+/// What a bus's subscriber does in one step of its worker: take deliveries for the `free` slots
+/// (no more) and start their handlers in `in_flight`.
+#[async_trait::async_trait]
+pub(crate) trait Round: Send + Sync + 'static {
+    async fn round(this: &Arc<Self>, free: OwnedSemaphorePermit, in_flight: &InFlight) -> anyhow::Result<Step>;
+}
+
+/// A subscriber as its worker's job: waits for free slots, runs a round, and at shutdown waits
+/// for the handlers in flight to settle. The handler tasks live here, not in the subscriber
+/// they share, so ending the worker's task ends them too.
+pub(crate) struct Subscription<S> {
+    subscriber: Arc<S>,
+    /// Names the worker in logs.
+    name: String,
+    in_flight: InFlight,
+    shutdown: CancellationToken,
+}
+
+impl<S: Round> Subscription<S> {
+    pub(crate) fn new(
+        name: String,
+        group: &str,
+        policy: &RetryPolicy,
+        subscriber: S,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        Self {
+            subscriber: Arc::new(subscriber),
+            name,
+            in_flight: InFlight::new(group, policy),
+            shutdown: shutdown.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: Round> Job for Subscription<S> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn step(&self) -> anyhow::Result<Step> {
+        let Some(free) = self.in_flight.free_slots(&self.shutdown).await else { return Ok(Step::Idle) };
+        S::round(&self.subscriber, free, &self.in_flight).await
+    }
+
+    /// The subscriber stopped taking deliveries; the handlers in flight settle theirs.
+    async fn finish(&self) {
+        self.in_flight.drain().await;
+        tracing::debug!(job = %self.name, "subscriber stopped");
+    }
 }
 
 /// A subscriber's handlers in flight: at most the policy's `max_in_flight` deliveries at once,

@@ -48,8 +48,10 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, Delivery, DynHandler, Event, EventBus, InFlight, Outcome, RetryPolicy, subject_for};
-use crate::worker::{Job, Step, Worker};
+use super::{
+    BusError, Delivery, DynHandler, Event, EventBus, InFlight, Outcome, RetryPolicy, Round, Subscription, subject_for,
+};
+use crate::worker::{Step, Worker};
 
 /// How long `Nats-Msg-Id` de-duplication remembers an id. It catches the usual re-send (the
 /// outbox relay retrying after a lost ack); consumers de-duplicate whatever comes later.
@@ -343,7 +345,7 @@ impl EventBus for NatsBus {
         handler: DynHandler,
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, BusError> {
-        let subscriber = Arc::new(Subscriber {
+        let subscriber = Subscriber {
             jetstream: self.jetstream.clone(),
             stream: self.stream.clone(),
             consumer: consumer_name(group),
@@ -353,12 +355,9 @@ impl EventBus for NatsBus {
             handler,
             pulling: std::sync::Mutex::default(),
             shutdown: shutdown.clone(),
-        });
-        let subscription = Subscription {
-            subscriber,
-            name: format!("NATS subscriber {group}"),
-            in_flight: InFlight::new(group, &self.policy),
         };
+        let subscription =
+            Subscription::new(format!("NATS subscriber {group}"), group, &self.policy, subscriber, &shutdown);
         // Set up in the background, with retries: the process keeps running while NATS is
         // down or refuses us, and says why in its log.
         Ok(Worker::new(subscription).max_backoff(MAX_BACKOFF).spawn(shutdown))
@@ -398,41 +397,19 @@ struct Subscriber {
     shutdown: CancellationToken,
 }
 
-/// A subscriber as its [`Worker`]'s job: a step is one pull request (after setting the durable
-/// consumer up, when there is none yet or the last pull failed). A failed step is the worker's to
-/// log and retry after its backoff, capped at `MAX_BACKOFF`.
-struct Subscription {
-    subscriber: Arc<Subscriber>,
-    /// Names the worker in logs.
-    name: String,
-    /// The slots and handler tasks outlive a failed pull, so the limit holds across set-ups and
-    /// the handlers running when a pull failed still finish and settle their messages. They live
-    /// here, not in the shared subscriber, so ending the worker's task ends them too.
-    in_flight: InFlight,
-}
-
+/// A step of the subscriber's worker is one pull request (after setting the durable consumer up,
+/// when there is none yet or the last pull failed). A failed step is the worker's to log and
+/// retry after its backoff, capped at `MAX_BACKOFF`.
 #[async_trait::async_trait]
-impl Job for Subscription {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn step(&self) -> anyhow::Result<Step> {
-        let subscriber = &self.subscriber;
-        let Some(consumer) = subscriber.consumer().await? else { return Ok(Step::Idle) };
-        let Some(free) = self.in_flight.free_slots(&subscriber.shutdown).await else { return Ok(Step::Idle) };
-        let pulled = subscriber.pull(&consumer, free, &self.in_flight).await;
+impl Round for Subscriber {
+    async fn round(this: &Arc<Self>, free: OwnedSemaphorePermit, in_flight: &InFlight) -> anyhow::Result<Step> {
+        let Some(consumer) = this.consumer().await? else { return Ok(Step::Idle) };
+        let pulled = this.pull(&consumer, free, in_flight).await;
         if pulled.is_err() {
             // No server, no stream leader yet, consumer deleted: set it up again next step.
-            *subscriber.pulling.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            *this.pulling.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         }
         pulled.map(|()| Step::Busy)
-    }
-
-    /// On shutdown the subscriber stops pulling and the handlers in flight settle their messages.
-    async fn finish(&self) {
-        self.in_flight.drain().await;
-        tracing::debug!(group = %self.subscriber.group, "NATS subscriber stopped");
     }
 }
 
