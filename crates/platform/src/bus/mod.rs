@@ -10,8 +10,8 @@
 //! Services never publish directly: they write events to their outbox in the same
 //! transaction as the change ([`crate::outbox`]), and the relay publishes them here.
 //!
-//! A subscriber of either bus runs on a [`crate::worker::Worker`] as a [`Subscription`]: each
-//! step waits for free slots ([`InFlight`]) and runs the bus's [`Round`], which takes that many
+//! A subscriber of either bus runs on a [`crate::worker::Worker`] as a `Subscription`: each
+//! step waits for free slots (`InFlight`) and runs the bus's `Round`, which takes that many
 //! deliveries and starts their handlers, so backoff after a failed pull or lease, panic
 //! reporting and shutdown are the worker's.
 
