@@ -1,11 +1,15 @@
-//! The one background loop every periodic job runs in: the outbox relay, expiration timers,
-//! the payments reconciler.
+//! The one background loop every job runs in: the outbox relay, expiration timers, the payments
+//! reconciler, the retention sweeps, and the subscribers of both buses (a step there is one pull
+//! or lease round that starts handlers for what it got).
 //!
 //! A job is a single `step`: claim some work, do it, say whether more is waiting. The worker
 //! calls it again at once while it is busy, otherwise waits until it is woken (a commit that
 //! left work for it) or its poll interval passes (work another instance left behind). A failed
 //! or panicking step is logged with its attempt number and retried after a capped exponential
-//! backoff; the loop itself never dies of it. Shutdown is a token, checked between steps.
+//! backoff; the loop itself never dies of it, so a loop that ends before shutdown is a bug, and
+//! the process watches for it (`httpkit::http::Readiness::watch`: it is then no longer live).
+//! Shutdown is a token, checked between steps; a step that waits should watch it too. After the
+//! loop stops, the job's `finish` lets work it started (handlers in flight) end.
 //!
 //! Tests drive a job by calling its `step` directly, so they never sleep to wait for a loop.
 
@@ -32,9 +36,14 @@ pub enum Step {
 #[async_trait::async_trait]
 pub trait Job: Send + Sync + 'static {
     /// Names the job in logs.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
 
     async fn step(&self) -> anyhow::Result<Step>;
+
+    /// Called once when the loop has stopped at shutdown, before the worker's task ends: waits
+    /// for the work the steps started in the background (a subscriber's handlers settling their
+    /// deliveries).
+    async fn finish(&self) {}
 }
 
 /// Wakes a worker that waits for work: call [`Waker::wake`] after committing some.
@@ -126,6 +135,7 @@ impl<J: Job> Worker<J> {
                 () = tokio::time::sleep(pause) => {}
             }
         }
+        self.job.finish().await;
         tracing::debug!(job = name, "worker stopped");
     }
 
@@ -152,6 +162,7 @@ mod tests {
     struct Flaky {
         calls: Arc<AtomicU32>,
         busy: u32,
+        finished: Arc<AtomicU32>,
     }
 
     #[async_trait::async_trait]
@@ -169,6 +180,10 @@ mod tests {
                 _ => Ok(Step::Idle),
             }
         }
+
+        async fn finish(&self) {
+            self.finished.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -180,11 +195,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failures_and_panics_are_retried_busy_steps_repeat_and_a_wake_up_runs_an_idle_job() {
+    async fn failures_and_panics_are_retried_busy_steps_repeat_a_wake_up_runs_an_idle_job_and_shutdown_finishes_it() {
         let calls = Arc::new(AtomicU32::new(0));
         let waker = Waker::default();
         let shutdown = CancellationToken::new();
-        let task = Worker::new(Flaky { calls: calls.clone(), busy: 5 })
+        let finished = Arc::new(AtomicU32::new(0));
+        let task = Worker::new(Flaky { calls: calls.clone(), busy: 5, finished: finished.clone() })
             .poll_every(Duration::from_secs(3600))
             .max_backoff(Duration::from_millis(10))
             .woken_by(waker.clone())
@@ -196,11 +212,13 @@ mod tests {
         eventually("the woken step", || calls.load(Ordering::SeqCst) == 10).await;
         shutdown.cancel();
         task.await.expect("the worker survives its job's panic");
+        assert_eq!(finished.load(Ordering::SeqCst), 1, "the job finishes once, when the loop stops");
     }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let worker = Worker::new(Flaky { calls: Arc::default(), busy: 0 }).max_backoff(Duration::from_millis(500));
+        let worker = Worker::new(Flaky { calls: Arc::default(), busy: 0, finished: Arc::default() })
+            .max_backoff(Duration::from_millis(500));
         let pauses: Vec<u128> = (1..=5).map(|n| worker.backoff(n).as_millis()).collect();
         assert_eq!(pauses, [100, 200, 400, 500, 500]);
     }

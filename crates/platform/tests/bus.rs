@@ -139,6 +139,14 @@ impl Setup {
         }
     }
 
+    /// What the bus holds for `group` right now (see [`settled`]).
+    async fn pending(&self, group: &str) -> u64 {
+        match self.which {
+            Which::Embedded => embedded_pending(&self.dir.path().join("bus.db"), group).await,
+            Which::Nats => nats_pending(&testkit::nats_url(), &self.stream, group).await,
+        }
+    }
+
     /// Removes the test's stream, so test runs do not pile streams up on the shared server.
     async fn finish(self) {
         if self.which == Which::Nats
@@ -286,7 +294,33 @@ on_both_buses!(
     outbox_relay_keeps_what_the_bus_did_not_acknowledge,
     waiting_events_are_handed_out_in_batches_in_order,
     outcomes_of_a_batch_are_settled_one_by_one,
+    a_stopped_subscriber_lets_its_handlers_in_flight_settle_first,
 );
+
+async fn a_stopped_subscriber_lets_its_handlers_in_flight_settle_first(which: Which) {
+    let setup = Setup::new(which);
+    let group = unique_name("g");
+    let bus = setup.open().await;
+    let seen = Seen::default();
+    let slow = handler(&seen, |_| async {
+        // Still running when the subscriber is told to stop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Outcome::Ack
+    });
+    let running = subscribe(&*bus, &group, &[KIND], slow).await;
+    publish_all(&*bus, &events(3)).await;
+    seen.wait_for(3, "every handler to start").await;
+
+    running.stop().await;
+    // Settled by the time the subscriber's task ended, not later.
+    assert_eq!(
+        setup.pending(&group).await,
+        0,
+        "the handlers in flight settled their deliveries before the subscriber stopped"
+    );
+    assert_eq!(seen.all().len(), 3, "no delivery was made twice");
+    setup.finish().await;
+}
 
 async fn published_event_reaches_a_subscriber_of_its_kind(which: Which) {
     let setup = Setup::new(which);

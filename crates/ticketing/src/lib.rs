@@ -136,12 +136,17 @@ fn retry_policy(settings: &Settings) -> RetryPolicy {
     }
 }
 
-/// The bus named by the settings. NATS connects in the background (the process runs while it is
-/// down); this fails only on settings that cannot work, or when the embedded bus's data dir is
-/// held by another process.
-async fn connect_bus(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn EventBus>> {
+/// The bus named by the settings, with the loops it runs of its own (the embedded bus's
+/// retention). NATS connects in the background (the process runs while it is down); this fails
+/// only on settings that cannot work, or when the embedded bus's data dir is held by another
+/// process.
+async fn connect_bus(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn EventBus>, Vec<JoinHandle<()>>)> {
     let policy = retry_policy(settings);
-    Ok(match &settings.nats_url {
+    let mut tasks = Vec::new();
+    let bus: Arc<dyn EventBus> = match &settings.nats_url {
         Some(url) => {
             let mut connection = NatsConnection::to(url);
             connection.creds_file = settings.nats_creds.clone();
@@ -168,11 +173,12 @@ async fn connect_bus(settings: &Settings, shutdown: &CancellationToken) -> anyho
             httpkit::settings::create_private_dir(&settings.data_dir)?;
             let bus = EmbeddedBus::open(&settings.data_dir.join("bus.db"), &settings.subject_prefix, policy).await?;
             if let Some(keep) = settings.retention() {
-                Worker::new(bus.retention(keep)).poll_every(RETENTION_EVERY).spawn(shutdown.clone());
+                tasks.push(Worker::new(bus.retention(keep)).poll_every(RETENTION_EVERY).spawn(shutdown.clone()));
             }
             Arc::new(bus)
         }
-    })
+    };
+    Ok((bus, tasks))
 }
 
 /// The services that keep a database, and so share the process's connection budget.
@@ -355,7 +361,9 @@ async fn start_each(
     attempt: &CancellationToken,
     services: &mut Vec<Service>,
 ) -> anyhow::Result<()> {
-    let bus = connect_bus(settings, attempt).await?;
+    let (bus, bus_tasks) = connect_bus(settings, attempt).await?;
+    // The bus's own loops are watched like a service's: one that stops makes the process not live.
+    services.push(Service { name: "bus", router: Router::new(), checks: Vec::new(), tasks: bus_tasks });
     let ctx = Context {
         settings: settings.clone(),
         keys: keys.clone(),

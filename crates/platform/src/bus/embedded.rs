@@ -11,7 +11,9 @@
 //! each batch in a task of its own. A lease lasts `ack_wait` and is renewed while its handler
 //! runs (bounded by `handler_timeout`), so it runs out only when its process died. When a batch
 //! is done, its outcomes are recorded together and the freed slots are filled with the next due
-//! deliveries.
+//! deliveries. The subscriber is a [`crate::worker::Job`] (a step is one lease round, woken by
+//! a publish or a settled batch), so backoff after a failed read, its log and shutdown are the
+//! worker's.
 //!
 //! The bus file is guarded by a lock file beside it: one process per data dir. Whoever takes
 //! the lock releases every lease in the file, since their holder is gone.
@@ -25,12 +27,14 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, Delivery, DynHandler, Event, EventBus, Outcome, RetryPolicy, subject_for};
+use super::{
+    BusError, Delivery, DynHandler, Event, EventBus, InFlight, Outcome, RetryPolicy, Round, Subscription, subject_for,
+};
 use crate::db::now_millis;
+use crate::worker::{Job, Step, Waker, Worker};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -62,7 +66,9 @@ pub struct EmbeddedBus {
     _lock: std::fs::File,
     prefix: String,
     policy: RetryPolicy,
-    published: Arc<Notify>,
+    /// The subscribers' wakers, woken by every publish. A stopped subscriber's stays: waking it
+    /// does nothing, and a process subscribes a handful of times.
+    subscribers: std::sync::Mutex<Vec<Waker>>,
 }
 
 impl EmbeddedBus {
@@ -94,7 +100,7 @@ impl EmbeddedBus {
         if released > 0 {
             tracing::info!(released, "released deliveries leased by an earlier process");
         }
-        Ok(Self { pool, _lock: lock, prefix: prefix.to_owned(), policy, published: Arc::new(Notify::new()) })
+        Ok(Self { pool, _lock: lock, prefix: prefix.to_owned(), policy, subscribers: std::sync::Mutex::default() })
     }
 
     /// A job deleting the messages every group has settled once they are older than `keep`, as
@@ -177,7 +183,9 @@ impl EventBus for EmbeddedBus {
         }
         .await;
         result.map_err(|err| BusError::Unavailable(err.into()))?;
-        self.published.notify_waiters();
+        for subscriber in self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            subscriber.wake();
+        }
         Ok(events.len())
     }
 
@@ -189,15 +197,18 @@ impl EventBus for EmbeddedBus {
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, BusError> {
         self.subscribe_group(group, kinds).await.map_err(|err| BusError::Unavailable(err.into()))?;
-        let subscriber = Arc::new(Subscriber {
+        let waker = Waker::default();
+        self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(waker.clone());
+        let subscriber = Subscriber {
             pool: self.pool.clone(),
             group: group.to_owned(),
             policy: self.policy.clone(),
-            published: self.published.clone(),
-            settled: Arc::new(Notify::new()),
             handler,
-        });
-        Ok(tokio::spawn(async move { subscriber.run(shutdown).await }))
+            waker: waker.clone(),
+        };
+        let subscription =
+            Subscription::new(format!("embedded subscriber {group}"), group, &self.policy, subscriber, &shutdown);
+        Ok(Worker::new(subscription).woken_by(waker).spawn(shutdown))
     }
 
     async fn check(&self) -> Result<(), BusError> {
@@ -239,77 +250,35 @@ async fn lock_beside(path: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// A group's subscriber: what it leases from and what its handler tasks share.
 struct Subscriber {
     pool: SqlitePool,
     group: String,
     policy: RetryPolicy,
-    published: Arc<Notify>,
-    /// Woken when a handler's outcome is recorded: a slot is free, and a retry may be due soon.
-    settled: Arc<Notify>,
     handler: DynHandler,
+    /// Its worker's: woken by a publish, and when a batch's outcomes are recorded.
+    waker: Waker,
+}
+
+/// A step of the subscriber's worker leases as many due deliveries as it has free slots and
+/// starts their handlers; the worker is woken by a publish or a settled batch.
+#[async_trait::async_trait]
+impl Round for Subscriber {
+    async fn round(this: &Arc<Self>, free: OwnedSemaphorePermit, in_flight: &InFlight) -> anyhow::Result<Step> {
+        Ok(match this.lease_and_start(free, in_flight).await.context("embedded bus read failed")? {
+            Some(wait) => Step::IdleFor(wait),
+            None => Step::Busy,
+        })
+    }
 }
 
 impl Subscriber {
-    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.policy.in_flight_limit()));
-        let mut handlers = JoinSet::new();
-        let mut failures = 0u32;
-        loop {
-            reap(&self.group, &mut handlers);
-            // Register for wake-ups before looking, so a publish in between is not missed.
-            let published = self.published.notified();
-            tokio::pin!(published);
-            published.as_mut().enable();
-            // Wait for a free slot, then take every free one: lease no more than can start now.
-            let mut free = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-            };
-            if let Ok(more) = u32::try_from(slots.available_permits())
-                && more > 0
-                && let Ok(more) = slots.clone().try_acquire_many_owned(more)
-            {
-                free.merge(more);
-            }
-            let wait = match self.lease_and_start(free, &mut handlers).await {
-                Ok(Some(wait)) => {
-                    failures = 0;
-                    wait
-                }
-                Ok(None) => {
-                    failures = 0;
-                    continue;
-                }
-                Err(err) => {
-                    failures += 1;
-                    tracing::warn!(group = %self.group, error = %err, "embedded bus read failed; will retry");
-                    Duration::from_millis(100 * 2u64.pow(failures.min(5)))
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = &mut published => {}
-                () = self.settled.notified() => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-        // Each handler is bounded by the policy's handler_timeout, so this ends.
-        while let Some(joined) = handlers.join_next().await {
-            log_panic(&self.group, joined);
-        }
-        tracing::debug!(group = %self.group, "embedded subscriber stopped");
-    }
-
     /// Leases up to `free.num_permits()` due deliveries and starts their handlers. `Ok(None)`
     /// means "look again now"; `Ok(Some(wait))` means nothing is due for `wait`.
     async fn lease_and_start(
         self: &Arc<Self>,
         mut free: OwnedSemaphorePermit,
-        handlers: &mut JoinSet<()>,
+        in_flight: &InFlight,
     ) -> Result<Option<Duration>, sqlx::Error> {
         let now = now_millis();
         let lease_until = now + self.policy.ack_wait.as_millis() as i64;
@@ -365,7 +334,7 @@ impl Subscriber {
             .collect();
         for batch in batches {
             let Some(slots) = free.split(batch.len()) else { break };
-            self.start(batch, slots, handlers);
+            self.start(batch, slots, in_flight);
         }
         Ok(None)
     }
@@ -373,7 +342,7 @@ impl Subscriber {
     /// Starts handling a batch of leased deliveries in a task of its own, which holds `slots`
     /// until the outcomes are recorded. The handler is called here, so batches start in `seq`
     /// order.
-    fn start(self: &Arc<Self>, batch: Vec<Leased>, slots: OwnedSemaphorePermit, handlers: &mut JoinSet<()>) {
+    fn start(self: &Arc<Self>, batch: Vec<Leased>, slots: OwnedSemaphorePermit, in_flight: &InFlight) {
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut handled = Vec::with_capacity(batch.len());
         let mut unreadable = Vec::new();
@@ -398,7 +367,7 @@ impl Subscriber {
         }
         let handling = (!deliveries.is_empty()).then(|| (self.handler)(deliveries));
         let this = self.clone();
-        handlers.spawn(async move {
+        in_flight.spawn(async move {
             let mut settled: Vec<((i64, u32), Outcome)> = unreadable.into_iter().map(|leased| (leased, Outcome::Ack)).collect();
             if let Some(handling) = handling {
                 let outcomes = this.run_handler(&handled, handling).await;
@@ -408,7 +377,8 @@ impl Subscriber {
                 tracing::warn!(group = %this.group, error = %err, "cannot record the outcome of deliveries; they are made again when their leases run out");
             }
             drop(slots);
-            this.settled.notify_one();
+            // A slot is free, and a retry may be due soon.
+            this.waker.wake();
         });
     }
 
@@ -499,20 +469,6 @@ struct Leased {
     payload: Option<Vec<u8>>,
 }
 
-/// Collects the handler tasks that have finished.
-fn reap(group: &str, handlers: &mut JoinSet<()>) {
-    while let Some(joined) = handlers.try_join_next() {
-        log_panic(group, joined);
-    }
-}
-
-fn log_panic(group: &str, joined: Result<(), tokio::task::JoinError>) {
-    if let Err(err) = joined {
-        // Its outcome was not recorded, so the delivery is made again when its lease runs out.
-        tracing::error!(%group, error = %err, "event handler task failed");
-    }
-}
-
 /// Deletes settled messages of the embedded bus; see [`EmbeddedBus::retention`].
 pub struct MessageRetention {
     pool: SqlitePool,
@@ -539,14 +495,14 @@ impl MessageRetention {
 }
 
 #[async_trait::async_trait]
-impl crate::worker::Job for MessageRetention {
+impl Job for MessageRetention {
     fn name(&self) -> &'static str {
         "bus retention"
     }
 
-    async fn step(&self) -> anyhow::Result<crate::worker::Step> {
+    async fn step(&self) -> anyhow::Result<Step> {
         let keep = i64::try_from(self.keep.as_millis()).unwrap_or(i64::MAX);
         let deleted = self.sweep_before(now_millis().saturating_sub(keep)).await?;
-        Ok(if deleted == Self::BATCH as u64 { crate::worker::Step::Busy } else { crate::worker::Step::Idle })
+        Ok(if deleted == Self::BATCH as u64 { Step::Busy } else { Step::Idle })
     }
 }

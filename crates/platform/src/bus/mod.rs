@@ -9,6 +9,11 @@
 //!
 //! Services never publish directly: they write events to their outbox in the same
 //! transaction as the change ([`crate::outbox`]), and the relay publishes them here.
+//!
+//! A subscriber of either bus runs on a [`crate::worker::Worker`] as a `Subscription`: each
+//! step waits for free slots (`InFlight`) and runs the bus's `Round`, which takes that many
+//! deliveries and starts their handlers, so backoff after a failed pull or lease, panic
+//! reporting and shutdown are the worker's.
 
 pub mod embedded;
 pub mod nats;
@@ -18,7 +23,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::worker::{Job, Step};
 
 /// One event on the wire: the envelope every event carries, around its contract payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,6 +227,125 @@ fn complete(mut outcomes: Vec<Outcome>, count: usize) -> Vec<Outcome> {
 pub enum BusError {
     #[error("event bus unavailable: {0:#}")]
     Unavailable(anyhow::Error),
+}
+
+/// What a bus's subscriber does in one step of its worker: take deliveries for the `free` slots
+/// (no more) and start their handlers in `in_flight`.
+#[async_trait::async_trait]
+pub(crate) trait Round: Send + Sync + 'static {
+    async fn round(this: &Arc<Self>, free: OwnedSemaphorePermit, in_flight: &InFlight) -> anyhow::Result<Step>;
+}
+
+/// A subscriber as its worker's job: waits for free slots, runs a round, and at shutdown waits
+/// for the handlers in flight to settle. The handler tasks live here, not in the subscriber
+/// they share, so ending the worker's task ends them too.
+pub(crate) struct Subscription<S> {
+    subscriber: Arc<S>,
+    /// Names the worker in logs.
+    name: String,
+    in_flight: InFlight,
+    shutdown: CancellationToken,
+}
+
+impl<S: Round> Subscription<S> {
+    pub(crate) fn new(
+        name: String,
+        group: &str,
+        policy: &RetryPolicy,
+        subscriber: S,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        Self {
+            subscriber: Arc::new(subscriber),
+            name,
+            in_flight: InFlight::new(group, policy),
+            shutdown: shutdown.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: Round> Job for Subscription<S> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn step(&self) -> anyhow::Result<Step> {
+        let Some(free) = self.in_flight.free_slots(&self.shutdown).await else { return Ok(Step::Idle) };
+        S::round(&self.subscriber, free, &self.in_flight).await
+    }
+
+    /// The subscriber stopped taking deliveries; the handlers in flight settle theirs.
+    async fn finish(&self) {
+        self.in_flight.drain().await;
+        tracing::debug!(job = %self.name, "subscriber stopped");
+    }
+}
+
+/// A subscriber's handlers in flight: at most the policy's `max_in_flight` deliveries at once,
+/// each batch in a task of its own that holds its slots until its deliveries are settled.
+pub(crate) struct InFlight {
+    group: String,
+    slots: Arc<Semaphore>,
+    tasks: std::sync::Mutex<JoinSet<()>>,
+}
+
+impl InFlight {
+    pub(crate) fn new(group: &str, policy: &RetryPolicy) -> Self {
+        Self {
+            group: group.to_owned(),
+            slots: Arc::new(Semaphore::new(policy.in_flight_limit())),
+            tasks: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Waits for a free slot, then takes every free one, so a subscriber asks the bus for no
+    /// more deliveries than can start at once. `None` once `shutdown` is cancelled.
+    pub(crate) async fn free_slots(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        self.reap();
+        let mut free = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return None,
+            // The semaphore is never closed.
+            slot = self.slots.clone().acquire_owned() => slot.ok()?,
+        };
+        if let Ok(more) = u32::try_from(self.slots.available_permits())
+            && more > 0
+            && let Ok(more) = self.slots.clone().try_acquire_many_owned(more)
+        {
+            free.merge(more);
+        }
+        Some(free)
+    }
+
+    /// Runs one batch's handling and settling; it should hold the batch's slots until done.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).spawn(task);
+    }
+
+    /// Waits for every task in flight (each handler is bounded by the policy's
+    /// `handler_timeout`, so this ends). For after the subscriber stopped starting new ones.
+    pub(crate) async fn drain(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        while let Some(joined) = tasks.join_next().await {
+            self.report(joined);
+        }
+    }
+
+    /// Collects the tasks that have finished.
+    fn reap(&self) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(joined) = tasks.try_join_next() {
+            self.report(joined);
+        }
+    }
+
+    fn report(&self, joined: Result<(), tokio::task::JoinError>) {
+        if let Err(err) = joined {
+            // Handlers' own panics are failed attempts (`dyn_handler`); this is the bus's code.
+            tracing::error!(group = %self.group, error = %err, "event handler task failed; its deliveries were not settled and come back when their lease (ack_wait) runs out");
+        }
+    }
 }
 
 /// A durable, at-least-once event bus.

@@ -27,8 +27,10 @@
 //! that died or forgot it runs out on the client after `PULL_EXPIRES` and a short margin, and the
 //! next one goes to whichever server the client reached. A subscriber whose pull or set-up fails
 //! (no server, no stream leader yet, consumer deleted) backs off briefly and sets its consumer up
-//! again, until shutdown; handlers already running carry on meanwhile. On shutdown a subscriber
-//! stops pulling and lets the handlers in flight finish and settle their messages.
+//! again, until shutdown; handlers already running carry on meanwhile. The subscriber is a
+//! [`crate::worker::Job`] (a step is one pull request), so that backoff, its log and shutdown
+//! are the worker's. On shutdown a subscriber stops pulling and lets the handlers in flight
+//! finish and settle their messages.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,11 +45,13 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, Delivery, DynHandler, Event, EventBus, Outcome, RetryPolicy, subject_for};
+use super::{
+    BusError, Delivery, DynHandler, Event, EventBus, InFlight, Outcome, RetryPolicy, Round, Subscription, subject_for,
+};
+use crate::worker::{Step, Worker};
 
 /// How long `Nats-Msg-Id` de-duplication remembers an id. It catches the usual re-send (the
 /// outbox relay retrying after a lost ack); consumers de-duplicate whatever comes later.
@@ -61,6 +65,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// whichever server the client is connected to by then.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 const PULL_MARGIN: Duration = Duration::from_millis(750);
+/// The longest pause before a subscriber sets its consumer up again after failures: the first
+/// retries are quick (a cluster elects a new stream leader in a second or two), later ones
+/// slower.
+const MAX_BACKOFF: Duration = Duration::from_millis(1_600);
 /// Reconnect delay after the n-th failed attempt: quick at first (another node of the cluster
 /// is usually there), capped so an outage costs little.
 fn reconnect_delay(attempts: usize) -> Duration {
@@ -337,7 +345,7 @@ impl EventBus for NatsBus {
         handler: DynHandler,
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, BusError> {
-        let subscriber = Arc::new(Subscriber {
+        let subscriber = Subscriber {
             jetstream: self.jetstream.clone(),
             stream: self.stream.clone(),
             consumer: consumer_name(group),
@@ -345,10 +353,14 @@ impl EventBus for NatsBus {
             subjects: kinds.iter().map(|kind| subject_for(&self.prefix, kind)).collect(),
             policy: self.policy.clone(),
             handler,
-        });
+            pulling: std::sync::Mutex::default(),
+            shutdown: shutdown.clone(),
+        };
+        let subscription =
+            Subscription::new(format!("NATS subscriber {group}"), group, &self.policy, subscriber, &shutdown);
         // Set up in the background, with retries: the process keeps running while NATS is
         // down or refuses us, and says why in its log.
-        Ok(tokio::spawn(async move { subscriber.run(shutdown).await }))
+        Ok(Worker::new(subscription).max_backoff(MAX_BACKOFF).spawn(shutdown))
     }
 
     async fn check(&self) -> Result<(), BusError> {
@@ -371,6 +383,7 @@ fn consumer_name(group: &str) -> String {
     group.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
+/// A group's subscriber: what it pulls from and what its handler tasks share.
 struct Subscriber {
     jetstream: JetStream,
     stream: stream::Config,
@@ -379,6 +392,25 @@ struct Subscriber {
     subjects: Vec<String>,
     policy: RetryPolicy,
     handler: DynHandler,
+    /// The durable consumer while pulling from it works.
+    pulling: std::sync::Mutex<Option<PullConsumer>>,
+    shutdown: CancellationToken,
+}
+
+/// A step of the subscriber's worker is one pull request (after setting the durable consumer up,
+/// when there is none yet or the last pull failed). A failed step is the worker's to log and
+/// retry after its backoff, capped at `MAX_BACKOFF`.
+#[async_trait::async_trait]
+impl Round for Subscriber {
+    async fn round(this: &Arc<Self>, free: OwnedSemaphorePermit, in_flight: &InFlight) -> anyhow::Result<Step> {
+        let Some(consumer) = this.consumer().await? else { return Ok(Step::Idle) };
+        let pulled = this.pull(&consumer, free, in_flight).await;
+        if pulled.is_err() {
+            // No server, no stream leader yet, consumer deleted: set it up again next step.
+            *this.pulling.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
+        pulled.map(|()| Step::Busy)
+    }
 }
 
 impl Subscriber {
@@ -422,122 +454,77 @@ impl Subscriber {
             .with_context(|| format!("cannot create the durable consumer {}", self.consumer))
     }
 
-    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        // Slots and handlers outlive a failed pull, so the limit holds across set-ups and the
-        // handlers running when the pull failed still finish and settle their messages.
-        let slots = Arc::new(Semaphore::new(self.policy.in_flight_limit()));
-        let mut handlers = JoinSet::new();
-        let mut failures = 0u32;
-        loop {
-            let consumed = tokio::select! {
-                () = shutdown.cancelled() => break,
-                set_up = self.set_up() => match set_up {
-                    Ok(consumer) => self.consume(&consumer, &slots, &mut handlers, &mut failures, &shutdown).await,
-                    Err(err) => Err(err),
-                },
-            };
-            let err = match consumed {
-                Ok(()) => break,
-                Err(err) => err,
-            };
-            failures += 1;
-            // Quick retries first (a cluster elects a new leader in a second or two), then slower.
-            let pause = Duration::from_millis(100 * 2u64.pow(failures.min(4)));
-            tracing::warn!(group = %self.group, attempt = failures, error = %format!("{err:#}"), retry_in = ?pause, "NATS subscriber failed; will set it up again");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(pause) => {}
-            }
-            reap(&self.group, &mut handlers);
+    /// The durable consumer, set up first if the last pull failed (or on the first step). `None`
+    /// once `shutdown` is cancelled.
+    async fn consumer(&self) -> anyhow::Result<Option<PullConsumer>> {
+        if let Some(consumer) = self.pulling.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+            return Ok(Some(consumer));
         }
-        // Each handler is bounded by the policy's handler_timeout, so this ends.
-        while let Some(joined) = handlers.join_next().await {
-            log_panic(&self.group, joined);
-        }
-        tracing::debug!(group = %self.group, "NATS subscriber stopped");
+        let consumer = tokio::select! {
+            () = self.shutdown.cancelled() => return Ok(None),
+            set_up = self.set_up() => set_up?,
+        };
+        *self.pulling.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(consumer.clone());
+        Ok(Some(consumer))
     }
 
-    /// Handles messages until shutdown (`Ok`) or until pulling fails (`Err`).
-    async fn consume(
+    /// One pull request for exactly the `free` slots; starts a handler for every batch of
+    /// messages as they arrive, until the request is filled or expired (`Ok`) or fails (`Err`).
+    async fn pull(
         self: &Arc<Self>,
         consumer: &PullConsumer,
-        slots: &Arc<Semaphore>,
-        handlers: &mut JoinSet<()>,
-        failures: &mut u32,
-        shutdown: &CancellationToken,
+        mut free: OwnedSemaphorePermit,
+        in_flight: &InFlight,
     ) -> anyhow::Result<()> {
+        let mut messages = consumer
+            .batch()
+            .max_messages(free.num_permits())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .context("cannot pull messages")?;
+        // Ends when the request is filled or expired; unused slots go back with `free`. The
+        // client library would wait 5 s past the expiry for a server that died; we give up
+        // sooner and pull again (from another node, once the client reconnected there).
+        let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_MARGIN;
         loop {
-            reap(&self.group, handlers);
-            // Wait for a free slot, then take every free one: the pull asks for no more
-            // messages than can start at once.
-            let mut free = tokio::select! {
+            let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Ok(()),
-                slot = slots.clone().acquire_owned() => slot.context("the subscriber's slots are closed")?,
+                () = self.shutdown.cancelled() => return Ok(()),
+                next = messages.next() => next,
+                () = tokio::time::sleep_until(give_up) => None,
             };
-            if let Ok(more) = u32::try_from(slots.available_permits())
-                && more > 0
-                && let Ok(more) = slots.clone().try_acquire_many_owned(more)
-            {
-                free.merge(more);
-            }
-            let mut messages = consumer
-                .batch()
-                .max_messages(free.num_permits())
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await
-                .context("cannot pull messages")?;
-            // Ends when the request is filled or expired; unused slots go back with `free`. The
-            // client library would wait 5 s past the expiry for a server that died; we give up
-            // sooner and pull again (from another node, once the client reconnected there).
-            let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_MARGIN;
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return Ok(()),
-                    next = messages.next() => next,
-                    () = tokio::time::sleep_until(give_up) => None,
-                };
-                match next {
-                    Some(Ok(message)) => {
-                        *failures = 0;
-                        // Whatever else has already arrived goes in the same batch; nothing
-                        // waits for a batch to fill.
-                        let mut batch = vec![message];
-                        let mut failed = None;
-                        while batch.len() < self.policy.batch_limit() {
-                            match messages.next().now_or_never() {
-                                Some(Some(Ok(message))) => batch.push(message),
-                                Some(Some(Err(err))) => {
-                                    failed = Some(err);
-                                    break;
-                                }
-                                Some(None) | None => break,
-                            }
-                        }
-                        match free.split(batch.len()) {
-                            Some(slots) => self.start(batch, slots, handlers),
-                            // The server never sends more than asked for; if it did, let the
-                            // messages go to whoever has room.
-                            None => {
-                                for message in &batch {
-                                    acknowledge(&self.group, message, AckKind::Nak(None)).await;
-                                }
-                            }
-                        }
-                        if let Some(err) = failed {
-                            return Err(anyhow::anyhow!(err).context("pulling messages failed"));
-                        }
-                    }
-                    Some(Err(err)) => {
-                        return Err(anyhow::anyhow!(err).context("pulling messages failed"));
-                    }
-                    None => {
-                        *failures = 0;
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => return Err(anyhow::anyhow!(err).context("pulling messages failed")),
+                None => return Ok(()),
+            };
+            // Whatever else has already arrived goes in the same batch; nothing waits for a
+            // batch to fill.
+            let mut batch = vec![message];
+            let mut failed = None;
+            while batch.len() < self.policy.batch_limit() {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    Some(Some(Err(err))) => {
+                        failed = Some(err);
                         break;
                     }
+                    Some(None) | None => break,
                 }
+            }
+            match free.split(batch.len()) {
+                Some(slots) => self.start(batch, slots, in_flight),
+                // The server never sends more than asked for; if it did, let the messages go to
+                // whoever has room.
+                None => {
+                    for message in &batch {
+                        acknowledge(&self.group, message, AckKind::Nak(None)).await;
+                    }
+                }
+            }
+            if let Some(err) = failed {
+                return Err(anyhow::anyhow!(err).context("pulling messages failed"));
             }
         }
     }
@@ -545,12 +532,7 @@ impl Subscriber {
     /// Starts handling a batch of messages in a task of its own, which holds `slots` until the
     /// messages are settled. The handler is called here, so batches start in the order their
     /// messages arrived.
-    fn start(
-        self: &Arc<Self>,
-        batch: Vec<jetstream::Message>,
-        slots: OwnedSemaphorePermit,
-        handlers: &mut JoinSet<()>,
-    ) {
+    fn start(self: &Arc<Self>, batch: Vec<jetstream::Message>, slots: OwnedSemaphorePermit, in_flight: &InFlight) {
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut handled = Vec::with_capacity(batch.len());
         let mut unreadable = Vec::new();
@@ -577,7 +559,7 @@ impl Subscriber {
         }
         let handling = (!deliveries.is_empty()).then(|| (self.handler)(deliveries));
         let this = self.clone();
-        handlers.spawn(async move {
+        in_flight.spawn(async move {
             for message in &unreadable {
                 acknowledge(&this.group, message, AckKind::Term).await;
             }
@@ -637,20 +619,6 @@ struct Handled {
     event_id: uuid::Uuid,
     attempt: u32,
     is_last_attempt: bool,
-}
-
-/// Collects the handler tasks that have finished.
-fn reap(group: &str, handlers: &mut JoinSet<()>) {
-    while let Some(joined) = handlers.try_join_next() {
-        log_panic(group, joined);
-    }
-}
-
-fn log_panic(group: &str, joined: Result<(), tokio::task::JoinError>) {
-    if let Err(err) = joined {
-        // Its message was not settled, so JetStream redelivers it after ack_wait.
-        tracing::error!(%group, error = %err, "event handler task failed");
-    }
 }
 
 async fn acknowledge(group: &str, message: &jetstream::Message, kind: AckKind) {
