@@ -88,14 +88,6 @@ fn own_url(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
-/// State shared by every page handler.
-pub(crate) struct Web {
-    pub api: api::Api,
-    pub currency: Currency,
-    pub stripe_publishable_key: Option<String>,
-    pub addresses: httpkit::client_addr::ClientAddresses,
-}
-
 /// Starts the web service. Its router is the fallback for every path outside `/api`. It keeps
 /// no data and sends no events, so it starts from the process's settings and session keys
 /// alone, not from a `platform` context (and links no database or bus).
@@ -111,7 +103,7 @@ pub fn router(config: WebConfig) -> anyhow::Result<Router> {
     let api =
         api::Api::new(&config.api_url, config.api_timeout, config.addresses.clone()).context("invalid API_URL")?;
     let headers = Arc::new(pages::SecurityHeaders::new(config.stripe_publishable_key.is_some()));
-    let web = Arc::new(Web {
+    let web = Arc::new(routes::Web {
         api,
         currency: config.currency,
         stripe_publishable_key: config.stripe_publishable_key,

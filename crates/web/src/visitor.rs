@@ -9,7 +9,6 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use httpkit::http::PeerAddr;
 
-use crate::Web;
 use crate::csrf::CsrfToken;
 
 #[derive(Debug, Clone)]
@@ -35,10 +34,17 @@ impl Visitor {
     }
 }
 
-impl FromRequestParts<Arc<Web>> for Visitor {
+/// What a page router's state tells about addresses: which proxies to trust for the visitor's.
+/// A trait rather than the pages' state type itself, so this module needs nothing of the
+/// handlers that use it.
+pub trait VisitorAddresses: Send + Sync + 'static {
+    fn addresses(&self) -> &httpkit::client_addr::ClientAddresses;
+}
+
+impl<W: VisitorAddresses> FromRequestParts<Arc<W>> for Visitor {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, web: &Arc<Web>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, web: &Arc<W>) -> Result<Self, Self::Rejection> {
         let Some(CsrfToken(csrf)) = parts.extensions.get::<CsrfToken>().cloned() else {
             tracing::error!("page route without the CSRF layer");
             return Err(StatusCode::INTERNAL_SERVER_ERROR.into_response());
@@ -46,7 +52,7 @@ impl FromRequestParts<Arc<Web>> for Visitor {
         let PeerAddr(peer) = PeerAddr::from_request_parts(parts, web).await.unwrap_or(PeerAddr(None));
         Ok(Self {
             session: httpkit::session::session_cookie(&parts.headers).filter(|s| !s.is_empty()).map(str::to_owned),
-            client_ip: web.addresses.client_ip(&parts.headers, peer),
+            client_ip: web.addresses().client_ip(&parts.headers, peer),
             https: httpkit::session::is_https(&parts.headers, &parts.uri),
             request_id: parts.headers.get("x-request-id").cloned(),
             csrf,

@@ -12,8 +12,8 @@ use minijinja::context;
 use minijinja::value::Serde;
 use serde::Deserialize;
 
+use super::Web;
 use super::{FormErrors, PageResult, form_refusal, page};
-use crate::Web;
 use crate::api::SetCookies;
 use crate::pages::{encode_query_value, safe_next};
 use crate::visitor::Visitor;

@@ -9,8 +9,8 @@ use minijinja::context;
 use minijinja::value::Serde;
 use serde::Serialize;
 
+use super::Web;
 use super::{PageResult, format_price, page};
-use crate::Web;
 use crate::pages::encode_query_value;
 use crate::visitor::Visitor;
 

@@ -18,9 +18,23 @@ use minijinja::value::Serde;
 use minijinja::{Value, context};
 use serde::Serialize;
 
-use crate::api::{ApiFailure, ApiResult};
+use crate::api::{Api, ApiFailure, ApiResult};
 use crate::pages::{self, error_page, not_found_page, sign_in_url};
-use crate::visitor::Visitor;
+use crate::visitor::{Visitor, VisitorAddresses};
+
+/// State shared by every page handler.
+pub(crate) struct Web {
+    pub api: Api,
+    pub currency: Currency,
+    pub stripe_publishable_key: Option<String>,
+    pub addresses: httpkit::client_addr::ClientAddresses,
+}
+
+impl VisitorAddresses for Web {
+    fn addresses(&self) -> &httpkit::client_addr::ClientAddresses {
+        &self.addresses
+    }
+}
 
 /// Why a page could not be shown, and what to show instead.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +153,7 @@ pub fn require_user(user: Option<SessionUser>, next: &str) -> Result<SessionUser
 }
 
 /// A 401 from the API: not signed in (any more), or signed in but not allowed.
-pub async fn unauthorized(web: &crate::Web, visitor: &Visitor, next: &str, forbidden: &'static str) -> PageError {
+pub async fn unauthorized(web: &Web, visitor: &Visitor, next: &str, forbidden: &'static str) -> PageError {
     match web.api.current_user(visitor).await {
         Ok(Some(_)) => PageError::Forbidden(forbidden),
         Ok(None) => PageError::SignIn { next: next.to_owned() },

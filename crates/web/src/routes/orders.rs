@@ -16,11 +16,11 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::PageError;
+use super::Web;
 use super::{
     FormErrors, PageResult, catching_up, form_refusal, format_price, format_time_left, page, parse_id, require_user,
     unauthorized,
 };
-use crate::Web;
 use crate::visitor::Visitor;
 
 /// How long paying waits for the order to turn complete before showing My Orders anyway

@@ -12,11 +12,11 @@ use minijinja::value::Serde;
 use serde::Deserialize;
 
 use super::PageError;
+use super::Web;
 use super::{
     FormErrors, PageResult, catching_up, form_refusal, format_price, page, parse_id, price_for_api, price_for_form,
     require_user, unauthorized,
 };
-use crate::Web;
 use crate::visitor::Visitor;
 
 #[derive(Debug, Deserialize)]
