@@ -279,7 +279,7 @@ fn generated_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     let key: String = {
         use rand::Rng;
         let bytes: [u8; 32] = rand::rng().random();
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(bytes)
     };
     write_private(&path, key.as_bytes())?;
     tracing::warn!(path = %path.display(), "JWT_KEY is not set: generated a session key in the data dir (set JWT_KEY in production)");

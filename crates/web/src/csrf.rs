@@ -34,7 +34,7 @@ fn cookie_name(https: bool) -> &'static str {
 /// 32 random bytes, hex.
 fn new_token() -> String {
     let bytes: [u8; 32] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 fn well_formed(token: &str) -> bool {
@@ -79,7 +79,7 @@ pub struct CsrfConfig {
 /// The form token for a cookie secret and session: hex HMAC, so it is a well-formed token too.
 fn form_token(keys: &httpkit::session::SessionKeys, secret: &str, session: Option<&str>) -> String {
     let mac = keys.mac("csrf", &[secret.as_bytes(), session.unwrap_or_default().as_bytes()]);
-    mac.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(mac)
 }
 
 /// Whether a browser says this request was sent by another site: `Sec-Fetch-Site` other than
