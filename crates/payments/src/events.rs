@@ -172,3 +172,29 @@ impl<H: EventHandler> platform::bus::Handler for WakeAfterCommit<H> {
         outcomes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use contract::events::TicketRef;
+    use platform::envelope::ToEvent;
+
+    use super::*;
+
+    /// The wake-ups after commit follow the events that decide a payment: without them a
+    /// waiting payment request would only notice on its fallback poll.
+    #[test]
+    fn events_that_decide_an_order_wake_its_waiting_payments_and_a_rejection_the_reconciler() {
+        let (order, payment) = (Uuid::new_v4(), Uuid::new_v4());
+        let ticket = TicketRef { id: Uuid::new_v4() };
+        let completed = WakeUps::of(&OrderCompleted { id: order, version: 1, ticket: ticket.clone() }.to_event());
+        assert_eq!((completed.verdict, completed.reconciler), (Some(order), false));
+        let cancelled = WakeUps::of(&OrderCancelled { id: order, version: 1, ticket }.to_event());
+        assert_eq!((cancelled.verdict, cancelled.reconciler), (Some(order), false));
+        let rejected = WakeUps::of(
+            &OrderPaymentRejected { id: order, payment_id: payment, reason: "cancelled".into() }.to_event(),
+        );
+        assert_eq!((rejected.verdict, rejected.reconciler), (Some(order), true));
+        let revoked = WakeUps::of(&Event::new(SessionRevoked::KIND, serde_json::json!({})));
+        assert_eq!((revoked.verdict, revoked.reconciler), (None, false));
+    }
+}
